@@ -1,0 +1,42 @@
+"""Process-wide switches: value checks that cost a host synchronisation."""
+from __future__ import annotations
+
+import threading
+
+_state = threading.local()
+
+
+def debug_checks_enabled() -> bool:
+    return getattr(_state, "enabled", False)
+
+
+class debug_checks:
+    """Turn on the checks that need a host synchronisation on GPU tensors.
+
+    Value checks (label and ``perm`` range, mixing weights in [0, 1], NaN or
+    negative values in targets, ``lam`` and weights) always run on CPU tensors,
+    where they cost nothing extra. On GPU tensors they would synchronise the
+    host with the device (and break CUDA-graph capture), so they run only while
+    this switch is on. Shape, dtype, device and scalar-argument checks always run.
+
+    ``fastmix.debug_checks(True)`` turns them on for this thread;
+    ``with fastmix.debug_checks(True): ...`` turns them on for a block and then
+    restores the previous setting.
+    """
+
+    def __init__(self, enabled: bool = True):
+        if not isinstance(enabled, bool):
+            raise TypeError(f"debug_checks: enabled must be a bool, got {type(enabled).__name__}")
+        self._previous = debug_checks_enabled()
+        _state.enabled = enabled
+
+    def __enter__(self) -> "debug_checks":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _state.enabled = self._previous
+
+
+def value_checks_wanted(t) -> bool:
+    """Whether checks that read tensor values should run for ``t``'s device."""
+    return t.device.type == "cpu" or debug_checks_enabled()

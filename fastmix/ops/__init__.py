@@ -1,0 +1,1 @@
+"""fastmix's ops, declared once with torch.library; one file per op."""

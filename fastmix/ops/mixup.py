@@ -1,0 +1,118 @@
+"""Batched mixup x_mix = M * x_f + (1 - M) * x_r[perm] (SPEC 2)."""
+from __future__ import annotations
+
+import torch
+
+from .. import _checks
+from .._dispatch import kernels_for
+from ..backends import resolve_backend
+
+
+@torch.library.custom_op("fastmix::mixup", mutates_args=())
+def _mixup(
+    x_forget: torch.Tensor, x_retain: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor | None, backend: str
+) -> torch.Tensor:
+    return kernels_for(backend).mixup_forward(x_forget, x_retain, weight, perm)
+
+
+@_mixup.register_fake
+def _(x_forget, x_retain, weight, perm, backend):
+    return torch.empty_like(x_forget)
+
+
+@torch.library.custom_op("fastmix::mixup_backward", mutates_args=())
+def _mixup_backward(
+    grad: torch.Tensor,
+    x_forget: torch.Tensor,
+    x_retain: torch.Tensor,
+    weight: torch.Tensor,
+    perm: torch.Tensor | None,
+    needs: list[bool],
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return kernels_for(backend).mixup_backward(grad, x_forget, x_retain, weight, perm, tuple(needs))
+
+
+@_mixup_backward.register_fake
+def _(grad, x_forget, x_retain, weight, perm, needs, backend):
+    grad_f = torch.empty_like(x_forget) if needs[0] else x_forget.new_empty(0)
+    grad_r = torch.empty_like(x_retain) if needs[1] else x_forget.new_empty(0)
+    grad_w = torch.empty_like(weight) if needs[2] else weight.new_empty(0)
+    return grad_f, grad_r, grad_w
+
+
+def _setup_context(ctx, inputs, output):
+    x_forget, x_retain, weight, perm, backend = inputs
+    ctx.backend = backend
+    ctx.save_for_backward(x_forget, x_retain, weight, perm)
+
+
+def _backward(ctx, grad):
+    x_forget, x_retain, weight, perm = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:3])
+    if not any(needs):
+        return None, None, None, None, None
+    grads = _mixup_backward(grad, x_forget, x_retain, weight, perm, needs, ctx.backend)
+    return tuple(g if need else None for g, need in zip(grads, needs)) + (None, None)
+
+
+_mixup.register_autograd(_backward, setup_context=_setup_context)
+
+
+def mixup(
+    x_forget: torch.Tensor,
+    x_retain: torch.Tensor,
+    weight,
+    perm: torch.Tensor | None = None,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """``M * x_forget + (1 - M) * x_retain[perm]`` with one of three kinds of ``M`` (SPEC 2).
+
+    Args:
+        x_forget: ``(B, ...)`` float16, bfloat16 or float32 samples (float64 with the
+            ``torch`` backend); a ``(B, C, H, W)`` image batch when ``weight`` is a mask.
+        x_retain: ``(N, ...)`` samples of the same trailing shape and dtype. With
+            ``perm`` it is a pool of ``N >= 1`` rows to gather from; without, ``N == B``.
+        weight: the weight of ``x_forget``: a float or 0-d tensor (one lambda for the
+            batch), a ``(B,)`` tensor (one per sample) or a ``(B, 1, H, W)`` mask
+            broadcast over channels. Any floating dtype; its gradient comes back in it.
+        perm: optional ``(B,)`` int64 indices into ``x_retain``; repeats are allowed.
+
+    The output has ``x_forget``'s dtype and memory format (contiguous or
+    channels_last; other strides give a contiguous output). Arithmetic is float32.
+    Gradients flow to ``x_forget``, ``x_retain`` (summed over repeated indices) and
+    ``weight`` (summed over the dimensions it broadcasts over).
+
+    Checks: shapes, dtypes and devices always; ``perm`` in ``[0, N)`` and
+    ``weight`` in ``[0, 1]`` without NaN on CPU tensors always, on GPU tensors
+    only under ``fastmix.debug_checks(True)`` (they would synchronise).
+    """
+    _checks.float_tensor("x_forget", x_forget)
+    _checks.float_tensor("x_retain", x_retain)
+    if x_forget.dim() == 0:
+        raise ValueError("x_forget must have a batch dimension (B, ...), got a 0-d tensor")
+    _checks.same_dtype(x_forget=x_forget, x_retain=x_retain)
+    if x_retain.shape[1:] != x_forget.shape[1:]:
+        raise ValueError(
+            f"x_retain must have the trailing shape {tuple(x_forget.shape[1:])} of x_forget, got {tuple(x_retain.shape)}"
+        )
+    device = _checks.same_device(x_forget=x_forget, x_retain=x_retain, perm=perm)
+    B = x_forget.shape[0]
+    if not isinstance(weight, torch.Tensor):
+        weight = _checks.lam("weight", weight, B, device)
+    _checks.float_tensor("weight", weight, ndim=(0, 1, 4))
+    _checks.same_device(x_forget=x_forget, weight=weight)
+    if weight.dim() == 1 and weight.shape[0] != B:
+        raise ValueError(f"weight as per-sample lambdas must have shape ({B},), got {tuple(weight.shape)}")
+    if weight.dim() == 4:
+        if x_forget.dim() != 4:
+            raise ValueError(f"a (B, 1, H, W) mask weight needs (B, C, H, W) images, got x_forget of shape {tuple(x_forget.shape)}")
+        want = (B, 1, x_forget.shape[2], x_forget.shape[3])
+        if tuple(weight.shape) != want:
+            raise ValueError(f"weight as a mask must have shape {want}, got {tuple(weight.shape)}")
+    _checks.perm("perm", perm, B, x_retain.shape[0])
+    if perm is None and x_retain.shape[0] != B:
+        raise ValueError(f"without perm, x_retain must have B={B} rows like x_forget, got {x_retain.shape[0]}")
+    _checks.unit_interval("weight", weight)
+    return _mixup(x_forget, x_retain, weight, perm, resolve_backend(backend, device))

@@ -1,0 +1,58 @@
+"""Sharpen(softmax(z), T) = softmax(z / T) over the last dimension (SPEC 3)."""
+from __future__ import annotations
+
+import torch
+
+from .. import _checks
+from .._dispatch import kernels_for
+from ..backends import resolve_backend
+
+
+@torch.library.custom_op("fastmix::sharpen", mutates_args=())
+def _sharpen(logits: torch.Tensor, T: float, backend: str) -> torch.Tensor:
+    return kernels_for(backend).sharpen_forward(logits, T)
+
+
+@_sharpen.register_fake
+def _(logits, T, backend):
+    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
+
+@torch.library.custom_op("fastmix::sharpen_backward", mutates_args=())
+def _sharpen_backward(grad: torch.Tensor, out: torch.Tensor, T: float, backend: str) -> torch.Tensor:
+    return kernels_for(backend).sharpen_backward(grad, out, T)
+
+
+@_sharpen_backward.register_fake
+def _(grad, out, T, backend):
+    return torch.empty(out.shape, dtype=out.dtype, device=out.device)
+
+
+def _setup_context(ctx, inputs, output):
+    _, T, backend = inputs
+    ctx.T, ctx.backend = T, backend
+    ctx.save_for_backward(output)
+
+
+def _backward(ctx, grad):
+    (out,) = ctx.saved_tensors
+    return _sharpen_backward(grad, out, ctx.T, ctx.backend), None, None
+
+
+_sharpen.register_autograd(_backward, setup_context=_setup_context)
+
+
+def sharpen(logits: torch.Tensor, T: float = 0.3, *, backend: str | None = None) -> torch.Tensor:
+    """``softmax(logits / T)`` over the last dimension: the paper's Sharpen(softmax(logits), T).
+
+    Computed as a softmax of scaled logits (SPEC 3), never with powers of
+    probabilities. ``logits`` is ``(..., C)`` in float16, bfloat16, float32 or
+    float64 (float64 only with the ``torch`` backend), any strides; the result
+    is contiguous, in the input's dtype, computed in float32. Differentiable.
+    A NaN in a row gives NaN in that row.
+    """
+    _checks.float_tensor("logits", logits)
+    if logits.dim() == 0:
+        raise ValueError("logits must have at least 1 dimension (..., C), got a 0-d tensor")
+    T = _checks.positive_finite("T", T)
+    return _sharpen(logits, T, resolve_backend(backend, logits.device))

@@ -1,0 +1,1 @@
+"""Triton kernels of fastmix, installed as ``fastmix.kernels``."""
