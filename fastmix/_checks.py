@@ -44,6 +44,14 @@ def float_tensor(name: str, t, ndim: int | tuple[int, ...] | None = None) -> tor
     return t
 
 
+def logits(name: str, t) -> torch.Tensor:
+    """(B, C) floating logits with B >= 1 and C >= 1."""
+    float_tensor(name, t, ndim=2)
+    if t.shape[0] < 1 or t.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one row and one class, got shape {tuple(t.shape)}")
+    return t
+
+
 def same_device(**tensors) -> torch.device:
     devices = {name: t.device for name, t in tensors.items() if isinstance(t, torch.Tensor)}
     first = next(iter(devices.values()))

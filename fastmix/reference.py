@@ -60,9 +60,8 @@ def mixup_backward(grad, x_forget, x_retain, weight, perm, needs):
     acc = compute_dtype(x_forget.dtype)
     g = grad.to(acc)
     m = broadcast_weight(weight.to(acc), x_forget)
-    empty = x_forget.new_empty(0)
-    grad_f = (m * g).to(x_forget.dtype) if needs[0] else empty
-    grad_r = empty
+    grad_f = (m * g).to(x_forget.dtype) if needs[0] else x_forget.new_empty(0)
+    grad_r = x_retain.new_empty(0)
     if needs[1]:
         rows = ((1 - m) * g).to(x_retain.dtype)
         if perm is None:
@@ -169,8 +168,7 @@ def real_forward(retain_logits, forget_logits, retain_target, forget_target, tau
     forget = 1 - c_f
     loss = ((1 - c_r).sum() - n_keep * torch.logsumexp(forget / tau, dim=0)) * scale
     if not with_grad:
-        empty = retain_logits.new_empty(0)
-        return loss, empty, empty
+        return loss, retain_logits.new_empty(0), forget_logits.new_empty(0)
     alpha = torch.full_like(c_r, -scale)
     beta = (n_keep / tau) * torch.softmax(forget / tau, dim=0) * scale
     g_r = _add_target_term(torch.zeros_like(p_r), alpha, retain_target, A_r, Bp_r, p_r)

@@ -201,16 +201,15 @@ def mixup_backward(grad, x_forget, x_retain, weight, perm, needs):
     xf, xr, fmt = _prepare(x_forget, x_retain)
     g = grad.contiguous(memory_format=fmt)
     B, pool = xf.shape[0], xr.shape[0]
-    empty = xf.new_empty(0)
-    grad_f = new_output_like(xf, memory_format=fmt) if need_f else empty
-    rows = new_output_like(xf, memory_format=fmt) if need_r else empty
+    grad_f = new_output_like(xf, memory_format=fmt) if need_f else xf.new_empty(0)
+    rows = new_output_like(xf, memory_format=fmt) if need_r else xf.new_empty(0)
     perm_arg = perm if perm is not None else xf
     flags = dict(HAS_PERM=perm is not None, NEED_F=need_f, NEED_R=need_r, NEED_W=need_w)
     grad_w = weight.new_empty(0)
     if weight.dim() <= 1:
         n = xf[0].numel()
         n_chunks = max(triton.cdiv(n, BLOCK_FLAT), 1)
-        partial = new_output((B, n_chunks), torch.float32, xf.device) if need_w else empty
+        partial = new_output((B, n_chunks), torch.float32, xf.device) if need_w else xf.new_empty(0)
         if n and B:
             _mixup_flat_backward_kernel[(n_chunks, B)](
                 g, xf, xr, weight, perm_arg, grad_f, rows, partial, n, pool,
@@ -233,11 +232,8 @@ def mixup_backward(grad, x_forget, x_retain, weight, perm, needs):
             )
         elif need_w:
             grad_w.zero_()
-    grad_r = empty
-    if need_r:
-        if perm is None:
-            grad_r = rows
-        else:
-            # out-of-range rows already carry NaN; the clamp only keeps index_add in bounds
-            grad_r = torch.zeros_like(xr).index_add_(0, perm.clamp(0, pool - 1), rows)
+    grad_r = rows
+    if need_r and perm is not None:
+        # out-of-range rows already carry NaN; the clamp only keeps index_add in bounds
+        grad_r = torch.zeros_like(xr).index_add_(0, perm.clamp(0, pool - 1), rows)
     return grad_f, grad_r, grad_w

@@ -133,7 +133,7 @@ def contrastive_loss(
     ``lam`` in [0, 1] and finite non-negative probabilities on CPU tensors always,
     on GPU tensors only under ``fastmix.debug_checks(True)``.
     """
-    _checks.float_tensor("logits", logits, ndim=2)
+    _checks.logits("logits", logits)
     B, C = logits.shape
     device = _checks.same_device(
         logits=logits, forget_target=forget_target, retain_target=retain_target, perm=perm
@@ -173,8 +173,8 @@ def real_loss(
     Returns a 0-d float32 loss (float64 for float64 logits), differentiable with
     respect to both logits. Checks as in :func:`contrastive_loss`.
     """
-    _checks.float_tensor("retain_logits", retain_logits, ndim=2)
-    _checks.float_tensor("forget_logits", forget_logits, ndim=2)
+    _checks.logits("retain_logits", retain_logits)
+    _checks.logits("forget_logits", forget_logits)
     _checks.same_dtype(retain_logits=retain_logits, forget_logits=forget_logits)
     if retain_logits.shape[1] != forget_logits.shape[1]:
         raise ValueError(
