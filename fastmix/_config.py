@@ -18,6 +18,7 @@ class debug_checks:
     where they cost nothing extra. On GPU tensors they would synchronise the
     host with the device (and break CUDA-graph capture), so they run only while
     this switch is on. Shape, dtype, device and scalar-argument checks always run.
+    Inside a region that torch.compile traces, value checks are skipped.
 
     ``fastmix.debug_checks(True)`` turns them on for this thread;
     ``with fastmix.debug_checks(True): ...`` turns them on for a block and then
@@ -38,5 +39,12 @@ class debug_checks:
 
 
 def value_checks_wanted(t) -> bool:
-    """Whether checks that read tensor values should run for ``t``'s device."""
+    """Whether checks that read tensor values should run for ``t``'s device.
+
+    Never while torch.compile traces: the values are not known then.
+    """
+    import torch
+
+    if torch.compiler.is_compiling():
+        return False
     return t.device.type == "cpu" or debug_checks_enabled()

@@ -43,9 +43,15 @@ def _contrastive_setup(ctx, inputs, output):
     ctx.save_for_backward(output[1])
 
 
+def _saved_gradient(grad: torch.Tensor) -> torch.Tensor:
+    if grad.numel() == 0:
+        raise RuntimeError("the loss op ran with with_grad=False, so it saved no gradient to go backward through")
+    return grad
+
+
 def _contrastive_backward(ctx, grad_loss, _grad_of_grad):
     (grad,) = ctx.saved_tensors
-    return grad * grad_loss, None, None, None, None, None, None, None, None
+    return _saved_gradient(grad) * grad_loss, None, None, None, None, None, None, None, None
 
 
 _contrastive.register_autograd(_contrastive_backward, setup_context=_contrastive_setup)
@@ -81,7 +87,7 @@ def _real_setup(ctx, inputs, output):
 
 def _real_backward(ctx, grad_loss, _g1, _g2):
     grad_r, grad_f = ctx.saved_tensors
-    return grad_r * grad_loss, grad_f * grad_loss, None, None, None, None, None, None
+    return _saved_gradient(grad_r) * grad_loss, _saved_gradient(grad_f) * grad_loss, None, None, None, None, None, None
 
 
 _real.register_autograd(_real_backward, setup_context=_real_setup)
