@@ -1,6 +1,8 @@
 """Shared helpers of the Triton kernels: launch guards and block sizes."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 
@@ -50,9 +52,14 @@ def new_output_like(t: torch.Tensor, memory_format=torch.preserve_format) -> tor
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def persistent_programs(device: torch.device, n_items: int) -> int:
     """Grid size of a kernel whose programs loop over ``n_items``: a few waves of the GPU."""
     if device.type == "cuda":
-        per_wave = torch.cuda.get_device_properties(device).multi_processor_count
-        return max(1, min(n_items, 4 * per_wave))
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return max(1, min(n_items, 4 * _multiprocessors(index)))
     return max(1, min(n_items, 16))

@@ -72,11 +72,10 @@ def _row_terms_kernel(
     kt_ptr, stride_ktr, stride_ktc, keep_pool,
     ft_ptr, stride_ftr, stride_ftc,
     perm_ptr, lam_ptr, stride_lam, stats_ptr, n_cols,
-    MODE: tl.constexpr, LABELS: tl.constexpr, HAS_PERM: tl.constexpr, BLOCK: tl.constexpr,
+    MODE: tl.constexpr, HAS_KEEP: tl.constexpr, HAS_FORGET: tl.constexpr,
+    LABELS: tl.constexpr, HAS_PERM: tl.constexpr, BLOCK: tl.constexpr,
 ):
     i = tl.program_id(0).to(tl.int64)
-    HAS_KEEP: tl.constexpr = MODE != 2
-    HAS_FORGET: tl.constexpr = MODE != 1
     z_row = z_ptr + i * stride_zr
     k_row, k_ok = _target_row(kt_ptr, perm_ptr, i, keep_pool, HAS_PERM)
     cols = tl.arange(0, BLOCK)
@@ -136,7 +135,7 @@ def _row_terms_kernel(
         if LABELS:
             label = tl.load(kt_ptr + k_row * stride_ktr)
             dot_k = _label_prob(z_row, stride_zc, label, n_cols, row_max, inv_s)
-            qq_k = 1.0
+            qq_k = pp * 0.0 + 1.0  # |onehot| = 1, kept a tensor for tl.sqrt
         else:
             dot_k = tl.sum(dk * lane, 0) * inv_s
             qq_k = tl.sum(qk2, 0)
@@ -154,7 +153,7 @@ def _row_terms_kernel(
         if LABELS:
             label = tl.load(ft_ptr + i * stride_ftr)
             dot_f = _label_prob(z_row, stride_zc, label, n_cols, row_max, inv_s)
-            qq_f = 1.0
+            qq_f = pp * 0.0 + 1.0
         else:
             dot_f = tl.sum(df * lane, 0) * inv_s
             qq_f = tl.sum(qf2, 0)
@@ -183,13 +182,12 @@ def _grad_kernel(
     perm_ptr, stats_ptr, grad_ptr, stride_gr,
     keep_stats_ptr, n_keep, forget_stats_ptr, n_forget, loss_ptr,
     n_rows, n_cols, inv_tau, scale,
-    MODE: tl.constexpr, LABELS: tl.constexpr, HAS_PERM: tl.constexpr,
+    MODE: tl.constexpr, HAS_KEEP: tl.constexpr, HAS_FORGET: tl.constexpr,
+    LABELS: tl.constexpr, HAS_PERM: tl.constexpr,
     WRITE_GRAD: tl.constexpr, WRITE_LOSS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
-    HAS_KEEP: tl.constexpr = MODE != 2
-    HAS_FORGET: tl.constexpr = MODE != 1
     # the batch couples through log sum exp(b / tau) only: every program recomputes it
     lse_max, lse_sum = softmax_stats(forget_stats_ptr + 11, 12, n_forget, inv_tau, BLOCK_R)
     lse = lse_max + tl.log(lse_sum)
@@ -272,7 +270,10 @@ class _RowSet:
         return (kt, *k_strides, kt.shape[0], ft, *f_strides, perm)
 
     def _flags(self):
-        return dict(MODE=self.mode, LABELS=self.labels, HAS_PERM=self.perm is not None, BLOCK=self.block)
+        return dict(
+            MODE=self.mode, HAS_KEEP=self.mode != FORGET, HAS_FORGET=self.mode != KEEP,
+            LABELS=self.labels, HAS_PERM=self.perm is not None, BLOCK=self.block,
+        )
 
     def compute_terms(self):
         z = self.logits

@@ -111,3 +111,16 @@ def test_fastmix_info(command):
     assert "GPUs:" in out
     if not torch.cuda.is_available():
         assert "no GPU" in out
+
+
+def test_every_subpackage_is_declared_for_installation():
+    # pyproject.toml lists packages by hand (kernels/ is mapped to fastmix.kernels),
+    # so a new subpackage that is not listed would vanish from `pip install .`
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    declared = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "fastmix").rglob("__init__.py")}
+    found.add("fastmix.kernels")
+    assert found == declared
