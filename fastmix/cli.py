@@ -22,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastmix", description="Fast MixUnlearn: kernels, trainer and evaluation.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_info(subparsers)
+    from . import cli_train, cli_unlearn
+
+    cli_train.add_parser(subparsers)
+    cli_unlearn.add_parser(subparsers)
     return parser
 
 

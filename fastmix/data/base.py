@@ -1,0 +1,86 @@
+"""The in-memory image dataset every loader returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+
+class DataError(ValueError):
+    """A missing or malformed dataset file; the message names the file and what was expected."""
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """Train and evaluation images as float32 ``(N, C, H, W)`` tensors, standardised
+    with the training set's per-channel mean and std, and int64 labels.
+
+    ``x_test``/``y_test`` is the set the metrics use: the official test set, or a
+    validation split carved from the training data by :meth:`carve_validation`
+    (then ``eval_split == "val"`` and the test set is never touched).
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    eval_split: str = "test"
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])
+
+    def carve_validation(self, size: int, seed: int) -> tuple["ImageDataset", "ImageDataset"]:
+        """Move a seeded random ``size`` training samples out of the training set.
+
+        Returns ``(train_minus_val_with_test, train_minus_val_with_val)``: the same
+        training data, evaluated on the test set or on the carved validation set.
+        """
+        n = self.x_train.shape[0]
+        if not 0 < size < n:
+            raise ValueError(f"val_size must be in 1..{n - 1} for {self.name}, got {size}")
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(n, generator=g)
+        val, keep = order[:size].sort().values, order[size:].sort().values
+        base = replace(self, x_train=self.x_train[keep], y_train=self.y_train[keep])
+        with_val = replace(base, x_test=self.x_train[val], y_test=self.y_train[val], eval_split="val")
+        return base, with_val
+
+
+def from_uint8(
+    name: str,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    num_classes: int,
+    scale: float = 255.0,
+) -> ImageDataset:
+    """Build an :class:`ImageDataset` from ``(N, C, H, W)`` pixel arrays in ``[0, scale]``."""
+    x_train = torch.from_numpy(np.array(train_images, dtype=np.float32)) / scale
+    x_test = torch.from_numpy(np.array(test_images, dtype=np.float32)) / scale
+    mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
+    std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return ImageDataset(
+        name=name,
+        x_train=(x_train - mean) / std,
+        y_train=torch.from_numpy(np.asarray(train_labels, dtype=np.int64)),
+        x_test=(x_test - mean) / std,
+        y_test=torch.from_numpy(np.asarray(test_labels, dtype=np.int64)),
+        num_classes=num_classes,
+    )
+
+
+def check_labels(path, labels: np.ndarray, num_classes: int, count: int | None = None) -> np.ndarray:
+    """Labels must be integers in ``[0, num_classes)``, ``count`` of them when given."""
+    labels = np.asarray(labels).reshape(-1)
+    if count is not None and labels.shape[0] != count:
+        raise DataError(f"{path}: expected {count} labels (one per image), found {labels.shape[0]}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(
+            f"{path}: labels must be in 0..{num_classes - 1}, found values from {labels.min()} to {labels.max()}"
+        )
+    return labels.astype(np.int64)
