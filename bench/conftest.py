@@ -1,0 +1,33 @@
+"""pytest set-up for the benchmark suite (``pytest bench --benchmark-only``).
+
+``--benchmark-disable`` (CI's smoke run) calls every case once on one input set, with
+no warm-up and no timing, and compiles with ``torch.compile`` at the smallest size
+of each group only, so the whole suite is exercised in a short time.
+
+On the CPU the suite runs torch on one thread unless ``FASTMIX_BENCH_THREADS`` says
+otherwise: on a shared machine every OpenMP parallel region of a multi-threaded run
+waits for a descheduled thread, which swamps the small cases (a 32x10 softmax took
+12 ms on 2 busy threads and 50 us on one).
+"""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_common  # noqa: E402
+
+
+def pytest_configure(config):
+    bench_common.Settings.smoke = bool(config.getoption("benchmark_disable", False))
+    bench_common.set_cpu_threads()
+
+
+def pytest_report_header(config):
+    env = bench_common.environment()
+    mode = "smoke (--benchmark-disable: one call per case, untimed)" if bench_common.Settings.smoke else "timed"
+    return [
+        f"fastmix bench: {env['device_name']}; torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}",
+        f"fastmix bench: mode {mode}; usable backends {sorted(k for k, v in env['backends'].items() if v)}",
+    ]

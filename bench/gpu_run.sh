@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Usage: bench/gpu_run.sh OUTDIR
+#
+# The benchmark run for a machine with an NVIDIA GPU, inside 8 minutes on an H100:
+#   1. installs fastmix with its CUDA kernels, built for this GPU's architecture only;
+#   2. runs the GPU tests of the cuda and triton backends;
+#   3. runs the whole suite, `pytest bench --benchmark-only`;
+#   4. writes OUTDIR/bench.json (pytest-benchmark's JSON, every result with its
+#      extra_info) and OUTDIR/summary.md (speed-ups over eager PyTorch and over
+#      torch.compile, fraction of the bandwidth floor), beside the logs.
+# Each step gets a share of the time left before the 8-minute deadline; the suite
+# skips its remaining cases ("out of time") rather than overrun, so the JSON is
+# always written. Needs python with a CUDA build of torch, triton, pytest and
+# pytest-benchmark; installs nothing from the network. PYTHON picks the interpreter,
+# FASTMIX_GPU_RUN_SECONDS the overall limit (default 470).
+set -uo pipefail
+OUT=${1:?usage: bench/gpu_run.sh OUTDIR}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+START=$(date +%s)
+DEADLINE=$(( START + ${FASTMIX_GPU_RUN_SECONDS:-470} ))
+left() { echo $(( DEADLINE - $(date +%s) )); }
+cap() { local a=$1 b=$2; [ "$a" -lt "$b" ] && echo "$a" || echo "$b"; }
+step() { echo "== $* ($(( $(date +%s) - START )) s)"; }
+unset TRITON_INTERPRET  # real kernels on the GPU
+
+step "environment"
+{ nvidia-smi || true; "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"; } \
+  > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "no GPU visible to torch: run the CPU suite with 'pytest bench --benchmark-only' instead" | tee "$OUT/summary.md"
+  exit 1
+fi
+ARCH=$("$PY" -c "import torch; print('%d%d' % torch.cuda.get_device_capability())")
+
+step "install with the CUDA kernels (sm_$ARCH)"
+build_status=0
+FASTMIX_CUDA=1 FASTMIX_CUDA_ARCH="$ARCH" timeout "$(cap 180 $(( $(left) - 300 )))" \
+  "$PY" -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || build_status=$?
+tail -n 3 "$OUT/build.log"
+"$PY" -m fastmix info > "$OUT/info.txt" 2>&1
+cat "$OUT/info.txt"
+
+step "GPU tests"
+test_status=0
+timeout "$(cap 150 $(( $(left) - 240 )))" "$PY" -m pytest -q -p no:cacheprovider -o addopts= \
+  tests/test_cuda_kernels.py tests/test_triton_kernels.py > "$OUT/tests.log" 2>&1 || test_status=$?
+tail -n 5 "$OUT/tests.log"
+tests_line=$(grep -E "passed|failed|error" "$OUT/tests.log" | tail -n 1)
+
+step "benchmarks"
+bench_status=0
+# Stop starting cases 75 s before the deadline (the slowest case, a ResNet-18 compile, takes under a minute).
+FASTMIX_BENCH_DEADLINE=$(( DEADLINE - 75 )) timeout "$(( $(left) - 10 ))" \
+  "$PY" -m pytest bench --benchmark-only -p no:cacheprovider -o addopts= -q -rs \
+  --benchmark-json="$OUT/bench.json" --benchmark-columns=median,rounds > "$OUT/bench.log" 2>&1 || bench_status=$?
+bench_line=$(grep -E "passed|failed|error" "$OUT/bench.log" | tail -n 1)
+echo "$bench_line"
+
+step "summary"
+note="install exit $build_status; GPU tests exit $test_status (${tests_line:-no result}); suite exit $bench_status (${bench_line:-no result}); $(( $(date +%s) - START )) s in all"
+if [ -f "$OUT/bench.json" ]; then
+  "$PY" bench/summarize.py "$OUT/bench.json" --out "$OUT/summary.md" --command "bench/gpu_run.sh OUTDIR" --note "$note"
+else
+  echo "# fastmix benchmarks: no results ($note)" > "$OUT/summary.md"
+fi
+cat "$OUT/summary.md"
+step "done"
+[ "$build_status" -eq 0 ] && [ "$test_status" -eq 0 ] && [ "$bench_status" -eq 0 ]
