@@ -61,7 +61,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--train-lr", type=positive_float, help="their learning rate (default: 1e-4, digits 1e-3)")
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--out", default="fastmix-out", help="output folder (models are cached in OUT/models)")
+    r.add_argument("--out", default="fastmix-out", help="output folder (default fastmix-out)")
+    r.add_argument("--models-dir", help="where trained original/retrained models are cached (default OUT/models)")
     r.add_argument("--device", default=None, help="default: cuda when present, else cpu")
     r.add_argument("--threads", type=positive_int,
                    help="CPU threads for torch (default: 1 for digits, whose tiny model gains nothing from more; "
@@ -75,7 +76,7 @@ def experiment_from_args(args, methods=(), options=None) -> Experiment:
         labels=getattr(args, "labels", "aware"), methods=tuple(methods),
         forget_class=args.forget_class, forget_classes=args.forget_classes, forget_fraction=args.forget_fraction,
         model=args.model, train_epochs=args.train_epochs, train_lr=args.train_lr,
-        val_size=args.val_size, eval_split=args.eval_split, seed=args.seed, out=args.out,
+        val_size=args.val_size, eval_split=args.eval_split, seed=args.seed, out=args.out, models_dir=args.models_dir,
         device=args.device or default_device(), quiet=args.quiet, options=options or {},
     )
 

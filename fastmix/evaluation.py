@@ -30,6 +30,14 @@ def _sample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return rng.choice(n, size=min(n, k), replace=False)
 
 
+def _sklearn_threads():
+    """Limit scikit-learn's OpenMP pool to torch's thread count: on a busy machine
+    an unlimited pool spins on cores that other processes hold."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=torch.get_num_threads())
+
+
 def attack_asr(p_retain, p_forget, p_test, seed: int) -> float:
     """ASR (MixUnlearn, LAF): gradient-boosted trees on the descending-sorted softmax.
 
@@ -48,12 +56,13 @@ def attack_asr(p_retain, p_forget, p_test, seed: int) -> float:
     n_train = min(half, p_retain.shape[0], ASR_MAX_TRAIN)
     members = feat(p_retain)[_sample(p_retain.shape[0], n_train, rng)]
     nonmembers = feat(p_test)[test_train[:n_train]]
-    clf = HistGradientBoostingClassifier(random_state=seed)
-    clf.fit(np.concatenate([members, nonmembers]), np.r_[np.ones(len(members)), np.zeros(len(nonmembers))])
     n_eval = min(p_forget.shape[0], len(test_eval))
     x_eval = np.concatenate([feat(p_forget)[_sample(p_forget.shape[0], n_eval, rng)], feat(p_test)[test_eval[:n_eval]]])
     y_eval = np.r_[np.ones(n_eval), np.zeros(n_eval)]
-    return 100.0 * float((clf.predict(x_eval) == y_eval).mean())
+    with _sklearn_threads():
+        clf = HistGradientBoostingClassifier(random_state=seed)
+        clf.fit(np.concatenate([members, nonmembers]), np.r_[np.ones(len(members)), np.zeros(len(nonmembers))])
+        return 100.0 * float((clf.predict(x_eval) == y_eval).mean())
 
 
 def attack_mia_efficacy(p_retain, y_retain, p_forget, y_forget, p_test, y_test, seed: int) -> float:

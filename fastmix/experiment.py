@@ -55,6 +55,7 @@ class Experiment:
     eval_split: str = "test"
     seed: int = 0
     out: str = "fastmix-out"
+    models_dir: str | None = None  # default: out/models
     device: str = "cpu"
     quiet: bool = False
     options: dict = field(default_factory=dict)
@@ -85,7 +86,7 @@ def prepare_data(exp: Experiment) -> tuple[ImageDataset, object]:
 def train_reference_models(exp: Experiment, ds: ImageDataset, split, log=print):
     """The original model (all training data) and the retrained one (D_r only), trained
     with the data set's recipe or loaded from ``out/models`` when trained before with
-    the same data set, split, recipe and seed. Returns ``(original, retrain, seconds)``."""
+    the same data set, split, recipe and seed (``models_dir``, default ``out/models``). Returns ``(original, retrain, seconds)``."""
     d = DEFAULTS[exp.dataset]["train"]
     recipe = Recipe(exp.train_epochs or d.epochs, d.batch_size, exp.train_lr or d.lr, d.weight_decay)
     model_name = exp.model or default_model_name(ds.image_shape)
@@ -95,7 +96,7 @@ def train_reference_models(exp: Experiment, ds: ImageDataset, split, log=print):
                 n_train=int(ds.x_train.shape[0]))
     split_fields = dict(setting=split.setting, forget_classes=split.forget_classes,
                         forget_fraction=exp.forget_fraction if split.setting == "data" else None)
-    models_dir = Path(exp.out) / "models"
+    models_dir = Path(exp.models_dir) if exp.models_dir else Path(exp.out) / "models"
     x, y = ds.x_train.to(dev), ds.y_train.to(dev)
     original, t_orig, _ = train_or_load(
         models_dir / f"{exp.dataset}-original-{cache_key(**base)}.pt", make, x, y, recipe,
