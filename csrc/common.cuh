@@ -45,6 +45,12 @@ __device__ __forceinline__ void store_any(void* p, int dtype, int64_t i, float v
   }
 }
 
+#ifdef FASTMIX_EMULATE
+#define FASTMIX_DYNAMIC_SHARED(type, name) type* name = fastmix_emu::dynamic_shared<type>()
+#else
+#define FASTMIX_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
 // Index-error bits recorded in the device flag (see csrc/README.md).
 constexpr int kBadLabel = 1;
 constexpr int kBadPerm = 2;
@@ -56,7 +62,8 @@ __device__ __forceinline__ void flag_error(int* flag, int bit) {
 // ---- reductions over a group of G threads that together own one row ----------------
 // G == 32: one warp per row (several rows per block). G == blockDim.x: one row per block.
 
-__device__ __forceinline__ float warp_sum(float v) {
+template <typename V>
+__device__ __forceinline__ V warp_sum(V v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
@@ -68,15 +75,16 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Block-wide reductions; `scratch` holds at least 32 floats. Every thread of the
+// Block-wide reductions; `scratch` holds at least 32 values. Every thread of the
 // block must call them (they synchronise), and every thread gets the result.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+template <typename V>
+__device__ __forceinline__ V block_sum(V v, V* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
   v = warp_sum(v);
   __syncthreads();  // scratch may still be read by a previous reduction
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  float r = 0.f;
+  V r = 0;
   for (int w = 0; w < nwarps; ++w) r += scratch[w];
   return r;
 }
@@ -148,5 +156,18 @@ struct DeviceGuard {
 
 // The status of the launch that just happened, without synchronising.
 inline int launch_status() { return static_cast<int>(cudaGetLastError()); }
+
+// Every launch goes through here, so that tests/cuda_emulate.h can run the kernels on
+// the host (FASTMIX_EMULATE), one thread per CUDA thread, where no GPU is present.
+template <typename... KArgs, typename... Args>
+inline void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                   Args... args) {
+#ifdef FASTMIX_EMULATE
+  (void)stream;
+  fastmix_emu::launch(kernel, grid, block, smem, static_cast<KArgs>(args)...);
+#else
+  kernel<<<grid, block, smem, stream>>>(static_cast<KArgs>(args)...);
+#endif
+}
 
 }  // namespace fastmix

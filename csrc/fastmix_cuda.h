@@ -56,7 +56,7 @@ FASTMIX_API int fastmix_mixup_forward(int device, void* stream, int dtype, const
 // Gradients of mixup. Each output pointer may be null (not wanted).
 // grad_f: like xf. grad_r: without perm like xf; with perm a zero-filled float32
 // (pool, inner) accumulator that receives atomic adds. grad_w: for weight kinds 0 and
-// 1 a zero-filled float32 (B,) accumulator of per-row sums; for a mask, (B, HW)
+// 1 a zero-filled float64 (B,) accumulator of per-row sums; for a mask, (B, HW)
 // written in w_dtype.
 FASTMIX_API int fastmix_mixup_backward(int device, void* stream, int dtype, const void* g, const void* xf,
                                        const void* xr, int64_t B, int64_t inner, const int64_t* perm,

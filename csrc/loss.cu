@@ -229,7 +229,7 @@ __device__ float finish_loss(const LossArgs& a, const float* state, int64_t rows
 // Small batches: the whole loss and gradient in one block, warp per row.
 template <typename T>
 __global__ void __launch_bounds__(kFusedThreads) loss_fused_kernel(LossArgs a) {
-  extern __shared__ float state[];  // rows * NS
+  FASTMIX_DYNAMIC_SHARED(float, state);  // rows * NS
   __shared__ float scratch[32];
   const int64_t rows = a.rows0 + a.rows1;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
@@ -299,24 +299,24 @@ int launch_loss(const LossArgs& a, cudaStream_t stream, float* ws) {
   const bool grad = a.grad0 != nullptr || a.grad1 != nullptr;
   if (use_fused(rows, a.C)) {
     const size_t smem = static_cast<size_t>(rows) * NS * sizeof(float);
-    loss_fused_kernel<T><<<1, kFusedThreads, smem, stream>>>(a);
+    launch(loss_fused_kernel<T>, 1, kFusedThreads, smem, stream, a);
     return launch_status();
   }
   if (ws == nullptr) return FASTMIX_BAD_ARGUMENT;
   if (a.C <= kWarpRowMaxC) {
     const unsigned grid = grid_for(rows, kWarpRowThreads / 32);
-    loss_stats_kernel<T, true><<<grid, kWarpRowThreads, 0, stream>>>(a, ws);
+    launch(loss_stats_kernel<T, true>, grid, kWarpRowThreads, 0, stream, a, ws);
     if (int e = launch_status()) return e;
-    loss_finish_kernel<<<1, kFinalThreads, 0, stream>>>(a, ws);
+    launch(loss_finish_kernel, 1, kFinalThreads, 0, stream, a, ws);
     if (int e = launch_status()) return e;
-    if (grad) loss_grad_kernel<T, true><<<grid, kWarpRowThreads, 0, stream>>>(a, ws);
+    if (grad) launch(loss_grad_kernel<T, true>, grid, kWarpRowThreads, 0, stream, a, ws);
   } else {
     const unsigned grid = grid_for(rows, 1);
-    loss_stats_kernel<T, false><<<grid, kBlockRowThreads, 0, stream>>>(a, ws);
+    launch(loss_stats_kernel<T, false>, grid, kBlockRowThreads, 0, stream, a, ws);
     if (int e = launch_status()) return e;
-    loss_finish_kernel<<<1, kFinalThreads, 0, stream>>>(a, ws);
+    launch(loss_finish_kernel, 1, kFinalThreads, 0, stream, a, ws);
     if (int e = launch_status()) return e;
-    if (grad) loss_grad_kernel<T, false><<<grid, kBlockRowThreads, 0, stream>>>(a, ws);
+    if (grad) launch(loss_grad_kernel<T, false>, grid, kBlockRowThreads, 0, stream, a, ws);
   }
   return launch_status();
 }

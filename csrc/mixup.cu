@@ -58,7 +58,7 @@ __global__ void __launch_bounds__(kMixThreads) mixup_fwd_kernel(MixArgs a, const
   const int64_t step = static_cast<int64_t>(gridDim.y) * blockDim.x * VEC;
   for (int64_t o = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * VEC; o < a.inner; o += step) {
     const Vec<T, VEC> f = *reinterpret_cast<const Vec<T, VEC>*>(xf + i * a.inner + o);
-    Vec<T, VEC> r;
+    Vec<T, VEC> r{};
     if (src >= 0) r = *reinterpret_cast<const Vec<T, VEC>*>(xr + src * a.inner + o);
     Vec<T, VEC> y;
 #pragma unroll
@@ -72,21 +72,23 @@ __global__ void __launch_bounds__(kMixThreads) mixup_fwd_kernel(MixArgs a, const
 }
 
 // Gradients to x_f, x_r and (for one or per-row weights) the weight's per-row sums.
+// The weight's gradient sums many products that largely cancel, so it is accumulated
+// in float64 (one multiply-add per element; the kernel stays bandwidth-bound).
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kMixThreads) mixup_bwd_kernel(MixArgs a, const T* __restrict__ g,
                                                                 const T* __restrict__ xf, const T* __restrict__ xr,
                                                                 T* __restrict__ grad_f, float* grad_r,
-                                                                T* __restrict__ grad_r_native, float* grad_w) {
-  __shared__ float scratch[32];
+                                                                T* __restrict__ grad_r_native, double* grad_w) {
+  __shared__ double scratch[32];
   const int64_t i = blockIdx.x;
   const int64_t src = source_row(a, i, blockIdx.y == 0 && threadIdx.x == 0);
   const float row_w = row_weight(a, i);
   const int64_t step = static_cast<int64_t>(gridDim.y) * blockDim.x * VEC;
-  float acc = 0.f;
+  double acc = 0.0;
   for (int64_t o = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * VEC; o < a.inner; o += step) {
     const int64_t e = i * a.inner + o;
     const Vec<T, VEC> gv = *reinterpret_cast<const Vec<T, VEC>*>(g + e);
-    Vec<T, VEC> f, r, gf, gr;
+    Vec<T, VEC> f{}, r{}, gf, gr;
     if (grad_w) {
       f = *reinterpret_cast<const Vec<T, VEC>*>(xf + e);
       if (src >= 0) r = *reinterpret_cast<const Vec<T, VEC>*>(xr + src * a.inner + o);
@@ -98,7 +100,7 @@ __global__ void __launch_bounds__(kMixThreads) mixup_bwd_kernel(MixArgs a, const
       gf.v[v] = from_f<T>(m * gg);
       gr.v[v] = from_f<T>((1.f - m) * gg);
       if (grad_r && src >= 0) atomicAdd(grad_r + src * a.inner + o + v, (1.f - m) * gg);
-      if (grad_w) acc += gg * (to_f(f.v[v]) - (src >= 0 ? to_f(r.v[v]) : NAN));
+      if (grad_w) acc += static_cast<double>(gg) * (static_cast<double>(to_f(f.v[v])) - (src >= 0 ? to_f(r.v[v]) : NAN));
     }
     if (grad_f) *reinterpret_cast<Vec<T, VEC>*>(grad_f + e) = gf;
     if (grad_r_native) *reinterpret_cast<Vec<T, VEC>*>(grad_r_native + e) = gr;
@@ -122,7 +124,7 @@ __global__ void __launch_bounds__(kMixThreads) mixup_bwd_mask_kernel(MixArgs a, 
   for (int64_t hw = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; hw < a.HW;
        hw += static_cast<int64_t>(gridDim.y) * blockDim.x) {
     const float m = load_any(a.w, a.w_dtype, i * a.HW + hw);
-    float acc = 0.f;
+    double acc = 0.0;
     for (int64_t c = 0; c < a.Cc; ++c) {
       const int64_t o = a.channels_last ? hw * a.Cc + c : c * a.HW + hw;
       const int64_t e = i * a.inner + o;
@@ -130,9 +132,9 @@ __global__ void __launch_bounds__(kMixThreads) mixup_bwd_mask_kernel(MixArgs a, 
       if (grad_f) grad_f[e] = from_f<T>(m * gg);
       if (grad_r_native) grad_r_native[e] = from_f<T>((1.f - m) * gg);
       if (grad_r && src >= 0) atomicAdd(grad_r + src * a.inner + o, (1.f - m) * gg);
-      acc += gg * (to_f(xf[e]) - (src >= 0 ? to_f(xr[src * a.inner + o]) : NAN));
+      acc += static_cast<double>(gg) * (static_cast<double>(to_f(xf[e])) - (src >= 0 ? to_f(xr[src * a.inner + o]) : NAN));
     }
-    store_any(grad_w, a.w_dtype, i * a.HW + hw, acc);
+    store_any(grad_w, a.w_dtype, i * a.HW + hw, static_cast<float>(acc));
   }
 }
 
@@ -160,10 +162,10 @@ int launch_fwd(cudaStream_t s, const MixArgs& a, const void* xf, const void* xr,
   T* o = static_cast<T*>(out);
   if (vec) {
     row_grid(a.B, a.inner / V, &grid, &block);
-    mixup_fwd_kernel<T, V><<<grid, block, 0, s>>>(a, f, r, o);
+    launch(mixup_fwd_kernel<T, V>, grid, block, 0, s, a, f, r, o);
   } else {
     row_grid(a.B, a.inner, &grid, &block);
-    mixup_fwd_kernel<T, 1><<<grid, block, 0, s>>>(a, f, r, o);
+    launch(mixup_fwd_kernel<T, 1>, grid, block, 0, s, a, f, r, o);
   }
   return launch_status();
 }
@@ -179,19 +181,19 @@ int launch_bwd(cudaStream_t s, const MixArgs& a, const void* g, const void* xf, 
   dim3 grid, block;
   if (a.w_kind == 2 && grad_w) {
     row_grid(a.B, a.HW, &grid, &block);
-    mixup_bwd_mask_kernel<T><<<grid, block, 0, s>>>(a, gp, f, r, gf, grad_r, grn, grad_w);
+    launch(mixup_bwd_mask_kernel<T>, grid, block, 0, s, a, gp, f, r, gf, grad_r, grn, grad_w);
     return launch_status();
   }
-  float* gw = static_cast<float*>(grad_w);
+  double* gw = static_cast<double*>(grad_w);
   constexpr int V = 16 / sizeof(T);
   const bool vec = a.inner % V == 0 && aligned16(g) && aligned16(xf) && aligned16(xr) &&
                    (!grad_f || aligned16(grad_f)) && (!grad_r_native || aligned16(grad_r_native));
   if (vec) {
     row_grid(a.B, a.inner / V, &grid, &block);
-    mixup_bwd_kernel<T, V><<<grid, block, 0, s>>>(a, gp, f, r, gf, grad_r, grn, gw);
+    launch(mixup_bwd_kernel<T, V>, grid, block, 0, s, a, gp, f, r, gf, grad_r, grn, gw);
   } else {
     row_grid(a.B, a.inner, &grid, &block);
-    mixup_bwd_kernel<T, 1><<<grid, block, 0, s>>>(a, gp, f, r, gf, grad_r, grn, gw);
+    launch(mixup_bwd_kernel<T, 1>, grid, block, 0, s, a, gp, f, r, gf, grad_r, grn, gw);
   }
   return launch_status();
 }

@@ -63,10 +63,10 @@ int launch_fwd(cudaStream_t s, const void* x, int64_t rows, int64_t C, int64_t r
   const T* xp = static_cast<const T*>(x);
   T* op = static_cast<T*>(out);
   if (C <= kWarpRowMaxC)
-    sharpen_fwd_kernel<T, true><<<grid_for(rows, kWarpRowThreads / 32), kWarpRowThreads, 0, s>>>(xp, rows, C, rs, cs,
-                                                                                                 inv_T, op);
+    launch(sharpen_fwd_kernel<T, true>, grid_for(rows, kWarpRowThreads / 32), kWarpRowThreads, 0, s, xp, rows, C, rs,
+           cs, inv_T, op);
   else
-    sharpen_fwd_kernel<T, false><<<grid_for(rows, 1), kBlockRowThreads, 0, s>>>(xp, rows, C, rs, cs, inv_T, op);
+    launch(sharpen_fwd_kernel<T, false>, grid_for(rows, 1), kBlockRowThreads, 0, s, xp, rows, C, rs, cs, inv_T, op);
   return launch_status();
 }
 
@@ -77,11 +77,11 @@ int launch_bwd(cudaStream_t s, const void* g, int64_t g_rs, int64_t g_cs, const 
   const T* yp = static_cast<const T*>(y);
   T* op = static_cast<T*>(out);
   if (C <= kWarpRowMaxC)
-    sharpen_bwd_kernel<T, true><<<grid_for(rows, kWarpRowThreads / 32), kWarpRowThreads, 0, s>>>(
-        gp, g_rs, g_cs, yp, y_rs, y_cs, rows, C, inv_T, op);
+    launch(sharpen_bwd_kernel<T, true>, grid_for(rows, kWarpRowThreads / 32), kWarpRowThreads, 0, s, gp, g_rs, g_cs,
+           yp, y_rs, y_cs, rows, C, inv_T, op);
   else
-    sharpen_bwd_kernel<T, false><<<grid_for(rows, 1), kBlockRowThreads, 0, s>>>(gp, g_rs, g_cs, yp, y_rs, y_cs,
-                                                                               rows, C, inv_T, op);
+    launch(sharpen_bwd_kernel<T, false>, grid_for(rows, 1), kBlockRowThreads, 0, s, gp, g_rs, g_cs, yp, y_rs, y_cs,
+           rows, C, inv_T, op);
   return launch_status();
 }
 

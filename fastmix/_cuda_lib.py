@@ -20,7 +20,9 @@ backend while ``fastmix.debug_checks(True)`` is on, and whenever
 reject bad indices with a ValueError before any kernel runs; the flag is the guard
 for GPU calls made without them.)
 
-``FASTMIX_CUDA_LIB`` names another build of the library to load (for tests).
+``FASTMIX_CUDA_LIB`` names another build of the library to load (for tests), and
+``FASTMIX_CUDA_EMULATE=1`` lets CPU tensors through to a build made with
+tests/cuda_emulate.h, which runs the kernels on the host (tests only).
 """
 from __future__ import annotations
 
@@ -111,6 +113,7 @@ def _version(v: int) -> str:
 
 
 _LIB, _ERROR = _load()
+_EMULATED = os.environ.get("FASTMIX_CUDA_EMULATE") == "1"
 
 
 def load_error() -> str | None:
@@ -141,12 +144,16 @@ def _raise_on(code: int, op: str) -> None:
 
 
 def _device(t: torch.Tensor) -> int:
+    if _EMULATED and t.device.type == "cpu":
+        return 0
     if t.device.type != "cuda":
         raise RuntimeError(f"fastmix's cuda backend needs CUDA tensors, got one on {t.device}")
     return t.device.index
 
 
-def _stream(device: int) -> int:
+def _stream(device: int) -> int | None:
+    if _EMULATED:
+        return None
     return torch.cuda.current_stream(device).cuda_stream
 
 
@@ -167,7 +174,7 @@ def check_index_error(device: int | torch.device | None = None, *, op: str = "ke
     ``fastmix.debug_checks(True)``.
     """
     if device is None:
-        device = torch.cuda.current_device()
+        device = 0 if _EMULATED else torch.cuda.current_device()
     device = device.index if isinstance(device, torch.device) else int(device)
     value = _i(0)
     _raise_on(_lib().fastmix_cuda_read_flag(device, _stream(device), ctypes.byref(value), 1), op)
@@ -301,7 +308,7 @@ def mixup_backward(grad, x_forget, x_retain, weight, perm, needs):
         if lay.kind == 2:
             grad_w = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
         else:
-            grad_w = torch.zeros(lay.B, dtype=torch.float32, device=weight.device)
+            grad_w = torch.zeros(lay.B, dtype=torch.float64, device=weight.device)  # sums that cancel
     code = lib.fastmix_mixup_backward(
         dev, _stream(dev), _code(lay.xf), g.data_ptr(), lay.xf.data_ptr(), lay.xr.data_ptr(), *lay.args(),
         _ptr(grad_f), _ptr(grad_r_acc), _ptr(grad_r_native), _ptr(grad_w), _flag(dev),

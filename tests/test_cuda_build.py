@@ -131,3 +131,25 @@ def test_arch_spec(spec, flags):
 def test_bad_arch_spec_is_rejected():
     with pytest.raises(ValueError, match="FASTMIX_CUDA_ARCH"):
         SETUP.parse_arch("ampere")
+
+
+def test_build_modes(monkeypatch):
+    monkeypatch.setattr(SETUP, "find_nvcc", lambda: None)
+    monkeypatch.delenv("FASTMIX_CUDA_ARCH", raising=False)
+    monkeypatch.setenv("FASTMIX_CUDA", "")
+    assert SETUP.cuda_extensions() == []  # no nvcc: a working package without the kernels
+    monkeypatch.setenv("FASTMIX_CUDA", "1")
+    with pytest.raises(RuntimeError, match="nvcc was not found"):
+        SETUP.cuda_extensions()
+    monkeypatch.setenv("FASTMIX_CUDA", "yes")
+    with pytest.raises(RuntimeError, match="FASTMIX_CUDA must be"):
+        SETUP.cuda_extensions()
+    monkeypatch.setattr(SETUP, "find_nvcc", lambda: "nvcc")
+    monkeypatch.setenv("FASTMIX_CUDA", "0")
+    assert SETUP.cuda_extensions() == []
+    monkeypatch.setenv("FASTMIX_CUDA", "1")
+    (ext,) = SETUP.cuda_extensions()
+    assert ext.required and sorted(ext.sources) == sorted(f"csrc/{p.name}" for p in (ROOT / "csrc").glob("*.cu"))
+    monkeypatch.setenv("FASTMIX_CUDA_ARCH", "volta")
+    with pytest.raises(ValueError, match="FASTMIX_CUDA_ARCH"):
+        SETUP.cuda_extensions()

@@ -1,0 +1,30 @@
+// The CUDA runtime calls csrc/ makes, emulated on the host (see cuda_emulate.h).
+#include "cuda_emulate.h"
+
+#include <cstring>
+
+extern "C" {
+cudaError_t cudaGetDevice(int* device) { *device = 0; return cudaSuccess; }
+cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+cudaError_t cudaGetLastError(void) {
+  const cudaError_t e = fastmix_emu::last_error;
+  fastmix_emu::last_error = cudaSuccess;
+  return e;
+}
+const char* cudaGetErrorString(cudaError_t e) {
+  return e == cudaSuccess ? "no error (emulated)" : "emulated CUDA error (invalid launch configuration)";
+}
+cudaError_t cudaDriverGetVersion(int* v) { *v = CUDART_VERSION; return cudaSuccess; }
+cudaError_t cudaGetSymbolAddress(void** p, const void* symbol) { *p = const_cast<void*>(symbol); return cudaSuccess; }
+cudaError_t cudaMemcpyFromSymbolAsync(void* dst, const void* symbol, size_t n, size_t off, cudaMemcpyKind,
+                                      cudaStream_t) {
+  std::memcpy(dst, static_cast<const char*>(symbol) + off, n);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyToSymbolAsync(const void* symbol, const void* src, size_t n, size_t off, cudaMemcpyKind,
+                                    cudaStream_t) {
+  std::memcpy(const_cast<char*>(static_cast<const char*>(symbol)) + off, src, n);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+}

@@ -1,0 +1,128 @@
+// A host emulation of the little of CUDA that csrc/ uses, so that the kernels run on
+// machines without a GPU (tests/test_cuda_emulated.py). Force-included before each
+// csrc/*.cu compiled by g++ with -DFASTMIX_EMULATE. Blocks run one after another;
+// the threads of a block run as std::threads, with std::barrier for __syncthreads and
+// for warp shuffles. Launch configurations are checked as a GPU would check them.
+// This tests indexing, reductions and synchronisation, not speed or memory ordering.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+namespace fastmix_emu {
+
+struct Block {
+  std::unique_ptr<std::barrier<>> bar;
+  std::vector<std::unique_ptr<std::barrier<>>> warp_bars;
+  std::vector<double> shfl;
+  std::vector<char> shared;
+};
+
+inline thread_local uint3 t_threadIdx, t_blockIdx;
+inline thread_local dim3 t_blockDim, t_gridDim;
+inline thread_local Block* t_block = nullptr;
+inline cudaError_t last_error = cudaSuccess;
+
+inline void syncthreads() { t_block->bar->arrive_and_wait(); }
+
+template <typename V>
+inline V shfl_xor(unsigned mask, V v, int offset) {
+  (void)mask;
+  const unsigned tid = t_threadIdx.x, warp = tid / 32, lane = tid % 32;
+  auto& wb = *t_block->warp_bars[warp];
+  t_block->shfl[tid] = v;
+  wb.arrive_and_wait();
+  const V r = static_cast<V>(t_block->shfl[warp * 32 + (lane ^ static_cast<unsigned>(offset))]);
+  wb.arrive_and_wait();
+  return r;
+}
+
+template <typename T>
+T* dynamic_shared() {
+  return reinterpret_cast<T*>(t_block->shared.data());
+}
+
+template <typename... KArgs>
+void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, KArgs... args) {
+  if (block.x == 0 || block.x > 1024 || block.x % 32 != 0 || block.y != 1 || block.z != 1 || grid.x == 0 ||
+      grid.x > 0x7fffffffu || grid.y == 0 || grid.y > 65535 || grid.z != 1 || smem > 48 * 1024) {
+    last_error = cudaErrorInvalidConfiguration;
+    return;
+  }
+  std::tuple<KArgs...> packed(args...);
+  // One host thread per CUDA thread, reused block after block.
+  const uint64_t blocks = static_cast<uint64_t>(grid.x) * grid.y;
+  std::unique_ptr<Block> current;
+  std::barrier<> between(block.x);
+  auto fresh = [&] {
+    current = std::make_unique<Block>();
+    current->bar = std::make_unique<std::barrier<>>(block.x);
+    for (unsigned w = 0; w < block.x / 32; ++w) current->warp_bars.push_back(std::make_unique<std::barrier<>>(32));
+    current->shfl.assign(block.x, 0.0);
+    current->shared.assign(smem + 16, 0);
+  };
+  std::vector<std::thread> threads;
+  threads.reserve(block.x);
+  for (unsigned t = 0; t < block.x; ++t) {
+    threads.emplace_back([&, t] {
+      t_threadIdx = uint3{t, 0, 0};
+      t_blockDim = block;
+      t_gridDim = grid;
+      for (uint64_t n = 0; n < blocks; ++n) {
+        if (t == 0) fresh();
+        between.arrive_and_wait();  // the block's state is ready
+        t_blockIdx = uint3{static_cast<unsigned>(n % grid.x), static_cast<unsigned>(n / grid.x), 0};
+        t_block = current.get();
+        std::apply(kernel, packed);
+        // an exited thread no longer holds back __syncthreads or its warp
+        t_block->warp_bars[t / 32]->arrive_and_drop();
+        t_block->bar->arrive_and_drop();
+        between.arrive_and_wait();  // every thread is done with the block
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+}
+
+}  // namespace fastmix_emu
+
+#undef __shared__
+#undef __launch_bounds__
+#define __launch_bounds__(...)
+#define __shared__ static
+#define threadIdx fastmix_emu::t_threadIdx
+#define blockIdx fastmix_emu::t_blockIdx
+#define blockDim fastmix_emu::t_blockDim
+#define gridDim fastmix_emu::t_gridDim
+#define __syncthreads() fastmix_emu::syncthreads()
+#define __shfl_xor_sync(mask, v, o) fastmix_emu::shfl_xor(mask, v, o)
+
+// cuda_runtime.h declares these symbol templates for nvcc only.
+template <typename T>
+cudaError_t cudaGetSymbolAddress(void** p, const T& symbol) {
+  return ::cudaGetSymbolAddress(p, static_cast<const void*>(&symbol));
+}
+template <typename T>
+cudaError_t cudaMemcpyFromSymbolAsync(void* dst, const T& symbol, size_t n, size_t off, cudaMemcpyKind kind,
+                                      cudaStream_t s) {
+  return ::cudaMemcpyFromSymbolAsync(dst, static_cast<const void*>(&symbol), n, off, kind, s);
+}
+template <typename T>
+cudaError_t cudaMemcpyToSymbolAsync(const T& symbol, const void* src, size_t n, size_t off, cudaMemcpyKind kind,
+                                    cudaStream_t s) {
+  return ::cudaMemcpyToSymbolAsync(static_cast<const void*>(&symbol), src, n, off, kind, s);
+}
+
+inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
+inline double atomicAdd(double* p, double v) { return std::atomic_ref<double>(*p).fetch_add(v); }
+inline int atomicOr(int* p, int v) { return std::atomic_ref<int>(*p).fetch_or(v); }
