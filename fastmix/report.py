@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import atomic_write
 
 
 def format_table(rows: dict[str, dict], metrics) -> str:
@@ -32,19 +32,6 @@ def versions() -> dict:
             "python": platform.python_version(), "machine": platform.machine(), "cpu_threads": torch.get_num_threads()}
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_results(path: Path, rows: dict[str, dict], settings: dict) -> dict:
     """results.json: one record per row keyed by method name (``original``, ``retrain``,
     then each method) with the metrics in percent, ``avg_gap`` and ``seconds``; plus
@@ -58,7 +45,7 @@ def write_results(path: Path, rows: dict[str, dict], settings: dict) -> dict:
             json.dump(doc, f, indent=2, default=str)
             f.write("\n")
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return doc
 
 
@@ -111,5 +98,5 @@ def write_png(path: Path, rows: dict[str, dict], metrics, preview=None, title: s
             _show(fig.add_subplot(grid[r, 3]), mask[r], heads[2] if r == 0 else None, cmap="viridis", vmin=0, vmax=1)
             _show(fig.add_subplot(grid[r, 4]), x_mix[r], heads[3] if r == 0 else None)
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)

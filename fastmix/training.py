@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .atomic import atomic_write
 from .progress import progress_bar
 
 
@@ -70,16 +69,7 @@ def cache_key(**fields) -> str:
 
 def save_checkpoint(path: Path, model: nn.Module, meta: dict) -> None:
     """Write atomically: a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp))
 
 
 def load_checkpoint(path: Path, model: nn.Module) -> dict:

@@ -161,9 +161,6 @@ class MixUnlearn:
             feats.append(fe)
         return torch.cat(logits), torch.cat(feats)
 
-    def _targets(self, loss_fn: MixUnlearnLoss, y, logits):
-        return y if self.config.labels == "aware" else loss_fn.targets(logits)
-
     # --- the loop --------------------------------------------------------------------------
 
     def unlearn(self, forget_data, retain_data) -> nn.Module:
@@ -224,13 +221,12 @@ class MixUnlearn:
         size = tuple(x_f.shape[2:4]) if x_f.dim() == 4 else None
 
         steps = (n_f + B - 1) // B
-        need_r = steps * B
+        reps = (steps * B + n_r - 1) // n_r  # retain permutations needed to fill one epoch's batches
         losses_u, losses_g = [], []
         t = 0
         with progress_bar(cfg.epochs * steps, "mixunlearn", self.quiet) as bar:
             for _ in range(cfg.epochs):
                 order_f = torch.randperm(n_f, generator=gen, device=dev)
-                reps = (need_r + n_r - 1) // n_r
                 order_r = torch.cat([torch.randperm(n_r, generator=gen, device=dev) for _ in range(reps)])
                 for s in range(steps):
                     fidx = order_f[s * B : (s + 1) * B]
@@ -238,11 +234,13 @@ class MixUnlearn:
                     b = min(B, n_f - s * B)  # the last forget batch may be short
                     xf, xr = x_f.index_select(0, fidx), x_r.index_select(0, ridx)
                     qf, qr = q_f.index_select(0, fidx), q_r.index_select(0, ridx)
-                    if use_mixblock:
-                        hf, hr = features("f", fidx), features("r", ridx)
+                    hf = features("f", fidx) if use_mixblock else None
+                    hr = features("r", ridx) if use_mixblock else None
                     if use_mixblock and t % cfg.gen_interval == 0:
-                        losses_g.append(self._generator_step(student, loss_fn, opt_g, gen_params, xf, xr[:b], hf, hr[:b], qf, qr[:b], size, gen))
-                    losses_u.append(self._unlearner_step(student, loss_fn, opt_u, xf, xr, hf if use_mixblock else None, hr if use_mixblock else None, qf, qr, size, gen))
+                        losses_g.append(self._generator_step(
+                            student, loss_fn, opt_g, gen_params, xf, xr[:b], hf, hr[:b], qf, qr[:b], size, gen
+                        ))
+                    losses_u.append(self._unlearner_step(student, loss_fn, opt_u, xf, xr, hf, hr, qf, qr, size, gen))
                     t += 1
                     bar.update(1)
         if dev.type == "cuda":
@@ -257,11 +255,6 @@ class MixUnlearn:
             hr8 = teacher(x_r[:8])[1] if use_mixblock else None
         self._preview = (x_f[:8], x_r[:8], hf8, hr8)
         return student.eval().requires_grad_(False)
-
-    def _mask(self, hf, hr, lam, size):
-        if self.mixblock is None:
-            return lam
-        return self.mixblock.mask(hf, hr, lam, size)
 
     def _generator_step(self, student, loss_fn, opt_g, gen_params, xf, xr, hf, hr, qf, qr, size, gen):
         """Update the MixBlock only, towards mixes that reveal D_f and lose D_r (pairing: identity)."""
