@@ -2,9 +2,10 @@
 
 Two kernels per set of rows:
 1. ``_row_terms_kernel`` (a program per row) reads the logits and targets once,
-   with an online softmax, and writes a row of ``STATS`` floats: the softmax
+   with an online softmax, and writes ``STATS`` floats for it: the softmax
    statistics, the coefficients of dc/dp (see ``fastmix.reference.cosine_parts``)
-   and the row's keep and forget terms.
+   and the row's keep and forget terms. The buffer is (STATS, rows), so that
+   each kind of term lies contiguous for the batch-wide reductions.
 2. ``_grad_kernel`` (a persistent grid) computes the batch-wide log-sum-exp of
    the forget terms in every program, from the small stats buffer, and writes
    the gradient rows (and, in program 0, the loss). No value goes to the host.
@@ -26,9 +27,10 @@ MAX_BLOCK = 2048
 BLOCK_ROWS = 1024
 EPS = 1e-8
 
-# columns of the per-row stats buffer
+# per-row stats, in this order: row max, 1 / sum exp, A_keep, Bp_keep, Dp_keep,
+# A_forget, Bp_forget, Dp_forget, keep weight kappa, forget weight mu,
+# keep term, forget term
 STATS = 12
-_M, _INV_S, _A_K, _BP_K, _DP_K, _A_F, _BP_F, _DP_F, _KAPPA, _MU, _KEEP, _FORGET = range(STATS)
 
 # which terms a row set contributes (SPEC 4): mixed rows both, real retain rows
 # only keep terms, real forget rows only forget terms
@@ -71,7 +73,7 @@ def _row_terms_kernel(
     z_ptr, stride_zr, stride_zc,
     kt_ptr, stride_ktr, stride_ktc, keep_pool,
     ft_ptr, stride_ftr, stride_ftc,
-    perm_ptr, lam_ptr, stride_lam, stats_ptr, n_cols,
+    perm_ptr, lam_ptr, stride_lam, stats_ptr, n_rows, n_cols,
     MODE: tl.constexpr, HAS_KEEP: tl.constexpr, HAS_FORGET: tl.constexpr,
     LABELS: tl.constexpr, HAS_PERM: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -118,7 +120,7 @@ def _row_terms_kernel(
     inv_s = 1.0 / total
     pp = tl.sum(s2 * lane * lane, 0) * inv_s * inv_s
 
-    row = stats_ptr + i * 12
+    row = stats_ptr + i
     keep_term = 0.0
     forget_term = 0.0
     kappa = 0.0
@@ -142,13 +144,13 @@ def _row_terms_kernel(
         dot_k = tl.where(k_ok, dot_k, float("nan"))
         c_k, A_k, Bp_k, Dp_k = _cosine_coefs(dot_k, pp, qq_k)
         keep_term = kappa * (1.0 - c_k)
-        tl.store(row + 2, A_k)
-        tl.store(row + 3, Bp_k)
-        tl.store(row + 4, Dp_k)
+        tl.store(row + 2 * n_rows, A_k)
+        tl.store(row + 3 * n_rows, Bp_k)
+        tl.store(row + 4 * n_rows, Dp_k)
     else:
-        tl.store(row + 2, 0.0)
-        tl.store(row + 3, 0.0)
-        tl.store(row + 4, 0.0)
+        tl.store(row + 2 * n_rows, 0.0)
+        tl.store(row + 3 * n_rows, 0.0)
+        tl.store(row + 4 * n_rows, 0.0)
     if HAS_FORGET:
         if LABELS:
             label = tl.load(ft_ptr + i * stride_ftr)
@@ -159,19 +161,19 @@ def _row_terms_kernel(
             qq_f = tl.sum(qf2, 0)
         c_f, A_f, Bp_f, Dp_f = _cosine_coefs(dot_f, pp, qq_f)
         forget_term = mu * (1.0 - c_f)
-        tl.store(row + 5, A_f)
-        tl.store(row + 6, Bp_f)
-        tl.store(row + 7, Dp_f)
+        tl.store(row + 5 * n_rows, A_f)
+        tl.store(row + 6 * n_rows, Bp_f)
+        tl.store(row + 7 * n_rows, Dp_f)
     else:
-        tl.store(row + 5, 0.0)
-        tl.store(row + 6, 0.0)
-        tl.store(row + 7, 0.0)
-    tl.store(row + 0, row_max)
-    tl.store(row + 1, inv_s)
-    tl.store(row + 8, kappa)
-    tl.store(row + 9, mu)
-    tl.store(row + 10, keep_term)
-    tl.store(row + 11, forget_term)
+        tl.store(row + 5 * n_rows, 0.0)
+        tl.store(row + 6 * n_rows, 0.0)
+        tl.store(row + 7 * n_rows, 0.0)
+    tl.store(row + 0 * n_rows, row_max)
+    tl.store(row + 1 * n_rows, inv_s)
+    tl.store(row + 8 * n_rows, kappa)
+    tl.store(row + 9 * n_rows, mu)
+    tl.store(row + 10 * n_rows, keep_term)
+    tl.store(row + 11 * n_rows, forget_term)
 
 
 @triton.jit
@@ -189,34 +191,34 @@ def _grad_kernel(
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
     # the batch couples through log sum exp(b / tau) only: every program recomputes it
-    lse_max, lse_sum = softmax_stats(forget_stats_ptr + 11, 12, n_forget, inv_tau, BLOCK_R)
+    lse_max, lse_sum = softmax_stats(forget_stats_ptr + 11 * n_forget, 1, n_forget, inv_tau, BLOCK_R)
     lse = lse_max + tl.log(lse_sum)
     if WRITE_LOSS:
         if pid == 0:
             acc = tl.zeros([BLOCK_R], tl.float32)
             for start in range(0, n_keep, BLOCK_R):
                 r = start + tl.arange(0, BLOCK_R)
-                acc += tl.load(keep_stats_ptr + r.to(tl.int64) * 12 + 10, mask=r < n_keep, other=0.0)
+                acc += tl.load(keep_stats_ptr + 10 * n_keep + r, mask=r < n_keep, other=0.0)
             loss = (tl.sum(acc, 0) - n_keep * lse) * scale
             tl.store(loss_ptr, loss)
     if WRITE_GRAD:
         cols = tl.arange(0, BLOCK)
         for i32 in range(pid, n_rows, n_prog):
             i = tl.cast(i32, tl.int64)
-            row = stats_ptr + i * 12
-            row_max = tl.load(row + 0)
-            inv_s = tl.load(row + 1)
-            alpha = -tl.load(row + 8) * scale  # dC/dc_keep
-            coef_q_k = alpha * tl.load(row + 2)
-            coef_p = -alpha * tl.load(row + 3)
-            gp = alpha * tl.load(row + 4)
+            row = stats_ptr + i
+            row_max = tl.load(row + 0 * n_rows)
+            inv_s = tl.load(row + 1 * n_rows)
+            alpha = -tl.load(row + 8 * n_rows) * scale  # dC/dc_keep
+            coef_q_k = alpha * tl.load(row + 2 * n_rows)
+            coef_p = -alpha * tl.load(row + 3 * n_rows)
+            gp = alpha * tl.load(row + 4 * n_rows)
             coef_q_f = 0.0
             if HAS_FORGET:
-                w = tl.exp(tl.load(row + 11) * inv_tau - lse)
-                beta = n_keep * inv_tau * w * tl.load(row + 9) * scale  # dC/dc_forget
-                coef_q_f = beta * tl.load(row + 5)
-                coef_p -= beta * tl.load(row + 6)
-                gp += beta * tl.load(row + 7)
+                w = tl.exp(tl.load(row + 11 * n_rows) * inv_tau - lse)
+                beta = n_keep * inv_tau * w * tl.load(row + 9 * n_rows) * scale  # dC/dc_forget
+                coef_q_f = beta * tl.load(row + 5 * n_rows)
+                coef_p -= beta * tl.load(row + 6 * n_rows)
+                gp += beta * tl.load(row + 7 * n_rows)
             k_row, k_ok = _target_row(kt_ptr, perm_ptr, i, keep_pool, HAS_PERM)
             if LABELS:
                 label_k = -1
@@ -260,7 +262,7 @@ class _RowSet:
         self.labels = self.keep_target.dtype == torch.int64
         self.n_rows, self.n_cols = logits.shape
         self.block = row_block(self.n_cols, MAX_BLOCK)
-        self.stats = new_output((self.n_rows, STATS), torch.float32, logits.device)
+        self.stats = new_output((STATS, self.n_rows), torch.float32, logits.device)
 
     def _target_args(self):
         kt, ft = self.keep_target, self.forget_target
@@ -280,7 +282,7 @@ class _RowSet:
         lam = self.lam if self.lam is not None else self.stats
         stride_lam = lam.stride(0) if (self.lam is not None and lam.dim() == 1) else 0
         _row_terms_kernel[(self.n_rows,)](
-            z, z.stride(0), z.stride(1), *self._target_args(), lam, stride_lam, self.stats, self.n_cols,
+            z, z.stride(0), z.stride(1), *self._target_args(), lam, stride_lam, self.stats, self.n_rows, self.n_cols,
             num_warps=warps_for(self.block), **self._flags(),
         )
 
