@@ -5,7 +5,7 @@ features it uses (threads, __syncthreads, warp shuffles, atomics, launch limits)
 the same kernel source, its indexing, reductions, NaN handling and index checks run
 through fastmix/_cuda_lib.py on CPU tensors. It says nothing about speed, and the
 float16/bfloat16 arithmetic is the headers' host emulation. Skipped where g++ or the
-CUDA headers are missing.
+CUDA headers are missing, or with FASTMIX_SKIP_EMULATION=1 (about 2.5 minutes on 2 cores).
 """
 import os
 import shutil
@@ -34,13 +34,15 @@ def _cuda_include():
 
 
 def build_emulated(out: Path, extra=()):
+    if os.environ.get("FASTMIX_SKIP_EMULATION") == "1":
+        pytest.skip("FASTMIX_SKIP_EMULATION=1")
     gxx = shutil.which("g++")
     include = next((p for p in _cuda_include() if (p / "cuda_fp16.h").is_file()), None)
     if gxx is None or include is None:
         pytest.skip("g++ or the CUDA headers (cuda_fp16.h) not found: cannot emulate the kernels")
     sources = sorted(str(p) for p in (ROOT / "csrc").glob("*.cu")) + [str(ROOT / "tests" / "cuda_emulate.cpp")]
     cmd = [gxx, "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-DFASTMIX_EMULATE", "-Wall", "-Wextra",
-           "-Werror", "-Wno-unknown-pragmas", f"-I{include}", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'tests'}",
+           "-Wno-unknown-pragmas", f"-I{include}", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'tests'}",
            *extra, "-x", "c++", "-include", "cuda_emulate.h", *sources, "-o", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, f"g++ failed:\n{' '.join(cmd)}\n{result.stderr[-4000:]}"
