@@ -273,7 +273,8 @@ __global__ void __launch_bounds__(kFinalThreads) loss_finish_kernel(LossArgs a, 
   if (threadIdx.x == 0) ws[rows * NS] = lse;
 }
 
-// Step 3: the gradient.
+// Step 3: the gradient. Rows go last to first: the stats kernel read the last rows
+// most recently, so they are the likeliest to still be in L2.
 template <typename T, bool WARP>
 __global__ void loss_grad_kernel(LossArgs a, const float* ws) {
   const int64_t rows = a.rows0 + a.rows1;
@@ -283,7 +284,8 @@ __global__ void loss_grad_kernel(LossArgs a, const float* ws) {
   const int per_block = WARP ? (blockDim.x >> 5) : 1;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * per_block + (WARP ? (threadIdx.x >> 5) : 0);
   float st[NS];
-  for (int64_t r = first; r < rows; r += static_cast<int64_t>(gridDim.x) * per_block) {
+  for (int64_t n = first; n < rows; n += static_cast<int64_t>(gridDim.x) * per_block) {
+    const int64_t r = rows - 1 - n;
     for (int j = 0; j < NS; ++j) st[j] = ws[r * NS + j];
     row_grad<T, WARP>(a, r, lane, G, st, lse);
   }
