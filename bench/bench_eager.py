@@ -18,9 +18,9 @@ def sharpen(logits: torch.Tensor, T: float) -> torch.Tensor:
     return torch.softmax(logits / T, dim=-1)
 
 
-def mixup(x_forget, x_retain, mask, perm):
+def mixup(x_forget, x_retain, mask, perm=None):
     """``M * x_f + (1 - M) * x_r[perm]`` with a ``(B, 1, H, W)`` mask broadcast over channels."""
-    return mask * x_forget + (1 - mask) * x_retain[perm]
+    return mask * x_forget + (1 - mask) * (x_retain if perm is None else x_retain[perm])
 
 
 def cosine_distance(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -39,12 +39,13 @@ def contrast(keep: torch.Tensor, forget: torch.Tensor, tau: float) -> torch.Tens
     return keep.sum() - keep.numel() * torch.logsumexp(forget / tau, dim=0)
 
 
-def contrastive_loss(logits, forget_target, retain_target, lam, tau, perm):
+def contrastive_loss(logits, forget_target, retain_target, lam, tau, perm=None):
     """``L_mix`` / ``-L_gen``: keep terms ``(1 - lam) d(p, q_r[perm])``, forget terms ``lam d(p, q_f)``."""
     C = logits.shape[1]
     p = torch.softmax(logits.float(), dim=1)
     q_f = as_probabilities(forget_target, C)
-    q_r = as_probabilities(retain_target, C)[perm]
+    q_r = as_probabilities(retain_target, C)
+    q_r = q_r if perm is None else q_r[perm]
     keep = (1 - lam) * cosine_distance(p, q_r)
     forget = lam * cosine_distance(p, q_f)
     return contrast(keep, forget, tau)
@@ -69,4 +70,4 @@ def mixunlearn_loss(mix_logits, forget_logits, retain_logits, forget_target, ret
 def sample_beta(n: int, alpha: float, device) -> torch.Tensor:
     """``(n,)`` draws of Beta(alpha, alpha) the usual way."""
     a = torch.full((n,), float(alpha), device=device)
-    return torch.distributions.Beta(a, a).sample()
+    return torch.distributions.Beta(a, a, validate_args=False).sample()

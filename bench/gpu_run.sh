@@ -22,7 +22,7 @@ PY=${PYTHON:-python}
 START=$(date +%s)
 DEADLINE=$(( START + ${FASTMIX_GPU_RUN_SECONDS:-470} ))
 left() { echo $(( DEADLINE - $(date +%s) )); }
-cap() { local a=$1 b=$2; [ "$a" -lt "$b" ] && echo "$a" || echo "$b"; }
+cap() { local m=$(( $1 < $2 ? $1 : $2 )); echo $(( m < 10 ? 10 : m )); }  # min(a, b), at least 10 s
 step() { echo "== $* ($(( $(date +%s) - START )) s)"; }
 unset TRITON_INTERPRET  # real kernels on the GPU
 
@@ -46,22 +46,29 @@ cat "$OUT/info.txt"
 
 step "GPU tests"
 test_status=0
-timeout "$(cap 150 $(( $(left) - 240 )))" "$PY" -m pytest -q -p no:cacheprovider -o addopts= \
+timeout "$(cap 120 $(( $(left) - 240 )))" "$PY" -m pytest -q -p no:cacheprovider -o addopts= \
   tests/test_cuda_kernels.py tests/test_triton_kernels.py > "$OUT/tests.log" 2>&1 || test_status=$?
 tail -n 5 "$OUT/tests.log"
 tests_line=$(grep -E "passed|failed|error" "$OUT/tests.log" | tail -n 1)
 
 step "benchmarks"
 bench_status=0
-# Stop starting cases 75 s before the deadline (the slowest case, a ResNet-18 compile, takes under a minute).
-FASTMIX_BENCH_DEADLINE=$(( DEADLINE - 75 )) timeout "$(( $(left) - 10 ))" \
-  "$PY" -m pytest bench --benchmark-only -p no:cacheprovider -o addopts= -q -rs \
-  --benchmark-json="$OUT/bench.json" --benchmark-columns=median,rounds > "$OUT/bench.log" 2>&1 || bench_status=$?
+# The baselines agree with every backend first (plain tests, seconds), then the suite,
+# the group with the most cases last. Cases stop starting 75 s before the deadline
+# (the slowest case, a ResNet-18 step compile, takes under a minute).
+timeout 60 "$PY" -m pytest bench/test_baselines_agree.py -p no:cacheprovider -o addopts= -q \
+  > "$OUT/bench.log" 2>&1 || bench_status=$?
+FASTMIX_BENCH_DEADLINE=$(( DEADLINE - 75 )) timeout "$(cap 600 $(( $(left) - 10 )))" \
+  "$PY" -m pytest bench/test_step.py bench/test_loss.py bench/test_sharpen.py bench/test_mixup.py \
+  bench/test_step_generator.py \
+  --benchmark-only -p no:cacheprovider -o addopts= -q -rs \
+  --benchmark-json="$OUT/bench.json" --benchmark-columns=median,rounds >> "$OUT/bench.log" 2>&1 || bench_status=$?
 bench_line=$(grep -E "passed|failed|error" "$OUT/bench.log" | tail -n 1)
-echo "$bench_line"
+out_of_time=$(grep -E "SKIPPED \[[0-9]+\].*out of time" "$OUT/bench.log" | sed -E 's/.*SKIPPED \[([0-9]+)\].*/\1/' | head -n 1)
+echo "$bench_line; cases left out of time: ${out_of_time:-0}"
 
 step "summary"
-note="install exit $build_status; GPU tests exit $test_status (${tests_line:-no result}); suite exit $bench_status (${bench_line:-no result}); $(( $(date +%s) - START )) s in all"
+note="install exit $build_status; GPU tests exit $test_status (${tests_line:-no result}); suite exit $bench_status (${bench_line:-no result}; ${out_of_time:-0} cases left out of time); $(( $(date +%s) - START )) s in all"
 if [ -f "$OUT/bench.json" ]; then
   "$PY" bench/summarize.py "$OUT/bench.json" --out "$OUT/summary.md" --command "bench/gpu_run.sh OUTDIR" --note "$note"
 else

@@ -16,7 +16,7 @@ import sys
 from collections import OrderedDict
 
 BASELINES = ("eager", "compile")
-OP_ORDER = ("sharpen", "mixup-forward", "mixup-fwd+mask-bwd", "loss-fwd+bwd", "unlearning-step")
+OP_ORDER = ("sharpen", "mixup-forward", "mixup-fwd+mask-bwd", "loss-fwd+bwd", "unlearning-step", "generator-step")
 
 
 def fmt_time(seconds: float | None) -> str:
