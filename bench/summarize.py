@@ -41,7 +41,10 @@ def case_key(info: dict) -> tuple:
     shape = "x".join(str(s) for s in info.get("shape", []))
     if info.get("model"):
         shape = f"{info['model']} {shape}, mask: {info.get('mask', '?')}"
-    return (shape, info.get("dtype", ""), info.get("layout", ""))
+    layout = info.get("layout", "")
+    if info.get("targets"):
+        layout = f"{layout}, {info['targets']} targets"
+    return (shape, info.get("dtype", ""), layout)
 
 
 def collect(data: dict):
