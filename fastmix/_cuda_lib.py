@@ -295,7 +295,6 @@ def mixup_backward(grad, x_forget, x_retain, weight, perm, needs):
     lib, dev = _lib(), _device(x_forget)
     lay = _MixLayout(x_forget, x_retain, weight, perm)
     g = grad.to(lay.xf.dtype).contiguous(memory_format=lay.fmt)
-    empty = x_forget.new_empty(0)
     grad_f = torch.empty_like(lay.xf) if needs[0] else None
     grad_r_native = grad_r_acc = None
     if needs[1]:
@@ -319,9 +318,9 @@ def mixup_backward(grad, x_forget, x_retain, weight, perm, needs):
         grad_r_native = grad_r_acc.to(x_retain.dtype)
     if grad_w is not None and lay.kind != 2:
         grad_w = (grad_w.sum() if lay.kind == 0 else grad_w).to(weight.dtype)
-    return (
-        empty if grad_f is None else grad_f,
-        empty if grad_r_native is None else grad_r_native,
+    return (  # distinct empties: a custom op's outputs may not alias each other
+        x_forget.new_empty(0) if grad_f is None else grad_f,
+        x_retain.new_empty(0) if grad_r_native is None else grad_r_native,
         weight.new_empty(0) if grad_w is None else grad_w,
     )
 
@@ -388,7 +387,6 @@ def real_forward(retain_logits, forget_logits, retain_target, forget_target, tau
         "real_loss", 1, retain_logits, forget_logits, retain_target, forget_target, None, None, tau, scale,
         with_grad,
     )
-    if not with_grad:
-        empty = retain_logits.new_empty(0)
-        return loss, empty, empty
+    if not with_grad:  # distinct empties: a custom op's outputs may not alias each other
+        return loss, retain_logits.new_empty(0), forget_logits.new_empty(0)
     return loss, grad_r, grad_f

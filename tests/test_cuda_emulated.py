@@ -314,3 +314,46 @@ def test_outputs_are_fully_written(emu, monkeypatch):
     m = torch.rand(3, 1, 8, 8, generator=gen)
     assert torch.isfinite(emu.mixup_forward(x, x, m, None)).all()
     assert all(torch.isfinite(t).all() for t in emu.mixup_backward(x, x, x, m, None, (True, True, True)))
+
+
+@pytest.fixture
+def public_cuda(emu, monkeypatch):
+    """The public functions with backend="cuda" reach the emulated kernels on CPU tensors."""
+    import importlib
+
+    backends = importlib.import_module("fastmix.backends")
+    real = backends.backend_status
+
+    def status(name, device=None):
+        if name == "cuda":
+            return backends.BackendStatus(name, True, "emulated CUDA kernels")
+        return real(name, device)
+
+    monkeypatch.setattr(backends, "backend_status", status)
+
+
+def test_public_ops_through_torch_library(public_cuda):
+    # the custom ops' contracts: no output aliases another, autograd, no-grad calls
+    import fastmix
+
+    gen = _gen("public")
+    z = torch.randn(9, 7, generator=gen)
+    labels = torch.randint(0, 7, (9,), generator=gen)
+    with torch.no_grad():
+        for backend in ("cuda", "torch"):
+            fastmix.contrastive_loss(z, labels, labels, 0.4, 0.5, backend=backend)
+            fastmix.real_loss(z, z[:4], labels, labels[:4], 2.0, backend=backend)
+    leaf = z.clone().requires_grad_()
+    loss = fastmix.real_loss(leaf, leaf[:4], labels, labels[:4], 2.0, backend="cuda")
+    (g,) = torch.autograd.grad(loss * 3, leaf)
+    leaf_r = z.clone().requires_grad_()
+    (g_r,) = torch.autograd.grad(fastmix.real_loss(leaf_r, leaf_r[:4], labels, labels[:4], 2.0) * 3, leaf_r)
+    torch.testing.assert_close(g, g_r)
+    x = torch.randn(4, 3, 5, 5, generator=gen)
+    w = torch.rand(4, generator=gen).requires_grad_()
+    out = fastmix.mixup(x, x.flip(0), w, backend="cuda")  # only the weight needs a gradient
+    (gw,) = torch.autograd.grad(out.sum(), w)
+    (gw_r,) = torch.autograd.grad(fastmix.mixup(x, x.flip(0), w, backend="torch").sum(), w)
+    torch.testing.assert_close(gw, gw_r)
+    s = fastmix.sharpen(z.clone().requires_grad_(), backend="cuda")
+    assert s.grad_fn is not None
