@@ -42,7 +42,7 @@ MAX_ROTATION_BYTES = 8 * 2**30 if ON_GPU else 1536 * 2**20
 
 # Time spent per case in the timed rounds, and the bounds on the number of rounds.
 TARGET_SECONDS = float(os.environ.get("FASTMIX_BENCH_SECONDS", "0.3" if ON_GPU else "0.4"))
-MIN_ROUNDS = 10 if ON_GPU else 3
+MIN_ROUNDS = 10 if ON_GPU else 5
 MAX_ROUNDS = 200 if ON_GPU else 30
 
 
