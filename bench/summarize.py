@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections import OrderedDict
 
@@ -86,6 +87,15 @@ def table(cases: dict) -> list[str]:
             cells.append(fmt_time(floor))
             cells += [fmt_fraction(floor / t[i]) if floor and i in t else "–" for i in impls]
         lines.append("| " + " | ".join(cells) + " |")
+    means = []
+    for f in fast:
+        for base in BASELINES:
+            ratios = [row[base][0] / row[f][0] for row in cases.values() if base in row and f in row]
+            if ratios:
+                gm = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+                means.append(f"{f} vs {base} {gm:.2f}x ({len(ratios)} cases)")
+    if means:
+        lines += ["", "Geometric mean of the speed-ups: " + "; ".join(means) + "."]
     return lines
 
 
