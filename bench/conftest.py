@@ -24,6 +24,19 @@ def pytest_configure(config):
     bench_common.set_cpu_threads()
 
 
+# The ops first and the steps last: a run with a deadline (FASTMIX_BENCH_DEADLINE, set by
+# gpu_run.sh) then drops the slowest cases, the ResNet-18 step compiles, first.
+_ORDER = ("test_baselines_agree", "test_loss", "test_sharpen", "test_mixup", "test_step", "test_step_generator")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item):
+        name = item.path.stem if hasattr(item, "path") else ""
+        return _ORDER.index(name) if name in _ORDER else _ORDER.index("test_step")
+
+    items.sort(key=rank)  # stable: the order inside a file stays
+
+
 def pytest_report_header(config):
     env = bench_common.environment()
     mode = "smoke (--benchmark-disable: one call per case, untimed)" if bench_common.Settings.smoke else "timed"

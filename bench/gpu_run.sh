@@ -54,23 +54,22 @@ tests_line=$(grep -E "passed|failed|error" "$OUT/tests.log" | tail -n 1)
 
 step "benchmarks"
 bench_status=0
-# The baselines agree with every backend first (plain tests, seconds), then the suite:
-# the ops first, the steps (whose ResNet-18 compiles are the slowest cases) last. Cases
+# The baselines agree with every backend first (plain tests, seconds), then the suite
+# (bench/conftest.py runs the ops first, the steps and their ResNet-18 compiles last). Cases
 # stop starting 75 s before the deadline (the slowest, a ResNet-18 step compile, takes
 # under a minute), so what does not fit is skipped and counted, never cut off.
 timeout 60 "$PY" -m pytest bench/test_baselines_agree.py -p no:cacheprovider -o addopts= -q \
   > "$OUT/bench.log" 2>&1 || bench_status=$?
+agree_line=$(grep -E "passed|failed|error" "$OUT/bench.log" | tail -n 1)
 FASTMIX_BENCH_DEADLINE=$(( DEADLINE - 75 )) timeout "$(cap 600 $(( $(left) - 10 )))" \
-  "$PY" -m pytest bench/test_loss.py bench/test_sharpen.py bench/test_mixup.py \
-  bench/test_step.py bench/test_step_generator.py \
-  --benchmark-only -p no:cacheprovider -o addopts= -q -rs \
+  "$PY" -m pytest bench --benchmark-only -p no:cacheprovider -o addopts= -q -rs \
   --benchmark-json="$OUT/bench.json" --benchmark-columns=median,rounds >> "$OUT/bench.log" 2>&1 || bench_status=$?
 bench_line=$(grep -E "passed|failed|error" "$OUT/bench.log" | tail -n 1)
 out_of_time=$(grep -E "SKIPPED \[[0-9]+\].*out of time" "$OUT/bench.log" | sed -E 's/.*SKIPPED \[([0-9]+)\].*/\1/' | head -n 1)
 echo "$bench_line; cases left out of time: ${out_of_time:-0}"
 
 step "summary"
-note="install exit $build_status; GPU tests exit $test_status (${tests_line:-no result}); suite exit $bench_status (${bench_line:-no result}; ${out_of_time:-0} cases left out of time); $(( $(date +%s) - START )) s in all"
+note="install exit $build_status; GPU tests exit $test_status (${tests_line:-no result}); baseline checks: ${agree_line:-no result}; suite exit $bench_status (${bench_line:-no result}; ${out_of_time:-0} cases left out of time); $(( $(date +%s) - START )) s in all"
 if [ -f "$OUT/bench.json" ]; then
   "$PY" bench/summarize.py "$OUT/bench.json" --out "$OUT/summary.md" --command "bench/gpu_run.sh OUTDIR" --note "$note"
 else
