@@ -135,14 +135,14 @@ def test_contrastive_loss_at_lambda_edges(lam_value, kind):
 
 
 @pytest.mark.parametrize(
-    "B,C",
-    [(3, 5000), (2, 32768), (65536, 10), (4096, 1000)],  # block-per-row rows, the largest sizes
+    "B,C,kind",  # block-per-row rows, the largest sizes
+    [(3, 5000, "probabilities"), (2, 32768, "labels"), (65536, 10, "labels"), (4096, 1000, "probabilities")],
 )
-def test_contrastive_loss_large(B, C):
+def test_contrastive_loss_large(B, C, kind):
     gen = _gen("large", B, C)
     logits = (torch.randn(B, C, generator=gen) * 4).to(DEVICE)
-    q_f = _targets("probabilities", B, C, gen)  # one soft and one label target
-    q_r = _targets("labels", B + 7, C, gen)
+    q_f = _targets(kind, B, C, gen)
+    q_r = _targets(kind, B + 7, C, gen)
     perm = torch.randint(0, B + 7, (B,), generator=gen).to(DEVICE)
     lam = torch.rand(B, generator=gen).to(DEVICE)
 
