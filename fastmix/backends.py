@@ -3,7 +3,7 @@
 Resolution order for each call: the ``backend=`` keyword, else the
 ``FASTMIX_BACKEND`` environment variable, else the fastest backend usable on
 the tensor's device (``cuda`` > ``triton`` > ``torch`` on a GPU; ``torch`` on
-the CPU). Asking for a backend that cannot run raises ``RuntimeError`` with
+the CPU and for float64 data). Asking for a backend that cannot run raises ``RuntimeError`` with
 the reason.
 """
 from __future__ import annotations
@@ -84,8 +84,11 @@ def backends(device: torch.device | str | None = None) -> dict[str, BackendStatu
     return {name: backend_status(name, device) for name in BACKENDS}
 
 
-def resolve_backend(backend: str | None, device: torch.device) -> str:
-    """The concrete backend for one call on ``device``; raises if the requested one cannot run."""
+def resolve_backend(backend: str | None, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """The concrete backend for one call on ``device``; raises if the requested one cannot run.
+
+    The default never picks a kernel backend for float64 data: only the reference computes in it.
+    """
     requested = backend if backend is not None else os.environ.get("FASTMIX_BACKEND") or None
     if requested is not None:
         if not isinstance(requested, str) or requested not in BACKENDS + ("auto",):
@@ -95,7 +98,7 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
             if not status.usable:
                 raise RuntimeError(f"fastmix backend {requested!r} cannot run on {device}: {status.reason}")
             return requested
-    if device.type == "cuda":
+    if device.type == "cuda" and dtype != torch.float64:
         for name in ("cuda", "triton"):
             if backend_status(name, device).usable:
                 return name

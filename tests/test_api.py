@@ -124,3 +124,10 @@ def test_every_subpackage_is_declared_for_installation():
     found = {".".join(p.parent.relative_to(root).parts) for p in (root / "fastmix").rglob("__init__.py")}
     found.add("fastmix.kernels")
     assert found == declared
+
+
+def test_default_backend_leaves_float64_to_the_reference(monkeypatch):
+    from fastmix.backends import resolve_backend
+
+    monkeypatch.delenv("FASTMIX_BACKEND", raising=False)
+    assert resolve_backend(None, torch.device("cuda"), torch.float64) == "torch"

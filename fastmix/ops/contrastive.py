@@ -151,7 +151,7 @@ def contrastive_loss(
     lam = _checks.lam("lam", lam, B, device)
     tau = _checks.positive_finite("tau", tau)
     reduction = _checks.reduction_arg(reduction)
-    backend = resolve_backend(backend, device)
+    backend = resolve_backend(backend, device, logits.dtype)
     loss, _ = _contrastive(
         logits, forget_target, retain_target, lam, perm, tau, reduction, _wants_grad(logits), backend
     )
@@ -199,7 +199,7 @@ def real_loss(
     _check_target_kinds(retain_target=retain_target, forget_target=forget_target)
     tau = _checks.positive_finite("tau", tau)
     reduction = _checks.reduction_arg(reduction)
-    backend = resolve_backend(backend, device)
+    backend = resolve_backend(backend, device, retain_logits.dtype)
     loss, _, _ = _real(
         retain_logits,
         forget_logits,

@@ -115,4 +115,4 @@ def mixup(
     if perm is None and x_retain.shape[0] != B:
         raise ValueError(f"without perm, x_retain must have B={B} rows like x_forget, got {x_retain.shape[0]}")
     _checks.unit_interval("weight", weight)
-    return _mixup(x_forget, x_retain, weight, perm, resolve_backend(backend, device))
+    return _mixup(x_forget, x_retain, weight, perm, resolve_backend(backend, device, x_forget.dtype))

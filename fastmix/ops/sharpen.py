@@ -55,4 +55,4 @@ def sharpen(logits: torch.Tensor, T: float = 0.3, *, backend: str | None = None)
     if logits.dim() == 0:
         raise ValueError("logits must have at least 1 dimension (..., C), got a 0-d tensor")
     T = _checks.positive_finite("T", T)
-    return _sharpen(logits, T, resolve_backend(backend, logits.device))
+    return _sharpen(logits, T, resolve_backend(backend, logits.device, logits.dtype))
