@@ -52,7 +52,7 @@ cat "$OUT/info.txt"
 step "tests"
 test_status=0
 timeout 330 "$PY" -m pytest -q -p no:cacheprovider -o addopts= \
-  tests/test_cuda_kernels.py tests/test_triton_kernels.py \
+  tests/test_kernels.py tests/test_cuda_kernels.py \
   --junitxml="$OUT/junit.xml" > "$OUT/tests.log" 2>&1 || test_status=$?
 tail -n 15 "$OUT/tests.log"
 
