@@ -1,6 +1,7 @@
 """`fastmix unlearn`: run MixUnlearn and the baselines, compare them with retrain."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -33,6 +34,22 @@ def add_parser(subparsers) -> None:
     h.add_argument("--mask", choices=("mixblock", "beta"), help="beta: plain Beta-mixup ablation")
     h.add_argument("--no-mix", action="store_true", help="ablation without L_mix")
     h.add_argument("--feature-layer", help="module feeding the MixBlock (default: the model's)")
+    e = p.add_argument_group("MixUnlearn engine (how the steps run, not what they compute)")
+    e.add_argument("--reference-step", action="store_true",
+                   help="the eager paper-style step: f_D recomputed every batch, host-side sampling, plain-torch "
+                   "losses through autograd (what the benchmarks compare against)")
+    e.add_argument("--no-cache", action="store_true",
+                   help="run f_D on every batch instead of caching its outputs once per sample")
+    e.add_argument("--cache-limit-mb", type=nonneg_float,
+                   help="refuse a teacher cache larger than this (default: half the device's free memory)")
+    e.add_argument("--augment", choices=("none", "crop-flip"),
+                   help="on-device augmentation of both batches (crop-flip: 4-pixel shifts and flips); turns the cache off")
+    e.add_argument("--amp", choices=("off", "bf16", "fp16"),
+                   help="mixed precision of the unlearner's forward (fp32 weights and losses; default off)")
+    e.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last models and images (default: on for convolutional models on CUDA)")
+    e.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="capture the steps in CUDA graphs (refused on the CPU; not implemented yet)")
     f = p.add_argument_group("fine-tuning baseline")
     f.add_argument("--ft-epochs", type=positive_int)
     f.add_argument("--ft-lr", type=positive_float)
@@ -47,6 +64,9 @@ def options_from_args(args) -> dict:
         epochs=args.unlearn_epochs, batch_size=args.batch_size, mask=args.mask,
         use_mix=False if args.no_mix else None, feature_layer=args.feature_layer,
         ft_epochs=args.ft_epochs, ft_lr=args.ft_lr,
+        step="reference" if args.reference_step else None, cache=False if args.no_cache else None,
+        cache_limit_mb=args.cache_limit_mb, augment=args.augment, amp=args.amp,
+        channels_last=args.channels_last, cuda_graphs=args.cuda_graphs,
     )
 
 

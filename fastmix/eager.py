@@ -1,5 +1,8 @@
 """The eager baseline: MixUnlearn's per-step math written the straightforward way.
 
+Used by ``MixUnlearn(step="reference")`` (the paper-style step) and by bench/ as the
+"eager" implementation every benchmark compares against.
+
 This is what a user of the paper writes in plain PyTorch from SPEC sections 2 to 4:
 ordinary tensor ops, gradients by autograd through them (not fastmix's closed-form
 backward). ``torch.compile`` of these same functions is the second baseline. The
@@ -19,7 +22,10 @@ def sharpen(logits: torch.Tensor, T: float) -> torch.Tensor:
 
 
 def mixup(x_forget, x_retain, mask, perm=None):
-    """``M * x_f + (1 - M) * x_r[perm]`` with a ``(B, 1, H, W)`` mask broadcast over channels."""
+    """``M * x_f + (1 - M) * x_r[perm]`` with a ``(B, 1, H, W)`` mask broadcast over channels
+    (or a ``(B,)`` lambda per sample)."""
+    if mask.dim() == 1:
+        mask = mask.view(-1, *([1] * (x_forget.dim() - 1)))
     return mask * x_forget + (1 - mask) * (x_retain if perm is None else x_retain[perm])
 
 
@@ -65,6 +71,12 @@ def mixunlearn_loss(mix_logits, forget_logits, retain_logits, forget_target, ret
     """The unlearner's objective ``L_mix + omega * L_real`` (SPEC 6)."""
     loss = contrastive_loss(mix_logits, forget_target, retain_target, lam, tau_mix, perm)
     return loss + omega * real_loss(retain_logits, forget_logits, retain_target, forget_target, tau_real)
+
+
+def sample_beta_host(rng, n: int, alpha: float, device) -> torch.Tensor:
+    """``(n,)`` draws of Beta(alpha, alpha) from a numpy Generator, copied to ``device``
+    (the paper's code samples lambda on the host)."""
+    return torch.from_numpy(rng.beta(alpha, alpha, size=n)).float().to(device)
 
 
 def sample_beta(n: int, alpha: float, device) -> torch.Tensor:

@@ -63,7 +63,7 @@ def run_mixunlearn(ctx: MethodContext) -> MethodResult:
         seed=ctx.seed,
         quiet=ctx.quiet,
         labels=ctx.labels,
-        **{k: v for k, v in opts.items() if k in _MIXUNLEARN_KEYS},
+        **{k: v for k, v in opts.items() if k in _MIXUNLEARN_KEYS or k in ENGINE_KEYS},
     )
     if ctx.labels == "aware":
         model = mu.unlearn((ctx.x_forget, ctx.y_forget), (ctx.x_retain, ctx.y_retain))
@@ -76,6 +76,9 @@ _MIXUNLEARN_KEYS = (
     "alpha", "tau_gen", "tau_mix", "tau_real", "omega", "sharpen_T", "gen_interval", "lr", "gen_lr",
     "epochs", "batch_size", "mask", "use_mix",
 )
+
+# How MixUnlearn runs (fastmix.engine), passed through when set.
+ENGINE_KEYS = ("step", "cache", "cache_limit_mb", "augment", "amp", "channels_last", "cuda_graphs")
 
 
 @register("finetune")

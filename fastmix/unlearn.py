@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
 
+from . import engine
+from .augment import get_augmentation
+from .distributed import RowShard, world
 from .features import FrozenTeacher
 from .loss import MixUnlearnLoss
 from .mixblock import MixBlock
@@ -108,14 +112,29 @@ class MixUnlearn:
     Keyword arguments are the fields of :class:`MixUnlearnConfig`.
 
     The frozen original model's logits and features are computed once per sample
-    (there is no augmentation, so they never change) when they fit in
-    ``feature_cache_mb``, else per batch. All sampling (batches, lambdas, pairings)
-    uses a generator on the device seeded from ``seed``, and nothing in a step reads
-    a value back to the host: the same seed gives the same model on the CPU.
+    (without augmentation they never change) and read by index afterwards. All
+    sampling (batches, lambdas, pairings) uses a generator on the device seeded from
+    ``seed``, and nothing in a step reads a value back to the host: the same seed gives
+    the same model on the CPU.
+
+    Engine options (how the steps run, not what they compute; see :mod:`fastmix.engine`):
+
+    * ``step``: ``"fast"`` (default) or ``"reference"``, the eager paper-style step
+      (f_D recomputed each iteration, Beta and pairings drawn on the host with numpy,
+      separate forward passes, plain-torch losses through autograd: fastmix.eager).
+    * ``cache``: precompute f_D's outputs (default True); ``cache_limit_mb`` caps its
+      size (default: half the device's free memory); a cache over the cap is refused.
+    * ``augment``: None or ``"crop-flip"`` (on the device; turns the cache off).
+    * ``amp``: ``"off"``, ``"bf16"`` or ``"fp16"`` (autocast of the unlearner's forward;
+      fp32 weights and losses; fp16 uses a GradScaler, whose inf check synchronises).
+    * ``channels_last``: None (on for convolutional models on CUDA), True or False.
+    * ``cuda_graphs``: None (on where supported on CUDA) or a bool; refused on the CPU.
+    * Under ``torchrun`` (a process group of several ranks) the loop runs data-parallel
+      (fastmix.distributed), with the same result as one process at the same batch.
 
     After :meth:`unlearn`: ``seconds`` (wall time, including the precomputation),
-    ``history`` (``{"unlearner": [...], "generator": [...]}`` losses) and
-    ``mixblock`` (the trained generator, or None for the Beta ablation).
+    ``history`` (``{"unlearner": [...], "generator": [...]}`` losses), ``mixblock``
+    (the trained generator, or None for the Beta ablation) and ``cache_info``.
     """
 
     def __init__(
@@ -127,7 +146,14 @@ class MixUnlearn:
         device: torch.device | str | None = None,
         quiet: bool = True,
         backend: str | None = None,
-        feature_cache_mb: float = 1024.0,
+        step: str = "fast",
+        cache: bool = True,
+        cache_limit_mb: float | None = None,
+        augment: str | None = None,
+        amp: str = "off",
+        channels_last: bool | None = None,
+        cuda_graphs: bool | None = None,
+        log=None,
         **config,
     ):
         unknown = set(config) - set(CONFIG_FIELDS)
@@ -145,11 +171,29 @@ class MixUnlearn:
         self.seed = int(seed)
         self.quiet = quiet
         self.backend = backend
-        self.feature_cache_mb = feature_cache_mb
+        self.engine = engine.EngineOptions(
+            step=step, cache=cache, cache_limit_mb=cache_limit_mb, augment=augment, amp=amp,
+            channels_last=channels_last, cuda_graphs=cuda_graphs,
+        ).validate(self.device, self.config)
+        self._augment = get_augmentation(self.engine.augment)
+        self._log_fn = log
         self.seconds = float("nan")
         self.history: dict[str, list[float]] = {"unlearner": [], "generator": []}
         self.mixblock: MixBlock | None = None
+        self.cache_info: dict = {}
         self._preview = None
+        # Set by unlearn(); the step methods read them (bench/ calls the steps directly).
+        self._shard: RowShard | None = None
+        self._mixblock_ddp = None
+        self._amp = engine.Amp("off", self.device)
+
+    def _log(self, msg: str) -> None:
+        if world()[0] != 0:
+            return  # one log, from rank 0
+        if self._log_fn is not None:
+            self._log_fn(msg)
+        elif not self.quiet:
+            print(f"mixunlearn: {msg}", file=sys.stderr)
 
     # --- setup -----------------------------------------------------------------------------
 
@@ -165,7 +209,7 @@ class MixUnlearn:
 
     def unlearn(self, forget_data, retain_data) -> nn.Module:
         """Run ``epochs`` passes over the forget set and return the unlearned model."""
-        cfg = self.config
+        cfg, eng = self.config, self.engine
         aware = cfg.labels == "aware"
         x_f, y_f = _as_tensors(forget_data, "forget_data", aware)
         x_r, y_r = _as_tensors(retain_data, "retain_data", aware)
@@ -173,76 +217,55 @@ class MixUnlearn:
             raise ValueError(f"forget and retain samples differ in shape: {tuple(x_f.shape[1:])} vs {tuple(x_r.shape[1:])}")
         if cfg.mask == "mixblock" and x_f.dim() != 4:
             raise ValueError(f"the MixBlock mixes (N, C, H, W) images, got samples of shape {tuple(x_f.shape[1:])}")
+        if self._augment is not None and x_f.dim() != 4:
+            raise ValueError(f"augment={eng.augment!r} needs (N, C, H, W) images, got samples of shape {tuple(x_f.shape[1:])}")
+        rank, world_size = world()
+        if world_size > 1 and eng.step == "reference":
+            raise ValueError("step='reference' (--reference-step) runs in one process; launch it without torchrun")
         dev = self.device
         start = time.perf_counter()
-        x_f, x_r = x_f.to(dev), x_r.to(dev)
+        channels_last = eng.use_channels_last(dev, self.model, x_f.dim())
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        x_f, x_r = x_f.to(dev).contiguous(memory_format=fmt), x_r.to(dev).contiguous(memory_format=fmt)
         y_f = y_f.to(dev) if y_f is not None else None
         y_r = y_r.to(dev) if y_r is not None else None
 
         use_mixblock = cfg.mask == "mixblock"
-        frozen = copy.deepcopy(self.model).to(dev).eval().requires_grad_(False)
+        frozen = copy.deepcopy(self.model).to(dev, memory_format=fmt).eval().requires_grad_(False)
         teacher = FrozenTeacher(frozen, self.feature_layer) if use_mixblock else None
-        student = copy.deepcopy(self.model).to(dev).train().requires_grad_(True)
+        student = copy.deepcopy(self.model).to(dev, memory_format=fmt).train().requires_grad_(True)
         loss_fn = MixUnlearnLoss(
             cfg.tau_gen, cfg.tau_mix, cfg.tau_real, cfg.omega if cfg.use_mix else 0.0,
             cfg.sharpen_T, cfg.reduction, backend=self.backend,
         )
         n_f, n_r, B = x_f.shape[0], x_r.shape[0], cfg.batch_size
-
-        # f_D's logits (for label-agnostic targets) and features, once per sample when they fit.
-        with torch.no_grad():
-            cached = False
-            if teacher is not None:
+        feat_shape = None
+        if teacher is not None:
+            with torch.no_grad():
                 feat_shape = tuple(teacher(x_f[:1])[1].shape[1:])
-                cache_bytes = (n_f + n_r) * 4 * math.prod(feat_shape)
-                cached = cache_bytes <= self.feature_cache_mb * 2**20
-            if cached:
-                logits_f, feats_f = self._teacher_outputs(teacher, x_f)
-                logits_r, feats_r = self._teacher_outputs(teacher, x_r)
-            elif not aware:
-                logits_f = torch.cat([frozen(x_f[i : i + 1024]) for i in range(0, n_f, 1024)])
-                logits_r = torch.cat([frozen(x_r[i : i + 1024]) for i in range(0, n_r, 1024)])
-            q_f = y_f if aware else loss_fn.targets(logits_f)
-            q_r = y_r if aware else loss_fn.targets(logits_r)
-
-        def features(which: str, idx: torch.Tensor) -> torch.Tensor:
-            if cached:
-                return (feats_f if which == "f" else feats_r).index_select(0, idx)
-            return teacher((x_f if which == "f" else x_r).index_select(0, idx))[1]
-
-        gen = torch.Generator(device=dev).manual_seed(self.seed)
         if use_mixblock:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
-                self.mixblock = MixBlock(feat_shape[0]).to(dev)
+                self.mixblock = MixBlock(feat_shape[0]).to(dev, memory_format=fmt)
             opt_g = torch.optim.Adam(self.mixblock.parameters(), lr=cfg.gen_lr)
-            gen_params = list(self.mixblock.parameters())
+        else:
+            opt_g = None
         opt_u = torch.optim.Adam(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         size = tuple(x_f.shape[2:4]) if x_f.dim() == 4 else None
-
         steps = (n_f + B - 1) // B
-        reps = (steps * B + n_r - 1) // n_r  # retain permutations needed to fill one epoch's batches
-        losses_u, losses_g = [], []
-        t = 0
-        with progress_bar(cfg.epochs * steps, "mixunlearn", self.quiet) as bar:
-            for _ in range(cfg.epochs):
-                order_f = torch.randperm(n_f, generator=gen, device=dev)
-                order_r = torch.cat([torch.randperm(n_r, generator=gen, device=dev) for _ in range(reps)])
-                for s in range(steps):
-                    fidx = order_f[s * B : (s + 1) * B]
-                    ridx = order_r[s * B : (s + 1) * B]
-                    b = min(B, n_f - s * B)  # the last forget batch may be short
-                    xf, xr = x_f.index_select(0, fidx), x_r.index_select(0, ridx)
-                    qf, qr = q_f.index_select(0, fidx), q_r.index_select(0, ridx)
-                    hf = features("f", fidx) if use_mixblock else None
-                    hr = features("r", ridx) if use_mixblock else None
-                    if use_mixblock and t % cfg.gen_interval == 0:
-                        losses_g.append(self._generator_step(
-                            student, loss_fn, opt_g, gen_params, xf, xr[:b], hf, hr[:b], qf, qr[:b], size, gen
-                        ))
-                    losses_u.append(self._unlearner_step(student, loss_fn, opt_u, xf, xr, hf, hr, qf, qr, size, gen))
-                    t += 1
-                    bar.update(1)
+
+        if eng.step == "reference":
+            from .reference_step import reference_loop
+
+            self.cache_info = {"cached": False, "reason": "step='reference' recomputes f_D every iteration"}
+            losses_u, losses_g = reference_loop(
+                self, x_f, y_f, x_r, y_r, frozen, teacher, student, opt_u, opt_g, size, steps
+            )
+        else:
+            losses_u, losses_g = self._fast_loop(
+                x_f, y_f, x_r, y_r, frozen, teacher, student, loss_fn, opt_u, opt_g, feat_shape, size, steps,
+                rank, world_size,
+            )
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         self.seconds = time.perf_counter() - start
@@ -254,49 +277,207 @@ class MixUnlearn:
             hf8 = teacher(x_f[:8])[1] if use_mixblock else None
             hr8 = teacher(x_r[:8])[1] if use_mixblock else None
         self._preview = (x_f[:8], x_r[:8], hf8, hr8)
+        self._shard = self._mixblock_ddp = None
         return student.eval().requires_grad_(False)
+
+    def _build_cache(self, x_f, x_r, aware, frozen, teacher, loss_fn, feat_shape):
+        """f_D's outputs for every sample, computed in batches once, or None (with the reason)."""
+        eng, dev = self.engine, self.device
+        n_f, n_r = x_f.shape[0], x_r.shape[0]
+        if self._augment is not None:
+            reason = f"augment={eng.augment!r} changes the inputs every step"
+        elif not eng.cache:
+            reason = "cache=False (--no-cache)"
+        elif teacher is None and aware:
+            reason = "nothing to cache: the Beta ablation with labels needs no f_D output"
+        else:
+            reason = None
+        if reason is not None:
+            self.cache_info = {"cached": False, "reason": reason}
+            if teacher is not None or not aware:
+                self._log(f"teacher cache off: {reason}; f_D runs on every batch")
+            return None
+        with torch.no_grad():
+            num_classes = frozen(x_f[:1]).shape[1]
+        per_sample = (math.prod(feat_shape) if teacher is not None else 0) + (0 if aware else 2 * num_classes)
+        nbytes = (n_f + n_r) * per_sample * 4
+        limit = engine.check_cache_fits(nbytes, eng.cache_limit_mb, dev)
+        with torch.no_grad():
+            if teacher is not None:
+                logits_f, feats_f = self._teacher_outputs(teacher, x_f)
+                logits_r, feats_r = self._teacher_outputs(teacher, x_r)
+            else:
+                feats_f = feats_r = None
+                logits_f = torch.cat([frozen(x_f[i : i + 1024]) for i in range(0, n_f, 1024)])
+                logits_r = torch.cat([frozen(x_r[i : i + 1024]) for i in range(0, n_r, 1024)])
+            q_f = None if aware else loss_fn.targets(logits_f)
+            q_r = None if aware else loss_fn.targets(logits_r)
+        what = (f"features {'x'.join(map(str, feat_shape))}" if teacher is not None else "") + (
+            "" if aware else f"{', ' if teacher is not None else ''}logits and targets of {num_classes} classes")
+        self.cache_info = {"cached": True, "bytes": nbytes, "limit_mb": limit, "contents": what}
+        self._log(f"teacher cache: {nbytes / 2**20:.1f} MiB on {dev} ({what}) for {n_f} + {n_r} samples; "
+                  f"limit {limit:.0f} MiB ({'cache_limit_mb' if eng.cache_limit_mb is not None else 'half the free memory'}"
+                  "; --cache-limit-mb MB or --no-cache to change)")
+        return feats_f, feats_r, q_f, q_r
+
+    def _fast_loop(self, x_f, y_f, x_r, y_r, frozen, teacher, student, loss_fn, opt_u, opt_g, feat_shape, size,
+                   steps, rank, world_size):
+        cfg, dev = self.config, self.device
+        aware = cfg.labels == "aware"
+        use_mixblock = teacher is not None
+        n_f, n_r, B = x_f.shape[0], x_r.shape[0], cfg.batch_size
+        cache = self._build_cache(x_f, x_r, aware, frozen, teacher, loss_fn, feat_shape)
+        if cache is not None:
+            feats_f, feats_r, q_f, q_r = cache
+        q_f = y_f if aware else (q_f if cache is not None else None)
+        q_r = y_r if aware else (q_r if cache is not None else None)
+        self._amp = engine.Amp(self.engine.amp, dev)
+        augment = self._augment
+
+        def batch(x, q, feats, idx):
+            """One side's images, targets and features: read from the cache by index, or
+            (augmented and) passed through f_D."""
+            xb = x.index_select(0, idx)
+            if cache is not None:
+                qb = q.index_select(0, idx)
+                return xb, qb, feats.index_select(0, idx) if use_mixblock else None
+            if augment is not None:
+                xb = augment(xb, gen)
+            with torch.no_grad():
+                if use_mixblock:
+                    logits, hb = teacher(xb)
+                else:
+                    logits, hb = (frozen(xb) if not aware else None), None
+            qb = q.index_select(0, idx) if aware else loss_fn.targets(logits)
+            return xb, qb, hb
+
+        gen = torch.Generator(device=dev).manual_seed(self.seed)
+        gen_params = list(self.mixblock.parameters()) if use_mixblock else None
+        train_student = student
+        if world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [dev.index] if dev.type == "cuda" else None
+            self._shard = RowShard(rank, world_size)
+            train_student = DDP(student, device_ids=ids)
+            self._mixblock_ddp = DDP(self.mixblock, device_ids=ids) if use_mixblock else None
+            self._log(f"data-parallel over {world_size} ranks: each runs ceil(B/{world_size}) rows of every batch")
+
+        reps = (steps * B + n_r - 1) // n_r  # retain permutations needed to fill one epoch's batches
+        losses_u, losses_g = [], []
+        t = 0
+        with progress_bar(cfg.epochs * steps, "mixunlearn", self.quiet or rank != 0) as bar:
+            for _ in range(cfg.epochs):
+                order_f = torch.randperm(n_f, generator=gen, device=dev)
+                order_r = torch.cat([torch.randperm(n_r, generator=gen, device=dev) for _ in range(reps)])
+                for s in range(steps):
+                    fidx = order_f[s * B : (s + 1) * B]
+                    ridx = order_r[s * B : (s + 1) * B]
+                    b = min(B, n_f - s * B)  # the last forget batch may be short
+                    xf, qf, hf = batch(x_f, q_f, feats_f if cache is not None else None, fidx)
+                    xr, qr, hr = batch(x_r, q_r, feats_r if cache is not None else None, ridx)
+                    if use_mixblock and t % cfg.gen_interval == 0:
+                        losses_g.append(self._generator_step(
+                            student, loss_fn, opt_g, gen_params, xf, xr[:b], hf, hr[:b], qf, qr[:b], size, gen
+                        ))
+                    losses_u.append(self._unlearner_step(
+                        train_student, loss_fn, opt_u, xf, xr, hf, hr, qf, qr, size, gen
+                    ))
+                    t += 1
+                    bar.update(1)
+        return losses_u, losses_g
 
     def _generator_step(self, student, loss_fn, opt_g, gen_params, xf, xr, hf, hr, qf, qr, size, gen):
         """Update the MixBlock only, towards mixes that reveal D_f and lose D_r (pairing: identity)."""
         b = xf.shape[0]
+        amp, shard = self._amp, self._shard
         lam = sample_lambda(b, self.config.alpha, device=xf.device, generator=gen)
-        mask = self.mixblock.mask(hf, hr, lam, size)
-        student.eval()  # f_U's batch-norm statistics must not move in G's step
-        logits = student(mixup(xf, xr, mask, backend=self.backend))
-        student.train()
-        loss = loss_fn.generator_loss(logits, qf, qr, lam)
-        grads = torch.autograd.grad(loss, gen_params)  # gradients of G only, none for f_U
-        for p, g in zip(gen_params, grads):
-            p.grad = g
-        opt_g.step()
+        if shard is None:
+            mask = self.mixblock.mask(hf, hr, lam, size)
+            student.eval()  # f_U's batch-norm statistics must not move in G's step
+            with amp.autocast():
+                logits = student(mixup(xf, xr, mask, backend=self.backend))
+            student.train()
+            if amp.dtype is not None:
+                logits = logits.float()
+            loss = loss_fn.generator_loss(logits, qf, qr, lam)
+            grads = torch.autograd.grad(amp.scale(loss, opt_g), gen_params)  # gradients of G only, none for f_U
+            for p, g in zip(gen_params, grads):
+                p.grad = g
+        else:
+            # This rank's rows; backward() (not autograd.grad) so DDP averages G's gradients,
+            # with f_U's weights frozen for the step so that no gradient reaches them.
+            rows = shard.rows(b, xf.device)
+            mask = self._mixblock_ddp(hf.index_select(0, rows), hr.index_select(0, rows), lam.index_select(0, rows), size)[:, 0:1]
+            frozen_now = [p for p in student.parameters() if p.requires_grad]
+            for p in frozen_now:
+                p.requires_grad_(False)
+            student.eval()
+            with amp.autocast():
+                local = student(mixup(xf.index_select(0, rows), xr.index_select(0, rows), mask, backend=self.backend))
+            student.train()
+            (logits,) = shard.gather(local.float(), [b])
+            loss = loss_fn.generator_loss(logits, qf, qr, lam)
+            opt_g.zero_grad(set_to_none=True)
+            amp.scale(loss, opt_g).backward()
+            for p in frozen_now:
+                p.requires_grad_(True)
+        amp.step(opt_g)
         return loss.detach()
 
     def _unlearner_step(self, student, loss_fn, opt_u, xf, xr, hf, hr, qf, qr, size, gen):
         """Update f_U only: ``L_mix + omega * L_real`` on mixes with a random pairing."""
         cfg = self.config
+        amp, shard = self._amp, self._shard
         b, B = xf.shape[0], xr.shape[0]
         perm = torch.randperm(B, generator=gen, device=xf.device)[:b]
-        parts = []
+        lam = sample_lambda(b, cfg.alpha, device=xf.device, generator=gen) if cfg.use_mix else None
+        if shard is None:
+            parts = []
+            if cfg.use_mix:
+                with torch.no_grad():
+                    weight = lam if self.mixblock is None else self.mixblock.mask(hf, hr.index_select(0, perm), lam, size)
+                parts.append(mixup(xf, xr, weight, perm, backend=self.backend))
+            if cfg.omega > 0:
+                parts += [xr, xf]
+            with amp.autocast():
+                logits = student(torch.cat(parts) if len(parts) > 1 else parts[0])
+            if amp.dtype is not None:
+                logits = logits.float()
+            mix_logits = logits[:b] if cfg.use_mix else None
+            off = b if cfg.use_mix else 0
+            real_r = logits[off : off + B] if cfg.omega > 0 else None
+            real_f = logits[off + B :] if cfg.omega > 0 else None
+        else:
+            # Each rank runs its rows of the mixes and of both real batches in one forward;
+            # the gather gives every rank the whole batch's logits for the batch-coupled loss.
+            parts, sizes = [], []
+            rows_b = shard.rows(b, xf.device)
+            if cfg.use_mix:
+                lam_s, perm_s = lam.index_select(0, rows_b), perm.index_select(0, rows_b)
+                hf_s = hf.index_select(0, rows_b) if hf is not None else None
+                with torch.no_grad():
+                    weight = lam_s if self.mixblock is None else self.mixblock.mask(
+                        hf_s, hr.index_select(0, perm_s), lam_s, size)
+                parts.append(mixup(xf.index_select(0, rows_b), xr, weight, perm_s, backend=self.backend))
+                sizes.append(b)
+            if cfg.omega > 0:
+                parts += [xr.index_select(0, shard.rows(B, xf.device)), xf.index_select(0, rows_b)]
+                sizes += [B, b]
+            with amp.autocast():
+                local = student(torch.cat(parts) if len(parts) > 1 else parts[0])
+            full = shard.gather(local.float(), sizes)
+            mix_logits = full.pop(0) if cfg.use_mix else None
+            real_r, real_f = (full[0], full[1]) if cfg.omega > 0 else (None, None)
         if cfg.use_mix:
-            lam = sample_lambda(b, cfg.alpha, device=xf.device, generator=gen)
-            with torch.no_grad():
-                weight = lam if self.mixblock is None else self.mixblock.mask(hf, hr.index_select(0, perm), lam, size)
-            parts.append(mixup(xf, xr, weight, perm, backend=self.backend))
-        if cfg.omega > 0:
-            parts += [xr, xf]
-        logits = student(torch.cat(parts) if len(parts) > 1 else parts[0])
-        if cfg.use_mix:
-            mix_logits = logits[:b]
-            real_r = logits[b : b + B] if cfg.omega > 0 else None
-            real_f = logits[b + B :] if cfg.omega > 0 else None
             loss = loss_fn(mix_logits, real_f, real_r, qf, qr, lam, perm)
         else:
             loss = cfg.omega * real_loss(
-                logits[:B], logits[B:], qr, qf, cfg.tau_real, reduction=cfg.reduction, backend=self.backend
+                real_r, real_f, qr, qf, cfg.tau_real, reduction=cfg.reduction, backend=self.backend
             )
         opt_u.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_u.step()
+        amp.scale(loss, opt_u).backward()
+        amp.step(opt_u)
         return loss.detach()
 
     @torch.no_grad()
@@ -318,4 +499,5 @@ class MixUnlearn:
         return x_f.cpu(), x_r.cpu(), mask.cpu(), mixed.cpu(), lam.cpu()
 
     def settings(self) -> dict:
-        return {**asdict(self.config), "feature_layer": self.feature_layer, "seed": self.seed}
+        return {**asdict(self.config), "feature_layer": self.feature_layer, "seed": self.seed,
+                "engine": asdict(self.engine)}

@@ -1,0 +1,149 @@
+"""How the unlearning loop runs (issue 5): the paper-style reference step, the teacher
+cache (its report and its refusal), on-device augmentation, mixed precision, options."""
+import pytest
+import torch
+
+from fastmix import MixUnlearn
+from fastmix.augment import crop_flip
+from fastmix.features import FrozenTeacher
+from fastmix.models import build_model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def digits_like(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def run(seed=0, n_f=20, n_r=40, epochs=2, **kw):
+    model = build_model("digits-cnn", 10, 1, seed=0)
+    xf, yf = digits_like(n_f, 1)
+    xr, yr = digits_like(n_r, 2)
+    mu = MixUnlearn(model, seed=seed, batch_size=8, epochs=epochs, lr=1e-3, **kw)
+    return mu.unlearn((xf, yf), (xr, yr)), mu
+
+
+def count_teacher_calls(monkeypatch):
+    calls = []
+    real = FrozenTeacher.forward
+
+    def counting(self, x):
+        calls.append(x.shape[0])
+        return real(self, x)
+
+    monkeypatch.setattr(FrozenTeacher, "forward", counting)
+    return calls
+
+
+def params_differ(a, b):
+    return any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_reference_step_recomputes_the_teacher_every_batch(monkeypatch):
+    calls = count_teacher_calls(monkeypatch)
+    run(step="reference")
+    # 2 epochs x 3 batches x (forget + retain), plus the feature-shape probe and the preview's 2
+    assert len(calls) == 1 + 2 * 3 * 2 + 2
+    calls.clear()
+    run()
+    assert len(calls) == 1 + 2 + 2  # the fast step: the probe, the cache (one chunk a side), the preview
+
+
+@pytest.mark.parametrize("kw", [{}, dict(labels="agnostic"), dict(mask="beta"), dict(use_mix=False), dict(omega=0.0)])
+def test_reference_step_is_seeded_and_trains(kw):
+    a, mu = run(step="reference", **kw)
+    b, _ = run(step="reference", **kw)
+    c, _ = run(seed=1, step="reference", **kw)
+    assert not params_differ(a, b) and params_differ(a, c)
+    assert len(mu.history["unlearner"]) == 6
+    assert len(mu.history["generator"]) == (0 if kw.get("mask") == "beta" else 2)
+    assert all(torch.isfinite(torch.tensor(mu.history["unlearner"])))
+    assert params_differ(a, mu.model)
+
+
+def test_reference_and_fast_steps_compute_the_same_objective():
+    """Different random draws, the same loss: over full batches (the last batch of an
+    epoch is short, and the sum reduction makes its loss smaller) the two steps' mean
+    losses agree, with and without L_real."""
+    for kw in (dict(mask="beta"), dict(mask="beta", omega=0.0)):
+        f = run(epochs=6, **kw)[1].history["unlearner"]
+        r = run(epochs=6, step="reference", **kw)[1].history["unlearner"]
+        full_f = [v for i, v in enumerate(f) if i % 3 != 2]
+        full_r = [v for i, v in enumerate(r) if i % 3 != 2]
+        mean_f, mean_r = sum(full_f) / len(full_f), sum(full_r) / len(full_r)
+        assert abs(mean_f - mean_r) < 0.05 * abs(mean_f), (mean_f, mean_r)
+
+
+def test_cache_gives_the_model_of_no_cache(monkeypatch):
+    a, mu = run()
+    assert mu.cache_info["cached"] and mu.cache_info["bytes"] == 60 * 32 * 4 * 4 * 4
+    calls = count_teacher_calls(monkeypatch)
+    b, mu_b = run(cache=False)
+    assert not mu_b.cache_info["cached"] and "--no-cache" in mu_b.cache_info["reason"]
+    assert len(calls) == 1 + 2 * 3 * 2 + 2
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_cache_reports_its_size_and_refuses_what_does_not_fit():
+    lines = []
+    run(labels="agnostic", log=lines.append)
+    assert any("teacher cache: " in line and "MiB" in line and "--cache-limit-mb" in line for line in lines)
+    with pytest.raises(ValueError, match=r"over its limit.*--cache-limit-mb.*--no-cache"):
+        run(cache_limit_mb=0.01)
+    _, mu = run(cache_limit_mb=0.01, cache=False)  # the way out the message names
+    assert not mu.cache_info["cached"]
+
+
+def test_augmentation_turns_the_cache_off_and_says_so(monkeypatch):
+    lines = []
+    calls = count_teacher_calls(monkeypatch)
+    a, mu = run(augment="crop-flip", log=lines.append)
+    assert not mu.cache_info["cached"] and "augment" in mu.cache_info["reason"]
+    assert any("cache off" in line and "augment" in line for line in lines)
+    assert len(calls) == 1 + 2 * 3 * 2 + 2
+    b, _ = run(augment="crop-flip")
+    assert not params_differ(a, b)  # augmentation draws from the seeded device generator
+
+
+def test_crop_flip_shifts_and_flips_each_sample():
+    x = torch.randn(16, 3, 8, 8)
+    out = crop_flip(x, torch.Generator().manual_seed(0), pad=2)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    kinds = set()
+    for i in range(16):
+        found = [(dy, dx, f) for dy in range(5) for dx in range(5) for f in (0, 1)
+                 if torch.equal(out[i], (lambda c: c.flip(-1) if f else c)(padded[i, :, dy:dy + 8, dx:dx + 8]))]
+        assert found, f"sample {i} is no shifted/flipped copy of its input"
+        kinds.add(found[0][2])
+    assert kinds == {0, 1}
+
+
+def test_bf16_autocast_tracks_fp32():
+    _, full = run()
+    _, half = run(amp="bf16")
+    torch.testing.assert_close(torch.tensor(half.history["unlearner"][:3]), torch.tensor(full.history["unlearner"][:3]),
+                               rtol=0.05, atol=0.5)
+
+
+def test_bad_engine_options():
+    model = build_model("digits-cnn", 10, 1, seed=0)
+    with pytest.raises(ValueError, match="--cuda-graphs"):
+        MixUnlearn(model, cuda_graphs=True)
+    with pytest.raises(ValueError, match="step must be"):
+        MixUnlearn(model, step="slow")
+    with pytest.raises(ValueError, match="amp must be"):
+        MixUnlearn(model, amp="fp8")
+    with pytest.raises(ValueError, match="--reference-step"):
+        MixUnlearn(model, step="reference", amp="bf16")
+    with pytest.raises(ValueError, match="cache_limit_mb"):
+        MixUnlearn(model, cache_limit_mb=-1)
+    with pytest.raises(ValueError, match="augment"):
+        MixUnlearn(model, augment="rotate")
