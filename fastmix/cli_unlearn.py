@@ -13,7 +13,9 @@ def add_parser(subparsers) -> None:
         "unlearn", help="unlearn with MixUnlearn and baselines; table, results.json, PNG",
         description="Forget D_f with each method, then print a table of the metrics of each method beside "
         "the original and the retrained model, and write OUT/results.json and OUT/results.png. "
-        "Options left out take the data set's defaults (see fastmix/experiment.py).",
+        "Options left out take the data set's defaults (see fastmix/experiment.py). "
+        "Under `torchrun --nproc_per_node=N -m fastmix unlearn ...` MixUnlearn runs data-parallel at the same "
+        "global --batch-size (nccl on GPUs, gloo on the CPU); rank 0 trains the models and writes the results.",
     )
     add_data_args(p)
     p.add_argument("--labels", default="aware", choices=("aware", "agnostic"),
@@ -74,6 +76,7 @@ def run(args) -> int:
     from dataclasses import asdict
 
     from .data import DataError
+    from .distributed import init_from_env, launched_by_torchrun, world
     from .experiment import run_experiment
     from .report import format_table, write_png, write_results
 
@@ -83,12 +86,23 @@ def run(args) -> int:
         print("fastmix unlearn: error: --method needs at least one method name")
         return 2
     exp = experiment_from_args(args, methods, options_from_args(args))
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    if launched_by_torchrun():  # data-parallel: one process per device, results from rank 0
+        exp.device = str(init_from_env(exp.device))
+        exp.quiet = exp.quiet or world()[0] != 0
+    log = (lambda *a: None) if exp.quiet else (lambda *a: print(*a, file=sys.stderr))
     try:
         result = run_experiment(exp, log=log)
     except (DataError, ValueError) as e:
         print(f"fastmix unlearn: error: {e}")
         return 2
+    finally:
+        if launched_by_torchrun():
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    if result is None:  # a rank other than 0 under torchrun
+        return 0
     rows, metrics = result["rows"], result["metrics"]
     print(format_table(rows, metrics))
     out = Path(args.out)

@@ -11,6 +11,7 @@ the parameters get the single-process gradient.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -63,7 +64,9 @@ class RowShard:
         from torch.distributed.nn.functional import all_gather
 
         per = [-(-n // self.world) for n in sizes]
-        parts = all_gather(local.contiguous())  # one tensor per rank, autograd-aware
+        with warnings.catch_warnings():  # deprecated for a private successor; still the public autograd gather
+            warnings.simplefilter("ignore", FutureWarning)
+            parts = all_gather(local.contiguous())  # one tensor per rank, autograd-aware
         out = []
         start = 0
         for n, p in zip(sizes, per):

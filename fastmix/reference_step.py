@@ -37,6 +37,7 @@ def reference_loop(mu, x_f, y_f, x_r, y_r, frozen, teacher, student, opt_u, opt_
     reps = (steps * B + n_r - 1) // n_r
     losses_u, losses_g = [], []
     t = 0
+    mu._mark_loop_start()
     with progress_bar(cfg.epochs * steps, "mixunlearn (reference step)", mu.quiet) as bar:
         for _ in range(cfg.epochs):
             order_f = rng.permutation(n_f)

@@ -134,7 +134,8 @@ class MixUnlearn:
 
     After :meth:`unlearn`: ``seconds`` (wall time, including the precomputation),
     ``history`` (``{"unlearner": [...], "generator": [...]}`` losses), ``mixblock``
-    (the trained generator, or None for the Beta ablation) and ``cache_info``.
+    (the trained generator, or None for the Beta ablation), ``cache_info`` and
+    ``timings`` (``setup_s``, the teacher cache included; ``loop_s``; ``steps``).
     """
 
     def __init__(
@@ -181,6 +182,8 @@ class MixUnlearn:
         self.history: dict[str, list[float]] = {"unlearner": [], "generator": []}
         self.mixblock: MixBlock | None = None
         self.cache_info: dict = {}
+        self.timings: dict = {}
+        self._loop_start: float | None = None
         self._preview = None
         # Set by unlearn(); the step methods read them (bench/ calls the steps directly).
         self._shard: RowShard | None = None
@@ -224,6 +227,7 @@ class MixUnlearn:
             raise ValueError("step='reference' (--reference-step) runs in one process; launch it without torchrun")
         dev = self.device
         start = time.perf_counter()
+        self._loop_start = None
         channels_last = eng.use_channels_last(dev, self.model, x_f.dim())
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         x_f, x_r = x_f.to(dev).contiguous(memory_format=fmt), x_r.to(dev).contiguous(memory_format=fmt)
@@ -268,7 +272,10 @@ class MixUnlearn:
             )
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        self.seconds = time.perf_counter() - start
+        end = time.perf_counter()
+        self.seconds = end - start
+        loop_start = self._loop_start or start
+        self.timings = {"setup_s": loop_start - start, "loop_s": end - loop_start, "steps": cfg.epochs * steps}
         self.history = {
             "unlearner": torch.stack(losses_u).tolist() if losses_u else [],
             "generator": torch.stack(losses_g).tolist() if losses_g else [],
@@ -279,6 +286,12 @@ class MixUnlearn:
         self._preview = (x_f[:8], x_r[:8], hf8, hr8)
         self._shard = self._mixblock_ddp = None
         return student.eval().requires_grad_(False)
+
+    def _mark_loop_start(self) -> None:
+        """Where set-up (the teacher cache included) ends and the loop begins, for ``timings``."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._loop_start = time.perf_counter()
 
     def _build_cache(self, x_f, x_r, aware, frozen, teacher, loss_fn, feat_shape):
         """f_D's outputs for every sample, computed in batches once, or None (with the reason)."""
@@ -366,6 +379,7 @@ class MixUnlearn:
         reps = (steps * B + n_r - 1) // n_r  # retain permutations needed to fill one epoch's batches
         losses_u, losses_g = [], []
         t = 0
+        self._mark_loop_start()
         with progress_bar(cfg.epochs * steps, "mixunlearn", self.quiet or rank != 0) as bar:
             for _ in range(cfg.epochs):
                 order_f = torch.randperm(n_f, generator=gen, device=dev)
