@@ -41,18 +41,42 @@ def as_feature_map(out) -> torch.Tensor:
     raise ValueError(f"the feature layer's output must be 2-, 3- or 4-d, got shape {tuple(out.shape)}")
 
 
+class _StopForward(Exception):
+    """Raised by the hook to end a forward pass at the feature layer."""
+
+
 class FrozenTeacher(nn.Module):
-    """The original model ``f_D``, frozen: returns its logits and its feature map ``h_D``."""
+    """The original model ``f_D``, frozen: returns its logits and its feature map ``h_D``
+    (:meth:`features`: the feature map alone, the layers after it skipped)."""
 
     def __init__(self, model: nn.Module, feature_layer: str):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.feature_layer = feature_layer
         self._captured: torch.Tensor | None = None
+        self._stop = False
         find_module(model, feature_layer).register_forward_hook(self._capture)
 
     def _capture(self, module, inputs, output):
         self._captured = output
+        if self._stop:
+            raise _StopForward
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``h_D(x)`` only: the forward pass stops at the feature layer."""
+        self._captured, self._stop = None, True
+        try:
+            self.model(x)
+        except _StopForward:
+            pass
+        finally:
+            self._stop = False
+        if self._captured is None:
+            raise RuntimeError(f"feature layer {self.feature_layer!r} did not run in the model's forward")
+        feats = as_feature_map(self._captured)
+        self._captured = None
+        return feats
 
     def train(self, mode: bool = True):  # f_D stays in eval mode
         return super().train(False)

@@ -16,6 +16,7 @@ from .distributed import RowShard, world
 from .features import FrozenTeacher
 from .loss import MixUnlearnLoss
 from .mixblock import MixBlock
+from .teacher_cache import TeacherCache
 from .ops.contrastive import real_loss
 from .ops.mixup import mixup
 from .progress import progress_bar
@@ -200,14 +201,6 @@ class MixUnlearn:
 
     # --- setup -----------------------------------------------------------------------------
 
-    def _teacher_outputs(self, teacher: FrozenTeacher, x: torch.Tensor, chunk: int = 1024):
-        logits, feats = [], []
-        for i in range(0, x.shape[0], chunk):
-            lo, fe = teacher(x[i : i + chunk])
-            logits.append(lo)
-            feats.append(fe)
-        return torch.cat(logits), torch.cat(feats)
-
     # --- the loop --------------------------------------------------------------------------
 
     def unlearn(self, forget_data, retain_data) -> nn.Module:
@@ -293,8 +286,8 @@ class MixUnlearn:
             torch.cuda.synchronize(self.device)
         self._loop_start = time.perf_counter()
 
-    def _build_cache(self, x_f, x_r, aware, frozen, teacher, loss_fn, feat_shape):
-        """f_D's outputs for every sample, computed in batches once, or None (with the reason)."""
+    def _build_cache(self, x_f, x_r, aware, frozen, teacher, loss_fn, feat_shape) -> TeacherCache | None:
+        """f_D's outputs per sample (fastmix.teacher_cache), or None (the reason in ``cache_info``)."""
         eng, dev = self.engine, self.device
         n_f, n_r = x_f.shape[0], x_r.shape[0]
         if self._augment is not None:
@@ -312,26 +305,17 @@ class MixUnlearn:
             return None
         with torch.no_grad():
             num_classes = frozen(x_f[:1]).shape[1]
-        per_sample = (math.prod(feat_shape) if teacher is not None else 0) + (0 if aware else 2 * num_classes)
-        nbytes = (n_f + n_r) * per_sample * 4
-        limit = engine.check_cache_fits(nbytes, eng.cache_limit_mb, dev)
-        with torch.no_grad():
-            if teacher is not None:
-                logits_f, feats_f = self._teacher_outputs(teacher, x_f)
-                logits_r, feats_r = self._teacher_outputs(teacher, x_r)
-            else:
-                feats_f = feats_r = None
-                logits_f = torch.cat([frozen(x_f[i : i + 1024]) for i in range(0, n_f, 1024)])
-                logits_r = torch.cat([frozen(x_r[i : i + 1024]) for i in range(0, n_r, 1024)])
-            q_f = None if aware else loss_fn.targets(logits_f)
-            q_r = None if aware else loss_fn.targets(logits_r)
-        what = (f"features {'x'.join(map(str, feat_shape))}" if teacher is not None else "") + (
-            "" if aware else f"{', ' if teacher is not None else ''}logits and targets of {num_classes} classes")
-        self.cache_info = {"cached": True, "bytes": nbytes, "limit_mb": limit, "contents": what}
-        self._log(f"teacher cache: {nbytes / 2**20:.1f} MiB on {dev} ({what}) for {n_f} + {n_r} samples; "
+        per_sample = (math.prod(feat_shape) if teacher is not None else 0) + (0 if aware else num_classes)
+        limit = engine.check_cache_fits((n_f + n_r) * per_sample * 4, eng.cache_limit_mb, dev)
+        cache = TeacherCache(frozen, teacher, loss_fn, x_f, x_r, aware, feat_shape, num_classes)
+        what = ", ".join(filter(None, [
+            f"features {'x'.join(map(str, feat_shape))}" if teacher is not None else "",
+            "" if aware else f"targets of {num_classes} classes"]))
+        self.cache_info = {"cached": True, "bytes": cache.nbytes, "limit_mb": limit, "contents": what}
+        self._log(f"teacher cache: {cache.nbytes / 2**20:.1f} MiB on {dev} ({what}) for {n_f} + {n_r} samples; "
                   f"limit {limit:.0f} MiB ({'cache_limit_mb' if eng.cache_limit_mb is not None else 'half the free memory'}"
                   "; --cache-limit-mb MB or --no-cache to change)")
-        return feats_f, feats_r, q_f, q_r
+        return cache
 
     def _fast_loop(self, x_f, y_f, x_r, y_r, frozen, teacher, student, loss_fn, opt_u, opt_g, feat_shape, size,
                    steps, rank, world_size):
@@ -340,29 +324,27 @@ class MixUnlearn:
         use_mixblock = teacher is not None
         n_f, n_r, B = x_f.shape[0], x_r.shape[0], cfg.batch_size
         cache = self._build_cache(x_f, x_r, aware, frozen, teacher, loss_fn, feat_shape)
-        if cache is not None:
-            feats_f, feats_r, q_f, q_r = cache
-        q_f = y_f if aware else (q_f if cache is not None else None)
-        q_r = y_r if aware else (q_r if cache is not None else None)
         self._amp = engine.Amp(self.engine.amp, dev)
         augment = self._augment
 
-        def batch(x, q, feats, idx):
+        def batch(side, idx):
             """One side's images, targets and features: read from the cache by index, or
             (augmented and) passed through f_D."""
+            x, y = (x_f, y_f) if side == 0 else (x_r, y_r)
             xb = x.index_select(0, idx)
             if cache is not None:
-                qb = q.index_select(0, idx)
-                return xb, qb, feats.index_select(0, idx) if use_mixblock else None
+                qb, hb = cache.read(side, idx)
+                return xb, (y.index_select(0, idx) if aware else qb), hb
             if augment is not None:
                 xb = augment(xb, gen)
             with torch.no_grad():
-                if use_mixblock:
+                if aware:
+                    logits, hb = None, (teacher.features(xb) if use_mixblock else None)
+                elif use_mixblock:
                     logits, hb = teacher(xb)
                 else:
-                    logits, hb = (frozen(xb) if not aware else None), None
-            qb = q.index_select(0, idx) if aware else loss_fn.targets(logits)
-            return xb, qb, hb
+                    logits, hb = frozen(xb), None
+            return xb, (y.index_select(0, idx) if aware else loss_fn.targets(logits)), hb
 
         gen = torch.Generator(device=dev).manual_seed(self.seed)
         gen_params = list(self.mixblock.parameters()) if use_mixblock else None
@@ -384,12 +366,14 @@ class MixUnlearn:
             for _ in range(cfg.epochs):
                 order_f = torch.randperm(n_f, generator=gen, device=dev)
                 order_r = torch.cat([torch.randperm(n_r, generator=gen, device=dev) for _ in range(reps)])
+                if cache is not None:
+                    cache.prepare(order_r[: steps * B])
                 for s in range(steps):
                     fidx = order_f[s * B : (s + 1) * B]
                     ridx = order_r[s * B : (s + 1) * B]
                     b = min(B, n_f - s * B)  # the last forget batch may be short
-                    xf, qf, hf = batch(x_f, q_f, feats_f if cache is not None else None, fidx)
-                    xr, qr, hr = batch(x_r, q_r, feats_r if cache is not None else None, ridx)
+                    xf, qf, hf = batch(0, fidx)
+                    xr, qr, hr = batch(1, ridx)
                     if use_mixblock and t % cfg.gen_interval == 0:
                         losses_g.append(self._generator_step(
                             student, loss_fn, opt_g, gen_params, xf, xr[:b], hf, hr[:b], qf, qr[:b], size, gen

@@ -7,6 +7,7 @@ from fastmix import MixUnlearn
 from fastmix.augment import crop_flip
 from fastmix.features import FrozenTeacher
 from fastmix.models import build_model
+from fastmix.teacher_cache import TeacherCache
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,14 +32,16 @@ def run(seed=0, n_f=20, n_r=40, epochs=2, **kw):
 
 
 def count_teacher_calls(monkeypatch):
+    """The batch sizes of every pass of f_D (whole, or up to its feature layer)."""
     calls = []
-    real = FrozenTeacher.forward
+    for name in ("forward", "features"):
+        real = getattr(FrozenTeacher, name)
 
-    def counting(self, x):
-        calls.append(x.shape[0])
-        return real(self, x)
+        def counting(self, x, real=real):
+            calls.append(x.shape[0])
+            return real(self, x)
 
-    monkeypatch.setattr(FrozenTeacher, "forward", counting)
+        monkeypatch.setattr(FrozenTeacher, name, counting)
     return calls
 
 
@@ -53,7 +56,26 @@ def test_reference_step_recomputes_the_teacher_every_batch(monkeypatch):
     assert len(calls) == 1 + 2 * 3 * 2 + 2
     calls.clear()
     run()
-    assert len(calls) == 1 + 2 + 2  # the fast step: the probe, the cache (one chunk a side), the preview
+    # the fast step: the probe, D_f once, the retain samples each epoch draws for the first time, the preview
+    assert calls[0] == 1 and calls[1] == 20 and calls[-2:] == [8, 8]
+    assert len(calls) <= 1 + 1 + 2 + 2 and sum(calls[2:-2]) <= 40
+
+
+def test_cache_fills_the_retain_side_as_epochs_first_draw_it(monkeypatch):
+    """One epoch over 16 forget samples draws 16 of the 400 retain samples: f_D runs on
+    those only, and the cached features are f_D's."""
+    calls = count_teacher_calls(monkeypatch)
+    _, mu = run(n_f=16, n_r=400, epochs=1)
+    assert calls[1:-2] == [16, 16]
+    caches = []
+    real_init = TeacherCache.__init__
+    monkeypatch.setattr(TeacherCache, "__init__", lambda self, *a, **k: (real_init(self, *a, **k), caches.append(self))[0])
+    run(n_f=16, n_r=400, epochs=3)
+    cache = caches[0]
+    done = cache.done_r
+    assert 16 < int(done.sum()) <= 48
+    torch.testing.assert_close(cache.feats[1][done], cache.teacher(cache.x_r[done])[1], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(cache.feats[0], cache.teacher(cache.x_f)[1], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("kw", [{}, dict(labels="agnostic"), dict(mask="beta"), dict(use_mix=False), dict(omega=0.0)])
