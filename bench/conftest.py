@@ -26,7 +26,10 @@ def pytest_configure(config):
 
 # The ops first and the steps last: a run with a deadline (FASTMIX_BENCH_DEADLINE, set by
 # gpu_run.sh) then drops the slowest cases, the ResNet-18 step compiles, first.
-_ORDER = ("test_baselines_agree", "test_loss", "test_sharpen", "test_mixup", "test_step", "test_step_generator")
+_ORDER = (
+    "test_baselines_agree", "test_loss", "test_sharpen", "test_mixup", "test_step", "test_trainer_speed",
+    "test_step_generator",
+)
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -35,6 +38,10 @@ def pytest_collection_modifyitems(session, config, items):
         return _ORDER.index(name) if name in _ORDER else _ORDER.index("test_step")
 
     items.sort(key=rank)  # stable: the order inside a file stays
+
+
+def pytest_runtest_setup(item):
+    bench_common.deadline_skip()  # every case, whether or not it goes through run_case
 
 
 def pytest_report_header(config):
