@@ -325,6 +325,7 @@ class MixUnlearn:
         n_f, n_r, B = x_f.shape[0], x_r.shape[0], cfg.batch_size
         cache = self._build_cache(x_f, x_r, aware, frozen, teacher, loss_fn, feat_shape)
         self._amp = engine.Amp(self.engine.amp, dev)
+        channels_last = x_f.dim() == 4 and x_f.shape[1] > 1 and not x_f.is_contiguous()
         augment = self._augment
 
         def batch(side, idx):
@@ -332,6 +333,8 @@ class MixUnlearn:
             (augmented and) passed through f_D."""
             x, y = (x_f, y_f) if side == 0 else (x_r, y_r)
             xb = x.index_select(0, idx)
+            if channels_last:  # index_select gives a contiguous batch
+                xb = xb.contiguous(memory_format=torch.channels_last)
             if cache is not None:
                 qb, hb = cache.read(side, idx)
                 return xb, (y.index_select(0, idx) if aware else qb), hb

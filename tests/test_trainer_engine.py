@@ -169,3 +169,37 @@ def test_bad_engine_options():
         MixUnlearn(model, cache_limit_mb=-1)
     with pytest.raises(ValueError, match="augment"):
         MixUnlearn(model, augment="rotate")
+
+
+def test_channels_last_keeps_the_format_and_the_result(monkeypatch):
+    import fastmix.unlearn as unlearn_mod
+
+    formats = []
+    real_mixup = unlearn_mod.mixup
+
+    def spy(x_f, x_r, weight, perm=None, **kw):
+        out = real_mixup(x_f, x_r, weight, perm, **kw)
+        formats.append(out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous())
+        return out
+
+    monkeypatch.setattr(unlearn_mod, "mixup", spy)
+    g = torch.Generator().manual_seed(0)
+    xf, xr = torch.randn(20, 3, 8, 8, generator=g), torch.randn(40, 3, 8, 8, generator=g)
+    yf, yr = torch.randint(0, 10, (20,), generator=g), torch.randint(0, 10, (40,), generator=g)
+
+    def run3(**kw):  # 3 channels: with 1, channels_last and contiguous are the same strides
+        mu = MixUnlearn(build_model("digits-cnn", 10, 3, seed=0), seed=0, batch_size=8, epochs=2, lr=1e-3, **kw)
+        return mu.unlearn((xf, yf), (xr, yr)), mu
+
+    a, _ = run3()
+    formats.clear()
+    b, mu = run3(channels_last=True)
+    assert formats and all(formats)  # the fused mixup kept the images channels_last
+    assert b.block1[0].weight.is_contiguous(memory_format=torch.channels_last)
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        torch.testing.assert_close(x, y.contiguous(), rtol=1e-4, atol=1e-5)
+
+
+def test_fp16_grad_scaler_path_runs():
+    _, mu = run(amp="fp16", epochs=1)
+    assert all(torch.isfinite(torch.tensor(mu.history["unlearner"])))
