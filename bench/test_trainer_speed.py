@@ -11,8 +11,9 @@ losses through autograd), on the same data and model.
   on 28x28 and ResNet-18 on 32x32 images (ResNet-18 on a GPU only).
 
 The model is freshly initialised: the work per step does not depend on its weights.
-``impl`` is "eager" for the reference step and "fastmix-<backend>" for the fast step,
-so bench/summarize.py reports the fast step's speed-up over the reference step.
+``impl`` is "eager" for the reference step, "fastmix-<backend>" for the fast step and,
+on a GPU, "fastmix-cuda-graphs" for the fast step captured in CUDA graphs, so
+bench/summarize.py reports their speed-ups over the reference step.
 """
 import os
 
@@ -24,7 +25,7 @@ from fastmix import MixUnlearn
 from fastmix.models import MnistCNN, ResNet18
 
 B = 32
-IMPLS = ("eager", "fastmix")
+IMPLS = ("eager", "fastmix", "fastmix-graphs")
 OPTIONS = dict(lr=5e-5, batch_size=B, tau_gen=1.0, tau_mix=10.0, tau_real=10.0, omega=10.0)
 
 
@@ -46,20 +47,24 @@ def random_images(n_f, n_r, shape, seed=0):
 
 
 def run_unlearn(benchmark, impl, net, forget, retain, rounds, **info):
+    if impl == "fastmix-graphs" and not ON_GPU:
+        pytest.skip("CUDA graphs need a GPU")
     step = "reference" if impl == "eager" else "fast"
+    engine = dict(cuda_graphs=True) if impl == "fastmix-graphs" else {}
     net = net.to(DEVICE)
     forget = tuple(t.to(DEVICE) for t in forget)
     retain = tuple(t.to(DEVICE) for t in retain)
     last = {}
 
     def once():
-        mu = MixUnlearn(net, seed=0, device=DEVICE, step=step, epochs=1, **OPTIONS)
+        mu = MixUnlearn(net, seed=0, device=DEVICE, step=step, epochs=1, **engine, **OPTIONS)
         mu.unlearn(forget, retain)
         sync()
         last["mu"] = mu
 
     benchmark.extra_info.update(environment())
-    benchmark.extra_info.update(impl=impl if impl == "eager" else f"fastmix-{'cuda' if ON_GPU else 'torch'}",
+    name = {"eager": "eager", "fastmix": f"fastmix-{'cuda' if ON_GPU else 'torch'}", "fastmix-graphs": "fastmix-cuda-graphs"}
+    benchmark.extra_info.update(impl=name[impl],
                                 step=step, batch=B, **info)
     benchmark.pedantic(once, rounds=1 if Settings.smoke else rounds, iterations=1)
     mu = last["mu"]

@@ -51,7 +51,7 @@ def add_parser(subparsers) -> None:
     e.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last models and images (default: on for convolutional models on CUDA)")
     e.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
-                   help="capture the steps in CUDA graphs (refused on the CPU; not implemented yet)")
+                   help="capture the steps in CUDA graphs (needs a GPU; not yet verified on one, so off by default)")
     f = p.add_argument_group("fine-tuning baseline")
     f.add_argument("--ft-epochs", type=positive_int)
     f.add_argument("--ft-lr", type=positive_float)

@@ -129,7 +129,9 @@ class MixUnlearn:
     * ``amp``: ``"off"``, ``"bf16"`` or ``"fp16"`` (autocast of the unlearner's forward;
       fp32 weights and losses; fp16 uses a GradScaler, whose inf check synchronises).
     * ``channels_last``: None (on for convolutional models on CUDA), True or False.
-    * ``cuda_graphs``: None (on where supported on CUDA) or a bool; refused on the CPU.
+    * ``cuda_graphs``: True captures the steps in CUDA graphs (fastmix.graphs; needs CUDA,
+      refused on the CPU and with fp16). None (default) leaves them off for now: the
+      captured path has not run on a GPU yet.
     * Under ``torchrun`` (a process group of several ranks) the loop runs data-parallel
       (fastmix.distributed), with the same result as one process at the same batch.
 
@@ -190,6 +192,8 @@ class MixUnlearn:
         self._shard: RowShard | None = None
         self._mixblock_ddp = None
         self._amp = engine.Amp("off", self.device)
+        self._argsort_perm = False
+        self._capture = True  # False: the CUDA-graph mode's code run uncaptured (its equivalence test)
 
     def _log(self, msg: str) -> None:
         if world()[0] != 0:
@@ -218,6 +222,9 @@ class MixUnlearn:
         rank, world_size = world()
         if world_size > 1 and eng.step == "reference":
             raise ValueError("step='reference' (--reference-step) runs in one process; launch it without torchrun")
+        graphs = eng.use_cuda_graphs(self.device)
+        if graphs and world_size > 1:
+            raise ValueError("cuda_graphs=True (--cuda-graphs) runs in one process for now; pass --no-cuda-graphs under torchrun")
         dev = self.device
         start = time.perf_counter()
         self._loop_start = None
@@ -244,10 +251,11 @@ class MixUnlearn:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
                 self.mixblock = MixBlock(feat_shape[0]).to(dev, memory_format=fmt)
-            opt_g = torch.optim.Adam(self.mixblock.parameters(), lr=cfg.gen_lr)
+            opt_g = torch.optim.Adam(self.mixblock.parameters(), lr=cfg.gen_lr, capturable=graphs and dev.type == "cuda")
         else:
             opt_g = None
-        opt_u = torch.optim.Adam(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt_u = torch.optim.Adam(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 capturable=graphs and dev.type == "cuda")
         size = tuple(x_f.shape[2:4]) if x_f.dim() == 4 else None
         steps = (n_f + B - 1) // B
 
@@ -261,7 +269,7 @@ class MixUnlearn:
         else:
             losses_u, losses_g = self._fast_loop(
                 x_f, y_f, x_r, y_r, frozen, teacher, student, loss_fn, opt_u, opt_g, feat_shape, size, steps,
-                rank, world_size,
+                rank, world_size, graphs,
             )
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
@@ -278,6 +286,7 @@ class MixUnlearn:
             hr8 = teacher(x_r[:8])[1] if use_mixblock else None
         self._preview = (x_f[:8], x_r[:8], hf8, hr8)
         self._shard = self._mixblock_ddp = None
+        self._argsort_perm = False
         return student.eval().requires_grad_(False)
 
     def _mark_loop_start(self) -> None:
@@ -318,7 +327,7 @@ class MixUnlearn:
         return cache
 
     def _fast_loop(self, x_f, y_f, x_r, y_r, frozen, teacher, student, loss_fn, opt_u, opt_g, feat_shape, size,
-                   steps, rank, world_size):
+                   steps, rank, world_size, graphs=False):
         cfg, dev = self.config, self.device
         aware = cfg.labels == "aware"
         use_mixblock = teacher is not None
@@ -361,6 +370,22 @@ class MixUnlearn:
             self._mixblock_ddp = DDP(self.mixblock, device_ids=ids) if use_mixblock else None
             self._log(f"data-parallel over {world_size} ranks: each runs ceil(B/{world_size}) rows of every batch")
 
+        runner = None
+        if graphs:
+            from .graphs import StepGraphs
+
+            self._argsort_perm = True
+            runner = StepGraphs(
+                batch,
+                lambda xf, xr, hf, hr, qf, qr: self._generator_step(
+                    student, loss_fn, opt_g, gen_params, xf, xr, hf, hr, qf, qr, size, gen),
+                lambda xf, xr, hf, hr, qf, qr: self._unlearner_step(
+                    train_student, loss_fn, opt_u, xf, xr, hf, hr, qf, qr, size, gen),
+                B, dev, gen, has_gen=use_mixblock, capture=self._capture,
+            )
+            self._log("CUDA graphs: the batch read, the generator step and the unlearner step are captured "
+                      "after 3 warm-up iterations; an epoch's short last batch runs uncaptured")
+
         reps = (steps * B + n_r - 1) // n_r  # retain permutations needed to fill one epoch's batches
         losses_u, losses_g = [], []
         t = 0
@@ -375,6 +400,14 @@ class MixUnlearn:
                     fidx = order_f[s * B : (s + 1) * B]
                     ridx = order_r[s * B : (s + 1) * B]
                     b = min(B, n_f - s * B)  # the last forget batch may be short
+                    if runner is not None and b == B:
+                        loss_g, loss_u = runner.step(fidx, ridx, use_mixblock and t % cfg.gen_interval == 0)
+                        if loss_g is not None:
+                            losses_g.append(loss_g)
+                        losses_u.append(loss_u)
+                        t += 1
+                        bar.update(1)
+                        continue
                     xf, qf, hf = batch(0, fidx)
                     xr, qr, hr = batch(1, ridx)
                     if use_mixblock and t % cfg.gen_interval == 0:
@@ -431,7 +464,10 @@ class MixUnlearn:
         cfg = self.config
         amp, shard = self._amp, self._shard
         b, B = xf.shape[0], xr.shape[0]
-        perm = torch.randperm(B, generator=gen, device=xf.device)[:b]
+        if self._argsort_perm:  # the CUDA-graph mode's pairing (fastmix.graphs)
+            perm = torch.rand(B, generator=gen, device=xf.device).argsort()[:b]
+        else:
+            perm = torch.randperm(B, generator=gen, device=xf.device)[:b]
         lam = sample_lambda(b, cfg.alpha, device=xf.device, generator=gen) if cfg.use_mix else None
         if shard is None:
             parts = []
