@@ -9,7 +9,8 @@ labels), on the trainer's models (fastmix.models). The implementations:
 * ``eager``: that step written with bench_eager's mixup and loss, autograd through them;
 * ``compile``: the same with ``torch.compile`` of mixup + model forward + loss;
 * ``fastmix-<backend>``: the trainer's own step, ``MixUnlearn._unlearner_step``, with
-  the ops on that backend.
+  the ops on that backend, called one step at a time (the trainer's loop, CUDA graphs
+  and all, is timed by test_trainer_speed.py).
 
 The generator's step (every ``gen_interval``-th iteration) is in test_step_generator.py.
 """
