@@ -14,7 +14,8 @@ for setting in class data; do
     echo "== $setting-level, label-$labels" >&2
     start=$(date +%s)
     python -m fastmix unlearn $COMMON --setting "$setting" --labels "$labels" --out "$OUT/$setting-$labels" "$@" \
-      | tee "$OUT/$setting-$labels.txt"
+      > "$OUT/$setting-$labels.txt"
+    cat "$OUT/$setting-$labels.txt"
     echo "wall $(( $(date +%s) - start ))s" | tee -a "$OUT/$setting-$labels.txt"
   done
 done
