@@ -10,7 +10,8 @@ losses through autograd), on the same data and model.
 * ``trainer-step``: the loop's time per iteration (set-up excluded) at B = 32, the CNN
   on 28x28 and ResNet-18 on 32x32 images (ResNet-18 on a GPU only).
 
-The model is freshly initialised: the work per step does not depend on its weights.
+The model is freshly initialised. (On a CPU a trained model's steps are slower, its
+activations reaching subnormal floats; bench/trainer_epoch.py --weights times that.)
 ``impl`` is "eager" for the reference step, "fastmix-<backend>" for the fast step and,
 on a GPU, "fastmix-cuda-graphs" for the fast step captured in CUDA graphs, so
 bench/summarize.py reports their speed-ups over the reference step.
