@@ -203,8 +203,6 @@ class MixUnlearn:
         elif not self.quiet:
             print(f"mixunlearn: {msg}", file=sys.stderr)
 
-    # --- setup -----------------------------------------------------------------------------
-
     # --- the loop --------------------------------------------------------------------------
 
     def unlearn(self, forget_data, retain_data) -> nn.Module:

@@ -203,3 +203,23 @@ def test_channels_last_keeps_the_format_and_the_result(monkeypatch):
 def test_fp16_grad_scaler_path_runs():
     _, mu = run(amp="fp16", epochs=1)
     assert all(torch.isfinite(torch.tensor(mu.history["unlearner"])))
+
+
+def test_cli_engine_flags(tmp_path, capsys):
+    import json
+
+    from fastmix.cli import main
+
+    base = ["unlearn", "--train-epochs", "2", "--unlearn-epochs", "1", "--method", "mixunlearn", "--no-png",
+            "--device", "cpu", "--quiet", "--models-dir", str(tmp_path / "models")]
+    assert main([*base, "--reference-step", "--out", str(tmp_path / "ref")]) == 0
+    res = json.loads((tmp_path / "ref" / "results.json").read_text())
+    assert res["settings"]["options"]["step"] == "reference" and res["mixunlearn"]["seconds"] > 0
+    capsys.readouterr()
+    assert main([*base, "--cache-limit-mb", "0.001", "--out", str(tmp_path / "x")]) == 2
+    assert "--cache-limit-mb" in capsys.readouterr().out
+    assert main([*base, "--cuda-graphs", "--out", str(tmp_path / "x")]) == 2
+    assert "--no-cuda-graphs" in capsys.readouterr().out
+    assert main([*base, "--no-cache", "--augment", "crop-flip", "--amp", "bf16", "--out", str(tmp_path / "aug")]) == 0
+    opts = json.loads((tmp_path / "aug" / "results.json").read_text())["settings"]["options"]
+    assert opts["cache"] is False and opts["augment"] == "crop-flip" and opts["amp"] == "bf16"
