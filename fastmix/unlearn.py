@@ -223,6 +223,9 @@ class MixUnlearn:
         graphs = eng.use_cuda_graphs(self.device)
         if graphs and world_size > 1:
             raise ValueError("cuda_graphs=True (--cuda-graphs) runs in one process for now; pass --no-cuda-graphs under torchrun")
+        if graphs and self.device.type == "cuda" and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+            raise ValueError(f"cuda_graphs=True (--cuda-graphs) needs torch.cuda.CUDAGraph.register_generator_state, "
+                             f"which torch {torch.__version__} lacks; pass --no-cuda-graphs")
         dev = self.device
         start = time.perf_counter()
         self._loop_start = None
