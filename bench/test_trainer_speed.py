@@ -99,3 +99,49 @@ def test_trainer_step(benchmark, impl, model_name):
     benchmark.group = f"trainer-step {model_name} B={B} fp32 (loop time per iteration in extra_info.step_s)"
     run_unlearn(benchmark, impl, cls(), forget, retain, rounds=3, op="trainer-step", shape=[B, *shape],
                 model=model_name, dtype="fp32", layout="contiguous", mask="mixblock")
+
+
+@pytest.mark.parametrize("model_name", ["mnist-cnn", "resnet18"])
+def test_models_only(benchmark, model_name):
+    """The floor under ``trainer-step``: the models' own passes of ``gen_interval`` = 4
+    iterations and nothing else. Each iteration the unlearner's forward and backward
+    over 3B images (mixes, retain, forget); once in the 4 the generator's pass too (the
+    MixBlock's mask, the frozen unlearner's forward, the backward to the MixBlock). One
+    call = 4 iterations; ``extra_info.iteration_s`` is a fourth of the median, so
+    ``1 - iteration_s / trainer-step's step_s`` is the share of a step spent outside
+    the models' forward and backward."""
+    from fastmix.mixblock import MixBlock
+
+    if model_name == "resnet18" and not ON_GPU:
+        pytest.skip("ResNet-18 steps take seconds each on this CPU; timed on a GPU only")
+    cls, shape, feat = ((MnistCNN, (1, 28, 28), (32, 7, 7)) if model_name == "mnist-cnn"
+                        else (ResNet18, (3, 32, 32), (256, 8, 8)))
+    torch.manual_seed(0)
+    model = cls().to(DEVICE).train()
+    mixblock = MixBlock(feat[0]).to(DEVICE)
+    g_params = list(mixblock.parameters())
+    x3 = torch.randn(3 * B, *shape, device=DEVICE)
+    xf, xr = x3[:B], x3[B : 2 * B]
+    hf, hr = torch.randn(B, *feat, device=DEVICE), torch.randn(B, *feat, device=DEVICE)
+    lam = torch.rand(B, device=DEVICE)
+
+    def four_iterations():
+        for t in range(4):
+            if t == 0:
+                mask = mixblock.mask(hf, hr, lam, shape[1:])
+                model.eval()
+                out = model(mask * xf + (1 - mask) * xr)
+                model.train()
+                torch.autograd.grad(out.sum(), g_params)
+            model.zero_grad(set_to_none=True)
+            model(x3).sum().backward()
+        sync()
+
+    benchmark.group = f"models-only {model_name} B={B} fp32"
+    benchmark.extra_info.update(environment())
+    benchmark.extra_info.update(impl="models-only", op="models-only", model=model_name, shape=[B, *shape])
+    four_iterations()
+    benchmark.pedantic(four_iterations, rounds=1 if Settings.smoke else 10, iterations=1)
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    if stats is not None:
+        benchmark.extra_info["iteration_s"] = stats.median / 4
