@@ -123,8 +123,9 @@ class MixUnlearn:
     * ``step``: ``"fast"`` (default) or ``"reference"``, the eager paper-style step
       (f_D recomputed each iteration, Beta and pairings drawn on the host with numpy,
       separate forward passes, plain-torch losses through autograd: fastmix.eager).
-    * ``cache``: precompute f_D's outputs (default True); ``cache_limit_mb`` caps its
-      size (default: half the device's free memory); a cache over the cap is refused.
+    * ``cache``: keep f_D's outputs per sample (default True; fastmix.teacher_cache);
+      ``cache_limit_mb`` caps its size (default: half the device's free memory); a
+      cache over the cap is refused, naming both ways out.
     * ``augment``: None or ``"crop-flip"`` (on the device; turns the cache off).
     * ``amp``: ``"off"``, ``"bf16"`` or ``"fp16"`` (autocast of the unlearner's forward;
       fp32 weights and losses; fp16 uses a GradScaler, whose inf check synchronises).
@@ -134,6 +135,8 @@ class MixUnlearn:
       captured path has not run on a GPU yet.
     * Under ``torchrun`` (a process group of several ranks) the loop runs data-parallel
       (fastmix.distributed), with the same result as one process at the same batch.
+    * ``log``: a callable for the set-up's report lines (the cache's size; default:
+      stderr unless ``quiet``).
 
     After :meth:`unlearn`: ``seconds`` (wall time, including the precomputation),
     ``history`` (``{"unlearner": [...], "generator": [...]}`` losses), ``mixblock``
