@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Usage: bench/gpu_trainer.sh OUTDIR
+#
+# The trainer's GPU checks of issue 5, for a lent GPU, inside about 6 minutes:
+#   1. the CUDA-graph equivalence test (captured against uncaptured steps, same seed);
+#   2. the trainer's benchmarks: the per-iteration time of the reference step, the fast
+#      step and the fast step with CUDA graphs (CNN at B = 32, ResNet-18 at 32x32), and
+#      the models' own passes (models-only), for the share of a step outside them;
+#   3. OUTDIR/summary.md from the JSON (bench/summarize.py), beside the logs.
+# Uses the installed fastmix (bench/gpu_run.sh builds the CUDA kernels first, if wanted).
+# PYTHON picks the interpreter (default: python, else python3).
+set -uo pipefail
+OUT=${1:?usage: bench/gpu_trainer.sh OUTDIR}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-$(command -v python || command -v python3)}
+unset TRITON_INTERPRET
+
+"$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" | tee "$OUT/env.txt" || exit 1
+echo "== CUDA-graph equivalence test"
+timeout 150 "$PY" -m pytest -q -p no:cacheprovider -o addopts= tests/test_trainer_graphs.py \
+  > "$OUT/graphs_test.log" 2>&1
+echo "graphs test exit $?"; tail -n 3 "$OUT/graphs_test.log"
+echo "== trainer benchmarks"
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider -o addopts= bench/test_trainer_speed.py --benchmark-only \
+  -k "trainer_step or models_only" --benchmark-json="$OUT/trainer.json" > "$OUT/bench.log" 2>&1
+echo "bench exit $?"; tail -n 3 "$OUT/bench.log"
+"$PY" bench/summarize.py "$OUT/trainer.json" --out "$OUT/summary.md" > /dev/null 2>&1
+"$PY" - "$OUT/trainer.json" <<'PYEOF' | tee -a "$OUT/summary.md"
+import json, sys
+rows = json.load(open(sys.argv[1]))["benchmarks"]
+print("\n| case | per iteration |")
+print("|---|---|")
+for b in rows:
+    i = b["extra_info"]
+    per = i.get("step_s") or i.get("iteration_s")
+    print(f"| {b['name']} | {per * 1e3:.2f} ms |" if per else f"| {b['name']} | - |")
+PYEOF
