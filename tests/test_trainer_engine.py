@@ -10,12 +10,7 @@ from fastmix.models import build_model
 from fastmix.teacher_cache import TeacherCache
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def digits_like(n, seed):

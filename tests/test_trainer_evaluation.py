@@ -6,13 +6,7 @@ import torch
 from fastmix.evaluation import accuracy, attack_asr, attack_mia_efficacy, avg_gap, metric_names
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The attacks' thread pools follow torch's count; CI runners are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def probs(n, confident, labels, seed):
