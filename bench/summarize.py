@@ -19,7 +19,7 @@ from collections import OrderedDict
 BASELINES = ("eager", "compile")
 OP_ORDER = (
     "sharpen", "mixup-forward", "mixup-fwd+mask-bwd", "loss-fwd+bwd", "unlearning-step", "generator-step",
-    "trainer-step", "unlearning-epoch",
+    "trainer-step", "models-only", "unlearning-epoch",
 )
 
 
@@ -44,7 +44,7 @@ def fmt_fraction(x: float | None) -> str:
 def case_key(info: dict) -> tuple:
     shape = "x".join(str(s) for s in info.get("shape", []))
     if info.get("model"):
-        shape = f"{info['model']} {shape}, mask: {info.get('mask', '?')}"
+        shape = f"{info['model']} {shape}" + (f", mask: {info['mask']}" if info.get("mask") else "")
     layout = info.get("layout", "")
     if info.get("targets"):
         layout = f"{layout}, {info['targets']} targets"
