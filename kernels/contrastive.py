@@ -1,6 +1,9 @@
 """The contrastive family C_tau (SPEC 4): loss and logits gradient in one forward.
 
-Two kernels per set of rows:
+A small batch (up to ``FUSED_MAX_ELEMENTS`` logits, the trainer's case) runs in
+one launch: ``_fused_kernel`` is a single program that does both steps below in
+turn. A larger batch takes two kernels per set of rows, since a single kernel
+would need a grid-wide barrier (a hang risk wherever programs are not co-resident):
 1. ``_row_terms_kernel`` (a program per row) reads the logits and targets once,
    with an online softmax, and writes ``STATS`` floats for it: the softmax
    statistics, the coefficients of dc/dp (see ``fastmix.reference.cosine_parts``)
@@ -25,6 +28,8 @@ from .sharpen import softmax_stats
 
 MAX_BLOCK = 2048
 BLOCK_ROWS = 1024
+# up to this many logits (rows x classes) a loss runs in one launch of one program
+FUSED_MAX_ELEMENTS = 1 << 16
 EPS = 1e-8
 
 # per-row stats, in this order: row max, 1 / sum exp, A_keep, Bp_keep, Dp_keep,
@@ -69,7 +74,8 @@ def _label_prob(z_row, stride_zc, label, n_cols, row_max, inv_s):
 
 
 @triton.jit
-def _row_terms_kernel(
+def _row_terms(
+    i,
     z_ptr, stride_zr, stride_zc,
     kt_ptr, stride_ktr, stride_ktc, keep_pool,
     ft_ptr, stride_ftr, stride_ftc,
@@ -77,7 +83,7 @@ def _row_terms_kernel(
     MODE: tl.constexpr, HAS_KEEP: tl.constexpr, HAS_FORGET: tl.constexpr,
     LABELS: tl.constexpr, HAS_PERM: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    i = tl.program_id(0).to(tl.int64)
+    """Writes the STATS of logits row i (int64)."""
     z_row = z_ptr + i * stride_zr
     k_row, k_ok = _target_row(kt_ptr, perm_ptr, i, keep_pool, HAS_PERM)
     cols = tl.arange(0, BLOCK)
@@ -177,7 +183,24 @@ def _row_terms_kernel(
 
 
 @triton.jit
-def _grad_kernel(
+def _row_terms_kernel(
+    z_ptr, stride_zr, stride_zc,
+    kt_ptr, stride_ktr, stride_ktc, keep_pool,
+    ft_ptr, stride_ftr, stride_ftc,
+    perm_ptr, lam_ptr, stride_lam, stats_ptr, n_rows, n_cols,
+    MODE: tl.constexpr, HAS_KEEP: tl.constexpr, HAS_FORGET: tl.constexpr,
+    LABELS: tl.constexpr, HAS_PERM: tl.constexpr, BLOCK: tl.constexpr,
+):
+    _row_terms(
+        tl.program_id(0).to(tl.int64), z_ptr, stride_zr, stride_zc, kt_ptr, stride_ktr, stride_ktc, keep_pool,
+        ft_ptr, stride_ftr, stride_ftc, perm_ptr, lam_ptr, stride_lam, stats_ptr, n_rows, n_cols,
+        MODE, HAS_KEEP, HAS_FORGET, LABELS, HAS_PERM, BLOCK,
+    )
+
+
+@triton.jit
+def _grad_rows(
+    pid, n_prog,
     z_ptr, stride_zr, stride_zc,
     kt_ptr, stride_ktr, stride_ktc, keep_pool,
     ft_ptr, stride_ftr, stride_ftc,
@@ -188,8 +211,7 @@ def _grad_kernel(
     LABELS: tl.constexpr, HAS_PERM: tl.constexpr,
     WRITE_GRAD: tl.constexpr, WRITE_LOSS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    n_prog = tl.num_programs(0)
+    """Program pid of n_prog: the loss (program 0) and the gradient rows pid, pid + n_prog, ..."""
     # the batch couples through log sum exp(b / tau) only: every program recomputes it
     lse_max, lse_sum = softmax_stats(forget_stats_ptr + 11 * n_forget, 1, n_forget, inv_tau, BLOCK_R)
     lse = lse_max + tl.log(lse_sum)
@@ -251,6 +273,62 @@ def _grad_kernel(
                 tl.store(g_row + c, (p * g).to(grad_ptr.dtype.element_ty), mask=cmask)
 
 
+@triton.jit
+def _grad_kernel(
+    z_ptr, stride_zr, stride_zc,
+    kt_ptr, stride_ktr, stride_ktc, keep_pool,
+    ft_ptr, stride_ftr, stride_ftc,
+    perm_ptr, stats_ptr, grad_ptr, stride_gr,
+    keep_stats_ptr, n_keep, forget_stats_ptr, n_forget, loss_ptr,
+    n_rows, n_cols, inv_tau, scale,
+    MODE: tl.constexpr, HAS_KEEP: tl.constexpr, HAS_FORGET: tl.constexpr,
+    LABELS: tl.constexpr, HAS_PERM: tl.constexpr,
+    WRITE_GRAD: tl.constexpr, WRITE_LOSS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    _grad_rows(
+        tl.program_id(0), tl.num_programs(0), z_ptr, stride_zr, stride_zc, kt_ptr, stride_ktr, stride_ktc, keep_pool,
+        ft_ptr, stride_ftr, stride_ftc, perm_ptr, stats_ptr, grad_ptr, stride_gr,
+        keep_stats_ptr, n_keep, forget_stats_ptr, n_forget, loss_ptr, n_rows, n_cols, inv_tau, scale,
+        MODE, HAS_KEEP, HAS_FORGET, LABELS, HAS_PERM, WRITE_GRAD, WRITE_LOSS, BLOCK, BLOCK_R,
+    )
+
+
+@triton.jit
+def _fused_kernel(
+    z0, sz0r, sz0c, kt0, skt0r, skt0c, kpool0, ft0, sft0r, sft0c, perm0, lam0, slam0, stats0, grad0, sg0r, n0,
+    z1, sz1r, sz1c, kt1, skt1r, skt1c, kpool1, ft1, sft1r, sft1c, perm1, lam1, slam1, stats1, grad1, sg1r, n1,
+    keep_stats_ptr, n_keep, forget_stats_ptr, n_forget, loss_ptr, n_cols, inv_tau, scale,
+    MODE0: tl.constexpr, HAS_KEEP0: tl.constexpr, HAS_FORGET0: tl.constexpr, HAS_PERM0: tl.constexpr,
+    MODE1: tl.constexpr, HAS_KEEP1: tl.constexpr, HAS_FORGET1: tl.constexpr, HAS_SET1: tl.constexpr,
+    LABELS: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    """A small batch in one launch and one program: every row's terms (of one or two
+    row sets), then the log-sum-exp, the loss and the gradient rows."""
+    for i in range(0, n0):
+        _row_terms(
+            tl.cast(i, tl.int64), z0, sz0r, sz0c, kt0, skt0r, skt0c, kpool0, ft0, sft0r, sft0c, perm0, lam0, slam0,
+            stats0, n0, n_cols, MODE0, HAS_KEEP0, HAS_FORGET0, LABELS, HAS_PERM0, BLOCK,
+        )
+    if HAS_SET1:
+        for i in range(0, n1):
+            _row_terms(
+                tl.cast(i, tl.int64), z1, sz1r, sz1c, kt1, skt1r, skt1c, kpool1, ft1, sft1r, sft1c, perm1, lam1, slam1,
+                stats1, n1, n_cols, MODE1, HAS_KEEP1, HAS_FORGET1, LABELS, False, BLOCK,
+            )
+    tl.debug_barrier()  # the terms written by every thread are read by every thread below
+    _grad_rows(
+        0, 1, z0, sz0r, sz0c, kt0, skt0r, skt0c, kpool0, ft0, sft0r, sft0c, perm0, stats0, grad0, sg0r,
+        keep_stats_ptr, n_keep, forget_stats_ptr, n_forget, loss_ptr, n0, n_cols, inv_tau, scale,
+        MODE0, HAS_KEEP0, HAS_FORGET0, LABELS, HAS_PERM0, WRITE_GRAD, True, BLOCK, BLOCK_R,
+    )
+    if HAS_SET1:
+        _grad_rows(
+            0, 1, z1, sz1r, sz1c, kt1, skt1r, skt1c, kpool1, ft1, sft1r, sft1c, perm1, stats1, grad1, sg1r,
+            keep_stats_ptr, n_keep, forget_stats_ptr, n_forget, loss_ptr, n1, n_cols, inv_tau, scale,
+            MODE1, HAS_KEEP1, HAS_FORGET1, LABELS, False, WRITE_GRAD, False, BLOCK, BLOCK_R,
+        )
+
+
 class _RowSet:
     """One set of logits rows with its targets, as the kernels address it."""
 
@@ -277,18 +355,33 @@ class _RowSet:
             LABELS=self.labels, HAS_PERM=self.perm is not None, BLOCK=self.block,
         )
 
-    def compute_terms(self):
-        z = self.logits
+    def _lam_args(self):
         lam = self.lam if self.lam is not None else self.stats
         stride_lam = lam.stride(0) if (self.lam is not None and lam.dim() == 1) else 0
+        return lam, stride_lam
+
+    def new_grad(self, with_grad):
+        z = self.logits
+        return new_output(z.shape, z.dtype, z.device) if with_grad else z.new_empty(0)
+
+    def fused_args(self, grad):
+        """This set's arguments of ``_fused_kernel``."""
+        z = self.logits
+        return (
+            z, z.stride(0), z.stride(1), *self._target_args(), *self._lam_args(), self.stats, grad,
+            grad.stride(0) if grad.numel() else 0, self.n_rows,
+        )
+
+    def compute_terms(self):
+        z = self.logits
         _row_terms_kernel[(self.n_rows,)](
-            z, z.stride(0), z.stride(1), *self._target_args(), lam, stride_lam, self.stats, self.n_rows, self.n_cols,
+            z, z.stride(0), z.stride(1), *self._target_args(), *self._lam_args(), self.stats, self.n_rows, self.n_cols,
             num_warps=warps_for(self.block), **self._flags(),
         )
 
     def write_grad(self, keep_set, forget_set, tau, scale, loss, with_grad):
         z = self.logits
-        grad = new_output(z.shape, z.dtype, z.device) if with_grad else z.new_empty(0)
+        grad = self.new_grad(with_grad)
         write_loss = loss is not None
         n_prog = persistent_programs(z.device, self.n_rows) if with_grad else 1
         _grad_kernel[(n_prog,)](
@@ -306,9 +399,39 @@ def _new_loss(device):
     return new_output((), torch.float32, device)
 
 
+def _fits_one_program(*row_sets) -> bool:
+    return sum(r.n_rows for r in row_sets) * row_sets[0].n_cols <= FUSED_MAX_ELEMENTS
+
+
+def _fused(first, second, keep_set, forget_set, tau, scale, with_grad):
+    """Launch ``_fused_kernel`` on one or two row sets; returns the loss and their gradients."""
+    loss = _new_loss(first.logits.device)
+    grads = [first.new_grad(with_grad)]
+    args = first.fused_args(grads[0])
+    flags = dict(MODE0=first.mode, HAS_KEEP0=first.mode != FORGET, HAS_FORGET0=first.mode != KEEP,
+                 HAS_PERM0=first.perm is not None)
+    if second is not None:
+        grads.append(second.new_grad(with_grad))
+        args += second.fused_args(grads[1])
+        flags.update(MODE1=second.mode, HAS_KEEP1=second.mode != FORGET, HAS_FORGET1=second.mode != KEEP, HAS_SET1=True)
+    else:
+        args += first.fused_args(grads[0])  # unused: HAS_SET1 is False
+        flags.update(MODE1=first.mode, HAS_KEEP1=False, HAS_FORGET1=False, HAS_SET1=False)
+    block = max(first.block, second.block) if second is not None else first.block
+    _fused_kernel[(1,)](
+        *args, keep_set.stats, keep_set.n_rows, forget_set.stats, forget_set.n_rows, loss, first.n_cols,
+        1.0 / tau, scale, LABELS=first.labels, WRITE_GRAD=with_grad, BLOCK=block, BLOCK_R=BLOCK_ROWS,
+        num_warps=warps_for(block), **flags,
+    )
+    return loss, grads
+
+
 def contrastive_forward(logits, forget_target, retain_target, lam, perm, tau, reduction, with_grad):
     rows = _RowSet(logits, retain_target, forget_target, perm, lam, MIX)
     scale = 1.0 / rows.n_rows if reduction == "mean" else 1.0
+    if _fits_one_program(rows):
+        loss, (grad,) = _fused(rows, None, rows, rows, tau, scale, with_grad)
+        return loss, grad
     rows.compute_terms()
     loss = _new_loss(logits.device)
     grad = rows.write_grad(rows, rows, tau, scale, loss, with_grad)
@@ -319,6 +442,9 @@ def real_forward(retain_logits, forget_logits, retain_target, forget_target, tau
     keep = _RowSet(retain_logits, retain_target, None, None, None, KEEP)
     forget = _RowSet(forget_logits, None, forget_target, None, None, FORGET)
     scale = 1.0 / keep.n_rows if reduction == "mean" else 1.0
+    if _fits_one_program(keep, forget):
+        loss, (grad_r, grad_f) = _fused(keep, forget, keep, forget, tau, scale, with_grad)
+        return loss, grad_r, grad_f
     keep.compute_terms()
     forget.compute_terms()
     loss = _new_loss(retain_logits.device)

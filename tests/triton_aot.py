@@ -73,12 +73,15 @@ def record_launches():
         ):
             kernels.mixup_forward(x, x, weight, p)
             kernels.mixup_backward(x, x, x, weight, p, needs)
-        labels = torch.randint(0, 9, (6,), generator=gen)
-        probs = torch.softmax(torch.randn(6, 9, generator=gen), 1)
-        for target, p, with_grad in itertools.product((labels, probs), (None, torch.arange(6)), (True, False)):
-            lam = torch.rand(6)
-            kernels.contrastive_forward(z, target, target, lam, p, 0.5, "sum", with_grad)
-            kernels.real_forward(z, z, target, target, 0.5, "mean", with_grad)
+        # a small batch (one fused launch) and a large one (row-terms and gradient kernels)
+        for n, C in ((6, 9), (300, 300)):
+            logits = torch.randn(n, C, generator=gen).to(dtype)
+            labels = torch.randint(0, C, (n,), generator=gen)
+            probs = torch.softmax(torch.randn(n, C, generator=gen), 1)
+            for target, p, with_grad in itertools.product((labels, probs), (None, torch.arange(n)), (True, False)):
+                lam = torch.rand(n)
+                kernels.contrastive_forward(logits, target, target, lam, p, 0.5, "sum", with_grad)
+                kernels.real_forward(logits, logits, target, target, 0.5, "mean", with_grad)
     return launches
 
 
