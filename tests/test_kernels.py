@@ -348,3 +348,26 @@ def test_cuda_graph_capture_and_replay(backend):
     for c, e in zip(captured, expected):
         torch.testing.assert_close(c, e)
     assert not torch.equal(eager[1], expected[1])
+
+
+@needs_gpu
+@pytest.mark.parametrize("loss", ["contrastive", "real"])
+def test_small_loss_forward_is_one_launch(backend, loss):
+    from torch.profiler import ProfilerActivity, profile
+
+    logits = torch.randn(32, 10, device=DEVICE, requires_grad=True)
+    labels = torch.randint(0, 10, (32,), device=DEVICE)
+    lam = torch.rand(32, device=DEVICE)
+
+    def forward():
+        if loss == "contrastive":
+            return fastmix.contrastive_loss(logits, labels, labels, lam, 1.0, backend=backend)
+        return fastmix.real_loss(logits, logits, labels, labels, 1.0, backend=backend)
+
+    forward()  # warm-up: compiles and loads the kernels
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        forward()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert len(kernels) == 1, [e.name for e in kernels]
