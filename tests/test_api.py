@@ -131,3 +131,19 @@ def test_default_backend_leaves_float64_to_the_reference(monkeypatch):
 
     monkeypatch.delenv("FASTMIX_BACKEND", raising=False)
     assert resolve_backend(None, torch.device("cuda"), torch.float64) == "torch"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is visible here")
+def test_sample_lambda_runs_inside_cuda_graph_capture():
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    fastmix.sample_lambda(64, 0.75, generator=gen)  # warm-up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    graph.register_generator_state(gen)
+    with torch.cuda.graph(graph):
+        lam = fastmix.sample_lambda(64, 0.75, generator=gen)
+    graph.replay()
+    first = lam.clone()
+    graph.replay()
+    assert not torch.equal(first, lam)  # each replay draws anew
+    assert bool(((lam >= 0) & (lam <= 1)).all())
