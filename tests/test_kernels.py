@@ -5,6 +5,8 @@ conftest.py) in float32; the float16 and bfloat16 cases, the CUDA backend and
 the largest sizes run where a GPU is present. (tests/test_cuda_emulated.py runs
 the CUDA source on the CPU.)
 """
+import zlib
+
 import pytest
 import torch
 
@@ -53,7 +55,8 @@ def backend(request, monkeypatch):
 
 
 def _gen(*seed):
-    return torch.Generator().manual_seed(hash(seed) % 2**31)
+    # a seed per case, the same in every run (str hashes change between processes)
+    return torch.Generator().manual_seed(zlib.crc32(repr(seed).encode()))
 
 
 def _targets(kind, n, C, gen):

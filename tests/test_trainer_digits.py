@@ -12,7 +12,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def default_run(tmp_path_factory, one_thread):
+def default_run(tmp_path_factory, one_torch_thread):
     out = tmp_path_factory.mktemp("digits")
     assert main(["unlearn", "--out", str(out), "--quiet"]) == 0
     return out
