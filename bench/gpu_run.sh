@@ -47,10 +47,7 @@ cat "$OUT/info.txt"
 
 step "GPU tests"
 test_status=0
-gpu_tests=()  # the kernel tests of both backends, under the names they have had
-for f in tests/test_cuda_kernels.py tests/test_kernels.py tests/test_triton_kernels.py; do
-  [ -f "$f" ] && gpu_tests+=("$f")
-done
+gpu_tests=(tests/test_kernels.py tests/test_cuda_kernels.py)  # both kernel backends
 timeout "$(cap 120 $(( $(left) - 240 )))" "$PY" -m pytest -q -p no:cacheprovider -o addopts= \
   "${gpu_tests[@]}" > "$OUT/tests.log" 2>&1 || test_status=$?
 tail -n 5 "$OUT/tests.log"
