@@ -49,9 +49,12 @@ def add_parser(subparsers) -> None:
     e.add_argument("--amp", choices=("off", "bf16", "fp16"),
                    help="mixed precision of the unlearner's forward (fp32 weights and losses; default off)")
     e.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last models and images (default: on for convolutional models on CUDA)")
+                   help="channels_last models and images (default: on for convolutional models)")
     e.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="capture the steps in CUDA graphs (needs a GPU; not yet verified on one, so off by default)")
+    e.add_argument("--flush-subnormals", action=argparse.BooleanOptionalAction, default=None,
+                   help="zero the models' subnormal weights before each epoch, which x86 CPUs compute with "
+                   "in microcode (default: on for the CPU)")
     f = p.add_argument_group("fine-tuning baseline")
     f.add_argument("--ft-epochs", type=positive_int)
     f.add_argument("--ft-lr", type=positive_float)
@@ -68,7 +71,7 @@ def options_from_args(args) -> dict:
         ft_epochs=args.ft_epochs, ft_lr=args.ft_lr,
         step="reference" if args.reference_step else None, cache=False if args.no_cache else None,
         cache_limit_mb=args.cache_limit_mb, augment=args.augment, amp=args.amp,
-        channels_last=args.channels_last, cuda_graphs=args.cuda_graphs,
+        channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, flush_subnormals=args.flush_subnormals,
     )
 
 

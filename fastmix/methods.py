@@ -78,7 +78,7 @@ _MIXUNLEARN_KEYS = (
 )
 
 # How MixUnlearn runs (fastmix.engine), passed through when set.
-ENGINE_KEYS = ("step", "cache", "cache_limit_mb", "augment", "amp", "channels_last", "cuda_graphs")
+ENGINE_KEYS = ("step", "cache", "cache_limit_mb", "augment", "amp", "channels_last", "cuda_graphs", "flush_subnormals")
 
 
 @register("finetune")

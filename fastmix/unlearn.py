@@ -129,10 +129,15 @@ class MixUnlearn:
     * ``augment``: None or ``"crop-flip"`` (on the device; turns the cache off).
     * ``amp``: ``"off"``, ``"bf16"`` or ``"fp16"`` (autocast of the unlearner's forward;
       fp32 weights and losses; fp16 uses a GradScaler, whose inf check synchronises).
-    * ``channels_last``: None (on for convolutional models on CUDA), True or False.
+    * ``channels_last``: None (on for convolutional models in the fast step, on the CPU
+      too), True or False.
     * ``cuda_graphs``: True captures the steps in CUDA graphs (fastmix.graphs; needs CUDA,
       refused on the CPU and with fp16). None (default) leaves them off for now: the
       captured path has not run on a GPU yet.
+    * ``flush_subnormals``: None (on for the fast step on the CPU), True or False: zero
+      the parameters' subnormal values in fastmix's copies of the models before each
+      epoch; x86 CPUs compute with them in microcode (engine.flush_subnormals_). On the
+      CPU the fast step also uses Adam's fused implementation.
     * Under ``torchrun`` (a process group of several ranks) the loop runs data-parallel
       (fastmix.distributed), with the same result as one process at the same batch.
     * ``log``: a callable for the set-up's report lines (the cache's size; default:
@@ -160,6 +165,7 @@ class MixUnlearn:
         amp: str = "off",
         channels_last: bool | None = None,
         cuda_graphs: bool | None = None,
+        flush_subnormals: bool | None = None,
         log=None,
         **config,
     ):
@@ -180,7 +186,7 @@ class MixUnlearn:
         self.backend = backend
         self.engine = engine.EngineOptions(
             step=step, cache=cache, cache_limit_mb=cache_limit_mb, augment=augment, amp=amp,
-            channels_last=channels_last, cuda_graphs=cuda_graphs,
+            channels_last=channels_last, cuda_graphs=cuda_graphs, flush_subnormals=flush_subnormals,
         ).validate(self.device, self.config)
         self._augment = get_augmentation(self.engine.augment)
         self._log_fn = log
@@ -232,7 +238,7 @@ class MixUnlearn:
         dev = self.device
         start = time.perf_counter()
         self._loop_start = None
-        channels_last = eng.use_channels_last(dev, self.model, x_f.dim())
+        channels_last = eng.use_channels_last(self.model, x_f.dim())
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         x_f, x_r = x_f.to(dev).contiguous(memory_format=fmt), x_r.to(dev).contiguous(memory_format=fmt)
         y_f = y_f.to(dev) if y_f is not None else None
@@ -246,7 +252,7 @@ class MixUnlearn:
             cfg.tau_gen, cfg.tau_mix, cfg.tau_real, cfg.omega if cfg.use_mix else 0.0,
             cfg.sharpen_T, cfg.reduction, backend=self.backend,
         )
-        n_f, n_r, B = x_f.shape[0], x_r.shape[0], cfg.batch_size
+        n_f, B = x_f.shape[0], cfg.batch_size
         feat_shape = None
         if teacher is not None:
             with torch.no_grad():
@@ -255,11 +261,9 @@ class MixUnlearn:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
                 self.mixblock = MixBlock(feat_shape[0]).to(dev, memory_format=fmt)
-            opt_g = torch.optim.Adam(self.mixblock.parameters(), lr=cfg.gen_lr, capturable=graphs and dev.type == "cuda")
-        else:
-            opt_g = None
-        opt_u = torch.optim.Adam(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                 capturable=graphs and dev.type == "cuda")
+        adam = dict(capturable=graphs and dev.type == "cuda", fused=eng.use_fused_adam(dev) or None)
+        opt_g = torch.optim.Adam(self.mixblock.parameters(), lr=cfg.gen_lr, **adam) if use_mixblock else None
+        opt_u = torch.optim.Adam(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **adam)
         size = tuple(x_f.shape[2:4]) if x_f.dim() == 4 else None
         steps = (n_f + B - 1) // B
 
@@ -336,6 +340,10 @@ class MixUnlearn:
         aware = cfg.labels == "aware"
         use_mixblock = teacher is not None
         n_f, n_r, B = x_f.shape[0], x_r.shape[0], cfg.batch_size
+        flush = self.engine.use_flush_subnormals(dev)
+        learners = [student, self.mixblock] if use_mixblock else [student]
+        if flush:
+            engine.flush_subnormals_(frozen, *learners)
         cache = self._build_cache(x_f, x_r, aware, frozen, teacher, loss_fn, feat_shape)
         self._amp = engine.Amp(self.engine.amp, dev)
         channels_last = x_f.dim() == 4 and x_f.shape[1] > 1 and not x_f.is_contiguous()
@@ -395,7 +403,9 @@ class MixUnlearn:
         t = 0
         self._mark_loop_start()
         with progress_bar(cfg.epochs * steps, "mixunlearn", self.quiet or rank != 0) as bar:
-            for _ in range(cfg.epochs):
+            for epoch in range(cfg.epochs):
+                if flush and epoch:  # weight decay may have pushed more weights below finfo.tiny
+                    engine.flush_subnormals_(*learners)
                 order_f = torch.randperm(n_f, generator=gen, device=dev)
                 order_r = torch.cat([torch.randperm(n_r, generator=gen, device=dev) for _ in range(reps)])
                 if cache is not None:

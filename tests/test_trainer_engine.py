@@ -164,6 +164,8 @@ def test_bad_engine_options():
         MixUnlearn(model, cache_limit_mb=-1)
     with pytest.raises(ValueError, match="augment"):
         MixUnlearn(model, augment="rotate")
+    with pytest.raises(ValueError, match="flush_subnormals"):
+        MixUnlearn(model, step="reference", flush_subnormals=True)
 
 
 def test_channels_last_keeps_the_format_and_the_result(monkeypatch):
@@ -186,9 +188,10 @@ def test_channels_last_keeps_the_format_and_the_result(monkeypatch):
         mu = MixUnlearn(build_model("digits-cnn", 10, 3, seed=0), seed=0, batch_size=8, epochs=2, lr=1e-3, **kw)
         return mu.unlearn((xf, yf), (xr, yr)), mu
 
-    a, _ = run3()
+    a, _ = run3(channels_last=False)
+    assert formats and not any(formats)
     formats.clear()
-    b, mu = run3(channels_last=True)
+    b, mu = run3()  # the default for a convolutional model, on the CPU too
     assert formats and all(formats)  # the fused mixup kept the images channels_last
     assert b.block1[0].weight.is_contiguous(memory_format=torch.channels_last)
     for x, y in zip(a.state_dict().values(), b.state_dict().values()):
@@ -215,6 +218,66 @@ def test_cli_engine_flags(tmp_path, capsys):
     assert "--cache-limit-mb" in capsys.readouterr().out
     assert main([*base, "--cuda-graphs", "--out", str(tmp_path / "x")]) == 2
     assert "--no-cuda-graphs" in capsys.readouterr().out
-    assert main([*base, "--no-cache", "--augment", "crop-flip", "--amp", "bf16", "--out", str(tmp_path / "aug")]) == 0
+    assert main([*base, "--no-cache", "--augment", "crop-flip", "--amp", "bf16", "--no-flush-subnormals",
+                 "--no-channels-last", "--out", str(tmp_path / "aug")]) == 0
     opts = json.loads((tmp_path / "aug" / "results.json").read_text())["settings"]["options"]
     assert opts["cache"] is False and opts["augment"] == "crop-flip" and opts["amp"] == "bf16"
+    assert opts["flush_subnormals"] is False and opts["channels_last"] is False
+
+
+def with_subnormal_weights(model, seed=0):
+    """``model`` with a tenth of each weight set to +-subnormals (as weight decay leaves dead units)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            pick = torch.rand(p.shape, generator=g) < 0.1
+            tiny = torch.finfo(p.dtype).tiny
+            sub = tiny * torch.rand(p.shape, generator=g).clamp_min(1e-3) * torch.randn(p.shape, generator=g).sign()
+            p.copy_(torch.where(pick, sub, p))
+    return model
+
+
+def test_flush_subnormals_zeroes_exactly_the_subnormals():
+    from fastmix.engine import flush_subnormals_
+
+    tiny = torch.finfo(torch.float32).tiny
+    lin = torch.nn.Linear(3, 2)
+    values = torch.tensor([[tiny, -tiny / 2, tiny / 1e6], [-tiny, float("nan"), 0.5]])
+    with torch.no_grad():
+        lin.weight.copy_(values)
+        lin.bias.copy_(torch.tensor([float("-inf"), -tiny * 0.999]))
+    flush_subnormals_(lin)
+    want = torch.tensor([[tiny, 0.0, 0.0], [-tiny, float("nan"), 0.5]])
+    torch.testing.assert_close(lin.weight.detach(), want, equal_nan=True, rtol=0, atol=0)
+    assert lin.bias[0] == float("-inf") and lin.bias[1] == 0
+
+
+def test_fast_step_flushes_its_copies_not_the_callers_model(monkeypatch):
+    import fastmix.engine as engine_mod
+
+    model = with_subnormal_weights(build_model("digits-cnn", 10, 1, seed=0))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    xf, yf = digits_like(20, 1)
+    xr, yr = digits_like(40, 2)
+    flushed = []
+    real = engine_mod.flush_subnormals_
+    monkeypatch.setattr(engine_mod, "flush_subnormals_", lambda *m: (flushed.append(len(m)), real(*m))[1])
+
+    def unlearn(**kw):
+        mu = MixUnlearn(model, seed=0, batch_size=8, epochs=3, lr=1e-3, **kw)
+        return mu.unlearn((xf, yf), (xr, yr))
+
+    a = unlearn()  # on by default on the CPU: f_D, f_U and the MixBlock, then f_U and the MixBlock each later epoch
+    assert flushed == [3, 2, 2]
+    tiny = torch.finfo(torch.float32).tiny
+    assert all(not ((p != 0) & (p.abs() < tiny)).any() for p in a.parameters())
+    for k, v in model.state_dict().items():  # the caller's model keeps its subnormals
+        assert torch.equal(v, before[k]), k
+    flushed.clear()
+    b = unlearn(flush_subnormals=False)
+    assert flushed == []
+    # values below finfo.tiny change the training by rounding at most
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+    unlearn(step="reference")
+    assert flushed == []
