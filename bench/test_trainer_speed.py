@@ -12,8 +12,10 @@ losses through autograd), on the same data and model.
   images (ResNet-18 on a GPU only).
 * ``models-only``: the models' own passes of those iterations and nothing else.
 
-The model is freshly initialised. (On a CPU a trained model's steps are slower, its
-activations reaching subnormal floats; bench/trainer_epoch.py --weights times that.)
+The model is freshly initialised, and each step runs with its engine defaults
+(channels_last for the fast step, plain NCHW for the reference). A trained model's
+steps are slower on a CPU, its weights holding subnormal floats, which the fast step
+flushes (bench/trainer_epoch.py --weights times that).
 ``impl`` is "eager" for the reference step, "fastmix-<backend>" for the fast step and,
 on a GPU, "fastmix-cuda-graphs" for the fast step captured in CUDA graphs, so
 bench/summarize.py reports their speed-ups over the reference step.
@@ -85,7 +87,7 @@ def test_unlearning_epoch(benchmark, impl):
     torch.manual_seed(0)
     benchmark.group = "unlearning-epoch fashion-mnist class 0, mnist-cnn, B=32"
     run_unlearn(benchmark, impl, MnistCNN(), forget, retain, rounds=2, op="unlearning-epoch",
-                shape=[B, 1, 28, 28], model="mnist-cnn", dtype="fp32", layout="contiguous", mask="mixblock",
+                shape=[B, 1, 28, 28], model="mnist-cnn", dtype="fp32", layout="engine default", mask="mixblock",
                 n_forget=int(forget[0].shape[0]), n_retain=int(retain[0].shape[0]))
 
 
@@ -102,7 +104,7 @@ def test_trainer_step(benchmark, impl, model_name):
     benchmark.group = (f"trainer-step {model_name} B={B} fp32: whole calls of 2 epochs, set-up included "
                        "(per iteration of the loop alone: extra_info.step_s)")
     run_unlearn(benchmark, impl, cls(), forget, retain, rounds=3, epochs=2, op="trainer-step", shape=[B, *shape],
-                model=model_name, dtype="fp32", layout="contiguous", mask="mixblock")
+                model=model_name, dtype="fp32", layout="engine default", mask="mixblock")
 
 
 @pytest.mark.parametrize("model_name", ["mnist-cnn", "resnet18"])
@@ -110,7 +112,8 @@ def test_models_only(benchmark, model_name):
     """The floor under ``trainer-step``: the models' own passes of ``gen_interval`` = 4
     iterations and nothing else. Each iteration the unlearner's forward and backward
     over 3B images (mixes, retain, forget); once in the 4 the generator's pass too (the
-    MixBlock's mask, the frozen unlearner's forward, the backward to the MixBlock). One
+    MixBlock's mask, the frozen unlearner's forward, the backward to the MixBlock), in
+    channels_last as the fast step runs them. One
     call = 4 iterations; ``extra_info.iteration_s`` is a fourth of the median, so
     ``1 - iteration_s / trainer-step's step_s`` is the share of a step spent outside
     the models' forward and backward."""
@@ -121,10 +124,11 @@ def test_models_only(benchmark, model_name):
     cls, shape, feat = ((MnistCNN, (1, 28, 28), (32, 7, 7)) if model_name == "mnist-cnn"
                         else (ResNet18, (3, 32, 32), (256, 8, 8)))
     torch.manual_seed(0)
-    model = cls().to(DEVICE).train()
+    cl = torch.channels_last  # the fast step's default layout for these models
+    model = cls().to(DEVICE, memory_format=cl).train()
     mixblock = MixBlock(feat[0]).to(DEVICE)
     g_params = list(mixblock.parameters())
-    x3 = torch.randn(3 * B, *shape, device=DEVICE)
+    x3 = torch.randn(3 * B, *shape, device=DEVICE).contiguous(memory_format=cl)
     xf, xr = x3[:B], x3[B : 2 * B]
     hf, hr = torch.randn(B, *feat, device=DEVICE), torch.randn(B, *feat, device=DEVICE)
     lam = torch.rand(B, device=DEVICE)
@@ -143,7 +147,8 @@ def test_models_only(benchmark, model_name):
 
     benchmark.group = f"models-only {model_name} B={B} fp32"
     benchmark.extra_info.update(environment())
-    benchmark.extra_info.update(impl="models-only", op="models-only", model=model_name, shape=[B, *shape])
+    benchmark.extra_info.update(impl="models-only", op="models-only", model=model_name, shape=[B, *shape],
+                                layout="channels_last")
     four_iterations()
     benchmark.pedantic(four_iterations, rounds=1 if Settings.smoke else 10, iterations=1)
     stats = getattr(getattr(benchmark, "stats", None), "stats", None)

@@ -4,12 +4,12 @@ in alternation in one process so that both see the same machine load.
 Usage: python bench/trainer_epoch.py [--epochs 1] [--rounds 3] [--threads 1] [--device cpu] [--weights CKPT]
 
 One round runs ``MixUnlearn.unlearn`` with each variant: the reference step, the fast
-step with the default engine options, and the fast step with channels_last models
-and images (the default on CUDA; opt-in on the CPU, where it changes the rounding of
-the default path's results) (D_f = class 0 of the
-Fashion-MNIST training set, D_r the rest; SPEC 8's CNN, freshly initialised or loaded
-from a `fastmix train` checkpoint with --weights: on a CPU a trained model's steps are
-slower, its activations reaching subnormal floats; B = 32, the data set's defaults otherwise)
+step with the default engine options (channels_last, subnormal weights flushed, fused
+Adam on the CPU), and the fast step without each of the first two, to show what each
+buys (D_f = class 0 of the Fashion-MNIST training set, D_r the rest; SPEC 8's CNN,
+freshly initialised or loaded from a `fastmix train` checkpoint with --weights: a
+trained model's weights hold subnormal floats, which the CPU computes with slowly;
+B = 32, the data set's defaults otherwise)
 and records the wall time, split into set-up (the teacher cache's build, for the
 fast step) and the loop. Prints a markdown table: the median over rounds of each, and
 the ratio reference / fast of the medians. The data come from Debian's
@@ -53,8 +53,9 @@ def main() -> None:
     if args.weights:
         load_checkpoint(args.weights, net)
     net = net.to(dev)
-    variants = {"reference": dict(step="reference"), "fast": dict(channels_last=False),
-                "fast, channels_last": dict(channels_last=True)}
+    variants = {"reference": dict(step="reference"), "fast": {},
+                "fast, subnormals kept": dict(flush_subnormals=False),
+                "fast, NCHW": dict(channels_last=False)}
     times = {k: [] for k in variants}
     for rnd in range(args.rounds):
         for name in list(variants) if rnd % 2 == 0 else list(variants)[::-1]:
