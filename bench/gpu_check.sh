@@ -7,13 +7,14 @@
 # of bench/cuda_bench.py, then writes OUTDIR/summary.md (one table) and
 # OUTDIR/report.json, plus the logs. Meant to finish inside 8 minutes on an H100.
 # Needs python with a CUDA build of torch, pytest, and triton for the triton tests;
-# installs nothing from the network. PYTHON picks the interpreter.
+# installs nothing from the network. PYTHON picks the interpreter; FASTMIX_GPU_BUILD_S,
+# FASTMIX_GPU_TESTS_S and FASTMIX_GPU_BENCH_S cap the three stages (default 240, 330, 120 s).
 set -uo pipefail
 OUT=${1:?usage: bench/gpu_check.sh OUTDIR}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3)}
 START=$(date +%s)
 step() { echo "== $* ($(( $(date +%s) - START )) s)"; }
 
@@ -32,12 +33,14 @@ step "build (sm_$ARCH)"
 # when this machine has no nvcc.
 build_status=0
 if "$PY" -c "import setup, sys; sys.exit(0 if setup.find_nvcc() else 1)" 2>/dev/null; then
-  FASTMIX_CUDA=1 FASTMIX_CUDA_ARCH="$ARCH" timeout 240 "$PY" -m pip install --no-build-isolation --no-deps -e . \
+  FASTMIX_CUDA=1 FASTMIX_CUDA_ARCH="$ARCH" timeout "${FASTMIX_GPU_BUILD_S:-240}" "$PY" -m pip install --no-build-isolation --no-deps -e . \
     > "$OUT/build.log" 2>&1 || build_status=$?
   if [ "$build_status" -ne 0 ]; then  # no pip/setuptools to build with: nvcc alone
     echo "pip install failed ($build_status); building the library with nvcc directly" >> "$OUT/build.log"
-    FASTMIX_CUDA_ARCH="$ARCH" timeout 240 "$PY" -c "import setup, subprocess, glob; subprocess.run(setup.nvcc_command(setup.find_nvcc(), sorted(glob.glob('csrc/*.cu')), 'fastmix/libfastmix_cuda.so'), check=True)" \
+    FASTMIX_CUDA_ARCH="$ARCH" timeout "${FASTMIX_GPU_BUILD_S:-240}" "$PY" -c "import setup, subprocess, glob; subprocess.run(setup.nvcc_command(setup.find_nvcc(), sorted(glob.glob('csrc/*.cu')), 'fastmix/libfastmix_cuda.so'), check=True)" \
       >> "$OUT/build.log" 2>&1 && build_status=0
+    # Not installed: import fastmix from this checkout, its Triton kernels through a link.
+    [ -e fastmix/kernels ] || ln -s ../kernels fastmix/kernels
   fi
 else
   echo "no nvcc here: using $( [ -f fastmix/libfastmix_cuda.so ] && echo the carried fastmix/libfastmix_cuda.so || echo no CUDA library)" \
@@ -51,14 +54,14 @@ cat "$OUT/info.txt"
 
 step "tests"
 test_status=0
-timeout 330 "$PY" -m pytest -q -p no:cacheprovider -o addopts= \
+timeout "${FASTMIX_GPU_TESTS_S:-330}" "$PY" -m pytest -q -p no:cacheprovider -o addopts= \
   tests/test_kernels.py tests/test_cuda_kernels.py \
   --junitxml="$OUT/junit.xml" > "$OUT/tests.log" 2>&1 || test_status=$?
 tail -n 15 "$OUT/tests.log"
 
 step "benchmarks"
 bench_status=0
-timeout 120 "$PY" bench/cuda_bench.py --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1 || bench_status=$?
+timeout "${FASTMIX_GPU_BENCH_S:-120}" "$PY" bench/cuda_bench.py --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1 || bench_status=$?
 cat "$OUT/bench.log"
 
 step "summary"

@@ -8,7 +8,8 @@
 #      the models' own passes (models-only), for the share of a step outside them;
 #   3. OUTDIR/summary.md from the JSON (bench/summarize.py), beside the logs.
 # Uses the installed fastmix (bench/gpu_run.sh builds the CUDA kernels first, if wanted).
-# PYTHON picks the interpreter (default: python, else python3).
+# PYTHON picks the interpreter (default: python, else python3); FASTMIX_GPU_GRAPHS_S and
+# FASTMIX_GPU_TRAINER_S cap the test and the benchmarks (default 150 and 240 s).
 set -uo pipefail
 OUT=${1:?usage: bench/gpu_trainer.sh OUTDIR}
 mkdir -p "$OUT"
@@ -19,11 +20,11 @@ unset TRITON_INTERPRET
 
 "$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" | tee "$OUT/env.txt" || exit 1
 echo "== CUDA-graph equivalence test"
-timeout 150 "$PY" -m pytest -q -p no:cacheprovider -o addopts= tests/test_trainer_graphs.py \
+timeout "${FASTMIX_GPU_GRAPHS_S:-150}" "$PY" -m pytest -q -p no:cacheprovider -o addopts= tests/test_trainer_graphs.py \
   > "$OUT/graphs_test.log" 2>&1
 echo "graphs test exit $?"; tail -n 3 "$OUT/graphs_test.log"
 echo "== trainer benchmarks"
-timeout 240 "$PY" -m pytest -q -p no:cacheprovider -o addopts= bench/test_trainer_speed.py --benchmark-only \
+timeout "${FASTMIX_GPU_TRAINER_S:-240}" "$PY" -m pytest -q -p no:cacheprovider -o addopts= bench/test_trainer_speed.py --benchmark-only \
   -k "trainer_step or models_only" --benchmark-json="$OUT/trainer.json" > "$OUT/bench.log" 2>&1
 echo "bench exit $?"; tail -n 3 "$OUT/bench.log"
 "$PY" bench/summarize.py "$OUT/trainer.json" --out "$OUT/summary.md" > /dev/null 2>&1
