@@ -14,7 +14,7 @@ OUT=${1:?usage: bench/gpu_check.sh OUTDIR}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-$(command -v python || command -v python3)}
+PY=${PYTHON:-$(command -v python3 || command -v python)}
 START=$(date +%s)
 step() { echo "== $* ($(( $(date +%s) - START )) s)"; }
 

@@ -12,14 +12,14 @@
 # skips its remaining cases ("out of time") rather than overrun, so the JSON is
 # always written. Needs python with a CUDA build of torch, triton, pytest and
 # pytest-benchmark; installs nothing from the network. PYTHON picks the interpreter
-# (default: python, else python3),
+# (default: python3, else python),
 # FASTMIX_GPU_RUN_SECONDS the overall limit (default 470).
 set -uo pipefail
 OUT=${1:?usage: bench/gpu_run.sh OUTDIR}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-$(command -v python || command -v python3)}
+PY=${PYTHON:-$(command -v python3 || command -v python)}
 START=$(date +%s)
 DEADLINE=$(( START + ${FASTMIX_GPU_RUN_SECONDS:-470} ))
 left() { echo $(( DEADLINE - $(date +%s) )); }

@@ -8,14 +8,14 @@
 #      the models' own passes (models-only), for the share of a step outside them;
 #   3. OUTDIR/summary.md from the JSON (bench/summarize.py), beside the logs.
 # Uses the installed fastmix (bench/gpu_run.sh builds the CUDA kernels first, if wanted).
-# PYTHON picks the interpreter (default: python, else python3); FASTMIX_GPU_GRAPHS_S and
+# PYTHON picks the interpreter (default: python3, else python); FASTMIX_GPU_GRAPHS_S and
 # FASTMIX_GPU_TRAINER_S cap the test and the benchmarks (default 150 and 240 s).
 set -uo pipefail
 OUT=${1:?usage: bench/gpu_trainer.sh OUTDIR}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-$(command -v python || command -v python3)}
+PY=${PYTHON:-$(command -v python3 || command -v python)}
 unset TRITON_INTERPRET
 
 "$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" | tee "$OUT/env.txt" || exit 1
