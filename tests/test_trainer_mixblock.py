@@ -3,8 +3,53 @@ import pytest
 import torch
 from torch import nn
 
+from torch.nn import functional as F
+
 from fastmix import MixBlock
 from fastmix.features import FrozenTeacher, as_feature_map
+
+
+def spec5_masks(g: MixBlock, h_f, h_r, lam, size):
+    """SPEC 5 step by step, one sample at a time: append the ratio channel, the three
+    1x1 convolutions, both attentions, stack, upsample, softmax over the 2 channels."""
+    out = []
+    for i in range(h_f.shape[0]):
+        a_f = torch.cat([h_f[i : i + 1], torch.full_like(h_f[i : i + 1, :1], float(lam[i]))], 1)
+        a_r = torch.cat([h_r[i : i + 1], torch.full_like(h_r[i : i + 1, :1], 1 - float(lam[i]))], 1)
+        q_f, k_f, v_f = (F.conv2d(a_f, m.weight, m.bias).flatten(2)[0] for m in (g.q, g.k, g.v))  # (d, hw)
+        q_r, k_r, v_r = (F.conv2d(a_r, m.weight, m.bias).flatten(2)[0] for m in (g.q, g.k, g.v))
+        A = torch.softmax(q_f.T @ k_r / g.dim**0.5, dim=1)
+        A2 = torch.softmax(q_r.T @ k_f / g.dim**0.5, dim=1)
+        m = torch.stack([A @ v_f[0], A2 @ v_r[0]]).view(1, 2, *h_f.shape[2:])
+        out.append(torch.softmax(F.interpolate(m, size=size, mode="bilinear", align_corners=False), dim=1))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("C, hw, size", [(32, (7, 7), (28, 28)), (7, (3, 5), (9, 16))])
+def test_masks_and_gradients_match_spec5_in_float64(C, hw, size, channels_last):
+    torch.manual_seed(C)
+    g = MixBlock(C).double()
+    with torch.no_grad():  # larger weights than the initialisation's, for attention that is not uniform
+        for p in g.parameters():
+            p.mul_(3)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    h_f = torch.randn(5, C, *hw, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
+    h_r = torch.randn(5, C, *hw, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
+    lam = torch.rand(5, dtype=torch.float64)
+    weight = torch.randn(5, 2, *size, dtype=torch.float64)
+
+    def grads(fn):
+        out = fn(g, h_f, h_r, lam, size)
+        return (out, *torch.autograd.grad((out * weight).sum(), [h_f, h_r, *g.parameters()]))
+
+    got, want = grads(MixBlock.forward), grads(spec5_masks)
+    assert want[0].std() > 1e-3  # the masks vary
+    for i, (x, y) in enumerate(zip(got, want)):
+        if i == len(got) - 1:  # v's bias: its gradient is zero but for rounding
+            assert x.abs().max() < 1e-12 and y.abs().max() < 1e-12
+            continue
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-12)
 
 
 def test_masks_sum_to_one_and_have_image_size():
@@ -33,7 +78,9 @@ def test_mask_gradient_reaches_every_parameter():
     g = MixBlock(8)
     m = g.mask(torch.randn(2, 8, 3, 3), torch.randn(2, 8, 3, 3), torch.rand(2), (6, 6))
     (m * torch.randn_like(m)).sum().backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in g.parameters())
+    # all but v's bias, which the two-channel softmax cancels (see MixBlock)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in list(g.parameters())[:-1])
+    assert g.v.bias.grad.abs().max() < 1e-6
 
 
 def test_parameter_count_matches_paper():
@@ -60,3 +107,19 @@ def test_token_features_reshape_to_grid():
 def test_teacher_names_unknown_layer():
     with pytest.raises(ValueError, match="feature_layer 'nope'"):
         FrozenTeacher(nn.Sequential(nn.Linear(2, 2)), "nope")
+
+
+def test_float32_masks_err_no_more_than_spec5_in_float32():
+    """flash-attention's habit: against float64, the fused float32 masks may err at most
+    2x as much as SPEC 5's plain float32 computation (plus a floor)."""
+    torch.manual_seed(1)
+    g64 = MixBlock(32).double()
+    g32 = MixBlock(32)
+    g32.load_state_dict({k: v.float() for k, v in g64.state_dict().items()})
+    h_f, h_r = torch.randn(8, 32, 7, 7, dtype=torch.float64), torch.randn(8, 32, 7, 7, dtype=torch.float64)
+    lam = torch.rand(8, dtype=torch.float64)
+    exact = spec5_masks(g64, h_f, h_r, lam, (28, 28))
+    with torch.no_grad():
+        fused = g32(h_f.float(), h_r.float(), lam.float(), (28, 28)).double()
+        plain = spec5_masks(g32, h_f.float(), h_r.float(), lam.float(), (28, 28)).double()
+    assert (fused - exact).abs().max() <= 2 * (plain - exact).abs().max() + 1e-6
