@@ -109,18 +109,22 @@ def flush_subnormals_(*modules: nn.Module) -> None:
 
 class Amp:
     """Autocast of the unlearner's forward (losses stay fp32: callers take ``.float()``
-    of the logits) and, for fp16, GradScalers (their inf check reads the host)."""
+    of the logits) and, for fp16, GradScalers (their inf check reads the host).
 
-    def __init__(self, mode: str, device: torch.device):
+    ``graphs=True`` turns autocast's weight-cast cache off, as PyTorch asks for CUDA-graph
+    capture: a cast cached outside a graph would be replayed stale after the weights move."""
+
+    def __init__(self, mode: str, device: torch.device, graphs: bool = False):
         self.mode = mode
         self.device = device
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+        self.cache = not graphs
         self.scalers = {}
 
     def autocast(self):
         if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=self.cache)
 
     def _scaler(self, opt):
         if id(opt) not in self.scalers:

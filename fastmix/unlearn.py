@@ -345,7 +345,7 @@ class MixUnlearn:
         if flush:
             engine.flush_subnormals_(frozen, *learners)
         cache = self._build_cache(x_f, x_r, aware, frozen, teacher, loss_fn, feat_shape)
-        self._amp = engine.Amp(self.engine.amp, dev)
+        self._amp = engine.Amp(self.engine.amp, dev, graphs=graphs)
         channels_last = x_f.dim() == 4 and x_f.shape[1] > 1 and not x_f.is_contiguous()
         augment = self._augment
 

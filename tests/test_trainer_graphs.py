@@ -66,3 +66,22 @@ def test_captured_steps_match_the_same_steps_uncaptured(kw):
                                rtol=1e-4, atol=1e-4)
     for (name, a), b in zip(eager.state_dict().items(), graphed.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_graph_mode_turns_the_autocast_cast_cache_off(monkeypatch):
+    """PyTorch's rule for autocast under CUDA-graph capture; the plain loop keeps the cache."""
+    seen = []
+    real = torch.autocast
+
+    def spy(*args, **kw):
+        seen.append(kw.get("cache_enabled", True))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    cpu = torch.device("cpu")
+    unlearn(cpu, False, False, amp="bf16")
+    assert seen and all(seen)
+    seen.clear()
+    monkeypatch.setattr(engine.EngineOptions, "use_cuda_graphs", lambda self, device: True)
+    unlearn(cpu, True, False, amp="bf16")
+    assert seen and not any(seen)
