@@ -64,7 +64,7 @@ class MixBlock(nn.Module):
         feats = torch.cat([h_f, h_r]).flatten(2).transpose(1, 2)  # (2B, hw, C); contiguous if channels_last
         proj = feats @ weight[:, :C].t() + (torch.outer(ratio, weight[:, C]) + bias).unsqueeze(1)
         q, k, v = proj.split([d, d, 1], dim=2)
-        k = torch.cat([k[B:], k[:B]])  # h_f's queries meet h_r's keys, and h_r's meet h_f's
+        k = k.roll(B, 0)  # h_f's queries meet h_r's keys, and h_r's meet h_f's
         attn = torch.softmax(q @ k.transpose(1, 2) * (1.0 / math.sqrt(d)), dim=2)  # (2B, hw, hw)
         m = attn @ v  # (2B, hw, 1): m_f, then m_r
         return (m[:B] - m[B:]).view(B, 1, h, w)

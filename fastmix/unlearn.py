@@ -495,10 +495,10 @@ class MixUnlearn:
                 logits = student(torch.cat(parts) if len(parts) > 1 else parts[0])
             if amp.dtype is not None:
                 logits = logits.float()
-            mix_logits = logits[:b] if cfg.use_mix else None
-            off = b if cfg.use_mix else 0
-            real_r = logits[off : off + B] if cfg.omega > 0 else None
-            real_f = logits[off + B :] if cfg.omega > 0 else None
+            # split, not three slices: its backward is one cat, theirs three zero-filled copies summed
+            pieces = iter(logits.split([part.shape[0] for part in parts]))
+            mix_logits = next(pieces) if cfg.use_mix else None
+            real_r, real_f = (next(pieces), next(pieces)) if cfg.omega > 0 else (None, None)
         else:
             # Each rank runs its rows of the mixes and of both real batches in one forward;
             # the gather gives every rank the whole batch's logits for the batch-coupled loss.
