@@ -7,6 +7,10 @@ each rank evaluates the whole, batch-coupled loss: the log-sum-exp of SPEC 4 spa
 global batch, so per-rank losses would not add up to it. The gather's backward sums the
 N identical losses' gradients (N x the true one) and DDP's averaging divides by N, so
 the parameters get the single-process gradient.
+
+This shards each global batch by rows rather than the forget set through
+``torch.utils.data.DistributedSampler``: that sampler shuffles on the host, and
+per-rank batches drawn from it would not add up to the single process's batches.
 """
 from __future__ import annotations
 
