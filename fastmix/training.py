@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .atomic import atomic_write
+from .engine import flush_subnormals_, is_convolutional
 from .progress import progress_bar
 
 
@@ -46,14 +47,11 @@ def train_classifier(
     in channels_last (and are handed back in the default format); on the CPU, Adam is
     the fused implementation and the subnormal weights that weight decay leaves are
     zeroed before each epoch. On this project's CPU that trained a Fashion-MNIST CNN
-    1.8x faster once its weights held subnormals.
+    1.44x faster from a fresh start, 1.56x once its weights held subnormals.
     """
-    from .engine import flush_subnormals_
-
     device = x.device
     cpu = device.type == "cpu"
-    channels_last = x.dim() == 4 and any(isinstance(m, nn.Conv2d) for m in model.modules())
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = torch.channels_last if is_convolutional(model, x.dim()) else torch.contiguous_format
     model.to(memory_format=fmt)
     gen = torch.Generator(device=device).manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, fused=cpu or None)
