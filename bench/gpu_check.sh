@@ -10,23 +10,9 @@
 # installs nothing from the network. PYTHON picks the interpreter; FASTMIX_GPU_BUILD_S,
 # FASTMIX_GPU_TESTS_S and FASTMIX_GPU_BENCH_S cap the three stages (default 240, 330, 120 s).
 set -uo pipefail
-OUT=${1:?usage: bench/gpu_check.sh OUTDIR}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-cd "$(dirname "$0")/.."
-PY=${PYTHON:-$(command -v python3 || command -v python)}
-START=$(date +%s)
-step() { echo "== $* ($(( $(date +%s) - START )) s)"; }
-
-step "environment"
-{ nvidia-smi || true; "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"; } \
-  > "$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  echo "no GPU visible to torch: nothing to check" | tee "$OUT/summary.md"
-  exit 1
-fi
-ARCH=$("$PY" -c "import torch; print('%d%d' % torch.cuda.get_device_capability())")
+source "$(dirname "$0")/gpu_common.sh"
+gpu_setup gpu_check.sh "${1:-}"
+gpu_environment "no GPU visible to torch: nothing to check"
 
 step "build (sm_$ARCH)"
 # Editable, so that a fastmix/libfastmix_cuda.so carried here (built elsewhere) is used

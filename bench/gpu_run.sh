@@ -15,27 +15,12 @@
 # (default: python3, else python),
 # FASTMIX_GPU_RUN_SECONDS the overall limit (default 470).
 set -uo pipefail
-OUT=${1:?usage: bench/gpu_run.sh OUTDIR}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-cd "$(dirname "$0")/.."
-PY=${PYTHON:-$(command -v python3 || command -v python)}
-START=$(date +%s)
+source "$(dirname "$0")/gpu_common.sh"
+gpu_setup gpu_run.sh "${1:-}"
 DEADLINE=$(( START + ${FASTMIX_GPU_RUN_SECONDS:-470} ))
 left() { echo $(( DEADLINE - $(date +%s) )); }
 cap() { local m=$(( $1 < $2 ? $1 : $2 )); echo $(( m < 10 ? 10 : m )); }  # min(a, b), at least 10 s
-step() { echo "== $* ($(( $(date +%s) - START )) s)"; }
-unset TRITON_INTERPRET  # real kernels on the GPU
-
-step "environment"
-{ nvidia-smi || true; "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"; } \
-  > "$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  echo "no GPU visible to torch: run the CPU suite with 'pytest bench --benchmark-only' instead" | tee "$OUT/summary.md"
-  exit 1
-fi
-ARCH=$("$PY" -c "import torch; print('%d%d' % torch.cuda.get_device_capability())")
+gpu_environment "no GPU visible to torch: run the CPU suite with 'pytest bench --benchmark-only' instead"
 
 step "install with the CUDA kernels (sm_$ARCH)"
 build_status=0

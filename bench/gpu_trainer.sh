@@ -11,12 +11,8 @@
 # PYTHON picks the interpreter (default: python3, else python); FASTMIX_GPU_GRAPHS_S and
 # FASTMIX_GPU_TRAINER_S cap the test and the benchmarks (default 150 and 240 s).
 set -uo pipefail
-OUT=${1:?usage: bench/gpu_trainer.sh OUTDIR}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-cd "$(dirname "$0")/.."
-PY=${PYTHON:-$(command -v python3 || command -v python)}
-unset TRITON_INTERPRET
+source "$(dirname "$0")/gpu_common.sh"
+gpu_setup gpu_trainer.sh "${1:-}"
 
 "$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" | tee "$OUT/env.txt" || exit 1
 echo "== CUDA-graph equivalence test"
