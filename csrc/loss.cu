@@ -14,6 +14,7 @@ namespace {
 
 constexpr float kEps = 1e-8f;  // the clamp of d(p, q) = 1 - <p,q> / max(|p||q|, eps)
 constexpr int NS = 12;         // floats of per-row state
+// S_A_*, S_BP_*, S_DP_* stay consecutive: target_cosine writes them as one block.
 enum Stat { S_M, S_INV_S, S_A_R, S_BP_R, S_DP_R, S_A_F, S_BP_F, S_DP_F, S_KEEP, S_X, S_KW, S_FW };
 
 constexpr int kFusedThreads = 512;
@@ -108,6 +109,28 @@ __device__ __forceinline__ void cosine_parts(float pp, float dot, float qn, floa
   *Dp = clamped ? *c : 0.f;
 }
 
+// c(p, q) of row ref.i against one target row: a label (p[y] from the row's softmax
+// statistics M, inv_s) or a soft target (<e, q> and |q|^2 summed in the row pass). It
+// writes A, Bp, Dp to parts[0..2] (S_A_*, S_BP_*, S_DP_* in order). A bad perm index or
+// label gives NaN, flagged by the reporting lane.
+template <typename T>
+__device__ __forceinline__ float target_cosine(const LossArgs& a, const Target& t, int64_t row, bool bad, const T* x,
+                                               const RowRef& ref, float M, float inv_s, float soft_dot, float q2,
+                                               float pp, bool report, float* parts) {
+  float dot = NAN, qn = 1.f, c;
+  if (bad) {
+    if (report) flag_error(a.flag, kBadPerm);
+  } else if (t.dtype == I64) {
+    const int64_t y = label_of(t, row, a.C, a.flag, report);
+    if (y >= 0) dot = exp_diff(to_f(x[ref.i * ref.rs + y * ref.cs]), M) * inv_s;
+  } else {
+    dot = soft_dot * inv_s;
+    qn = sqrtf(q2);
+  }
+  cosine_parts(pp, dot, qn, &parts[0], &parts[1], &parts[2], &c);
+  return c;
+}
+
 // Computes row r's state; every thread of the group gets it in st[].
 template <typename T, bool WARP>
 __device__ void row_stats(const LossArgs& a, int64_t r, int lane, int G, float* scratch, float* st) {
@@ -151,31 +174,13 @@ __device__ void row_stats(const LossArgs& a, int64_t r, int lane, int G, float* 
   st[S_FW] = ref.fw;
   st[S_X] = -INFINITY;
   if (keep) {
-    float dot = NAN, qn = 1.f, c;
-    if (ref.keep_bad) {
-      if (report) flag_error(a.flag, kBadPerm);
-    } else if (a.keep.dtype == I64) {
-      const int64_t y = label_of(a.keep, ref.keep_row, a.C, a.flag, report);
-      if (y >= 0) dot = exp_diff(to_f(x[ref.i * ref.rs + y * ref.cs]), M) * inv_s;
-    } else {
-      dot = dr * inv_s;
-      qn = sqrtf(qr2);
-    }
-    cosine_parts(pp, dot, qn, &st[S_A_R], &st[S_BP_R], &st[S_DP_R], &c);
+    const float c = target_cosine(a, a.keep, ref.keep_row, ref.keep_bad, x, ref, M, inv_s, dr, qr2, pp, report,
+                                  &st[S_A_R]);
     st[S_KEEP] = ref.kw * (1.f - c);
   }
   if (forget) {
-    float dot = NAN, qn = 1.f, c;
-    if (ref.forget_bad) {
-      if (report) flag_error(a.flag, kBadPerm);
-    } else if (a.forget.dtype == I64) {
-      const int64_t y = label_of(a.forget, ref.forget_row, a.C, a.flag, report);
-      if (y >= 0) dot = exp_diff(to_f(x[ref.i * ref.rs + y * ref.cs]), M) * inv_s;
-    } else {
-      dot = df * inv_s;
-      qn = sqrtf(qf2);
-    }
-    cosine_parts(pp, dot, qn, &st[S_A_F], &st[S_BP_F], &st[S_DP_F], &c);
+    const float c = target_cosine(a, a.forget, ref.forget_row, ref.forget_bad, x, ref, M, inv_s, df, qf2, pp, report,
+                                  &st[S_A_F]);
     st[S_X] = ref.fw * (1.f - c) * a.inv_tau;
   }
 }
