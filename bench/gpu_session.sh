@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Usage: bench/gpu_session.sh OUTDIR
 #
-# Everything a lent GPU should check, in one call that fits the device tool's limits
+# Everything a lent GPU should check, in one call within the device tool's limits
 # (one command under 10 minutes, at most 8 files back): in priority order,
 #   1. bench/gpu_check.sh: build the CUDA kernels for this GPU, the kernel tests of
 #      the cuda and triton backends, bench/cuda_bench.py;
 #   2. bench/gpu_trainer.sh: the CUDA-graph equivalence test, the trainer's step
 #      benchmarks (reference, fast, fast with CUDA graphs; models-only).
 # Each stage's time is capped so the whole stays under FASTMIX_GPU_SESSION_S (default
-# 540 s). OUTDIR gets summary.md (both summaries), trainer.json, check.json and
+# 540 s); not yet run on a GPU, so a stage may hit its cap before it finishes. OUTDIR gets summary.md (both summaries), trainer.json, check.json and
 # logs.tar.gz (every log); the work happens in a scratch folder beside it.
 # Run from the device tool as: bash bench/gpu_session.sh "$OUT" (timeout_s 600).
 set -uo pipefail
