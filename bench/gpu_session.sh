@@ -8,8 +8,9 @@
 #   2. bench/gpu_trainer.sh: the CUDA-graph equivalence test, the trainer's step
 #      benchmarks (reference, fast, fast with CUDA graphs; models-only).
 # Each stage's time is capped so the whole stays under FASTMIX_GPU_SESSION_S (default
-# 540 s); not yet run on a GPU, so a stage may hit its cap before it finishes. OUTDIR gets summary.md (both summaries), trainer.json, check.json and
-# logs.tar.gz (every log); the work happens in a scratch folder beside it.
+# 540 s); not yet run on a GPU, so a stage may hit its cap before it finishes.
+# OUTDIR gets summary.md (both summaries), trainer.json, check.json and logs.tar.gz
+# (every log); the work happens in a scratch folder beside it.
 # Run from the device tool as: bash bench/gpu_session.sh "$OUT" (timeout_s 600).
 set -uo pipefail
 OUT=${1:?usage: bench/gpu_session.sh OUTDIR}
