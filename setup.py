@@ -1,6 +1,6 @@
 """Build script: the package metadata lives in pyproject.toml.
 
-The CUDA kernels in csrc/ become ``fastmix/libfastmix_cuda.so``, a torch-free shared
+The CUDA kernels in csrc/ become ``fastmix/backends/libfastmix_cuda.so``, a torch-free shared
 library of C launchers that fastmix loads with ctypes (see csrc/README.md). They are
 built when nvcc is found; a machine without nvcc gets the package without them
 (the Triton and PyTorch backends still work, and ``fastmix info`` says why ``cuda`` is
@@ -27,8 +27,8 @@ from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
 CSRC = "csrc"
-LIB_NAME = "fastmix.libfastmix_cuda"
-LIB_FILE = os.path.join("fastmix", "libfastmix_cuda.so")
+LIB_NAME = "fastmix.backends.libfastmix_cuda"
+LIB_FILE = os.path.join("fastmix", "backends", "libfastmix_cuda.so")
 DEFAULT_ARCH = "80;86;89;90+PTX"
 
 

@@ -15,7 +15,7 @@ gpu_setup gpu_check.sh "${1:-}"
 gpu_environment "no GPU visible to torch: nothing to check"
 
 step "build (sm_$ARCH)"
-# Editable, so that a fastmix/libfastmix_cuda.so carried here (built elsewhere) is used
+# Editable, so that a fastmix/backends/libfastmix_cuda.so carried here (built elsewhere) is used
 # when this machine has no nvcc.
 build_status=0
 if "$PY" -c "import setup, sys; sys.exit(0 if setup.find_nvcc() else 1)" 2>/dev/null; then
@@ -23,16 +23,16 @@ if "$PY" -c "import setup, sys; sys.exit(0 if setup.find_nvcc() else 1)" 2>/dev/
     > "$OUT/build.log" 2>&1 || build_status=$?
   if [ "$build_status" -ne 0 ]; then  # no pip/setuptools to build with: nvcc alone
     echo "pip install failed ($build_status); building the library with nvcc directly" >> "$OUT/build.log"
-    FASTMIX_CUDA_ARCH="$ARCH" timeout "${FASTMIX_GPU_BUILD_S:-240}" "$PY" -c "import setup, subprocess, glob; subprocess.run(setup.nvcc_command(setup.find_nvcc(), sorted(glob.glob('csrc/*.cu')), 'fastmix/libfastmix_cuda.so'), check=True)" \
+    FASTMIX_CUDA_ARCH="$ARCH" timeout "${FASTMIX_GPU_BUILD_S:-240}" "$PY" -c "import setup, subprocess, glob; subprocess.run(setup.nvcc_command(setup.find_nvcc(), sorted(glob.glob('csrc/*.cu')), 'fastmix/backends/libfastmix_cuda.so'), check=True)" \
       >> "$OUT/build.log" 2>&1 && build_status=0
     # Not installed: import fastmix from this checkout, its Triton kernels through a link.
     [ -e fastmix/kernels ] || ln -s ../kernels fastmix/kernels
   fi
 else
-  echo "no nvcc here: using $( [ -f fastmix/libfastmix_cuda.so ] && echo the carried fastmix/libfastmix_cuda.so || echo no CUDA library)" \
+  echo "no nvcc here: using $( [ -f fastmix/backends/libfastmix_cuda.so ] && echo the carried fastmix/backends/libfastmix_cuda.so || echo no CUDA library)" \
     | tee "$OUT/build.log"
   FASTMIX_CUDA=0 timeout 120 "$PY" -m pip install --no-build-isolation --no-deps -e . >> "$OUT/build.log" 2>&1 || true
-  [ -f fastmix/libfastmix_cuda.so ] || build_status=1
+  [ -f fastmix/backends/libfastmix_cuda.so ] || build_status=1
 fi
 tail -n 3 "$OUT/build.log"
 "$PY" -m fastmix info > "$OUT/info.txt" 2>&1

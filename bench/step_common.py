@@ -8,8 +8,8 @@ import torch
 
 from bench_common import DEVICE, ON_GPU, impl_skip
 from cases import smoke_skip
-from fastmix.mixblock import MixBlock
-from fastmix.models import MnistCNN, ResNet18
+from fastmix.mixunlearn.mixblock import MixBlock
+from fastmix.harness.models import MnistCNN, ResNet18
 
 B = 32
 ALPHA, TAU_GEN, TAU_MIX, TAU_REAL, OMEGA = 0.75, 1.0, 10.0, 10.0, 1.0
@@ -61,7 +61,7 @@ def setup_step(impl: str, model_name: str, layout: str) -> StepSetup:
 def trainer_for(s: StepSetup):
     """fastmix's trainer set up as its loop sets itself up, for calling its step methods."""
     import fastmix
-    from fastmix.unlearn import MixUnlearn
+    from fastmix.mixunlearn.method import MixUnlearn
 
     trainer = MixUnlearn(
         s.model, feature_layer=s.model.feature_layer, backend=s.backend, alpha=ALPHA, tau_gen=TAU_GEN,

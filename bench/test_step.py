@@ -4,7 +4,7 @@ Each case draws ``lam ~ Beta(alpha, alpha)`` and a random pairing, makes the mas
 with fastmix's MixBlock from cached features of the frozen model (no gradient),
 mixes, runs the unlearner on the mixes and both real batches in one forward pass,
 and takes an Adam step on ``L_mix + omega * L_real`` (label-aware targets: integer
-labels), on the trainer's models (fastmix.models). The implementations:
+labels), on the trainer's models (fastmix.harness.models). The implementations:
 
 * ``eager``: that step written with bench_eager's mixup and loss, autograd through them;
 * ``compile``: the same with ``torch.compile`` of mixup + model forward + loss;

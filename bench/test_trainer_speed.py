@@ -27,7 +27,7 @@ import torch
 
 from bench_common import DEVICE, ON_GPU, Settings, environment, sync
 from fastmix import MixUnlearn
-from fastmix.models import MnistCNN, ResNet18
+from fastmix.harness.models import MnistCNN, ResNet18
 
 B = 32
 IMPLS = ("eager", "fastmix", "fastmix-graphs")
@@ -35,7 +35,7 @@ OPTIONS = dict(lr=5e-5, batch_size=B, tau_gen=1.0, tau_mix=10.0, tau_real=10.0, 
 
 
 def fashion_mnist_class0():
-    from fastmix.data import DataError, load_dataset
+    from fastmix.harness.data import DataError, load_dataset
 
     try:
         ds = load_dataset("fashion-mnist", os.environ.get("FASTMIX_FASHION_MNIST"))
@@ -117,7 +117,7 @@ def test_models_only(benchmark, model_name):
     call = 4 iterations; ``extra_info.iteration_s`` is a fourth of the median, so
     ``1 - iteration_s / trainer-step's step_s`` is the share of a step spent outside
     the models' forward and backward."""
-    from fastmix.mixblock import MixBlock
+    from fastmix.mixunlearn.mixblock import MixBlock
 
     if model_name == "resnet18" and not ON_GPU:
         pytest.skip("ResNet-18 steps take seconds each on this CPU; timed on a GPU only")

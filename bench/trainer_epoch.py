@@ -26,11 +26,11 @@ import statistics
 import torch
 
 from fastmix import MixUnlearn
-from fastmix.data import load_dataset
-from fastmix.experiment import resolve_options
-from fastmix.models import MnistCNN
-from fastmix.methods import _MIXUNLEARN_KEYS
-from fastmix.training import load_checkpoint
+from fastmix.harness.data import load_dataset
+from fastmix.harness.experiment import resolve_options
+from fastmix.harness.models import MnistCNN
+from fastmix.harness.methods import _MIXUNLEARN_KEYS
+from fastmix.harness.training import load_checkpoint
 
 
 def main() -> None:

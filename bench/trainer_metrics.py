@@ -21,9 +21,9 @@ import statistics
 
 import torch
 
-from fastmix.evaluation import avg_gap, evaluate, metric_names
-from fastmix.experiment import Experiment, method_context, prepare_data, resolve_options, train_reference_models
-from fastmix.methods import get_method
+from fastmix.harness.evaluation import avg_gap, evaluate, metric_names
+from fastmix.harness.experiment import Experiment, method_context, prepare_data, resolve_options, train_reference_models
+from fastmix.harness.methods import get_method
 
 
 def main() -> None:

@@ -4,15 +4,15 @@ The ops (``sharpen``, ``sample_lambda``, ``mixup``, ``contrastive_loss``,
 ``real_loss``) and the module ``MixUnlearnLoss`` implement SPEC sections 2 to 4;
 ``backends()`` says which implementations can run here.
 """
-from ._config import debug_checks
-from .backends import backends
-from .loss import MixUnlearnLoss
-from .mixblock import MixBlock
-from .ops.contrastive import contrastive_loss, real_loss
-from .ops.mixup import mixup
-from .ops.sharpen import sharpen
-from .sampling import sample_lambda
-from .unlearn import MixUnlearn
+from fastmix.ops.debug import debug_checks
+from fastmix.backends import backends
+from fastmix.ops.loss import MixUnlearnLoss
+from fastmix.mixunlearn.mixblock import MixBlock
+from fastmix.ops.contrastive import contrastive_loss, real_loss
+from fastmix.ops.mixup import mixup
+from fastmix.ops.sharpen import sharpen
+from fastmix.ops.sampling import sample_lambda
+from fastmix.mixunlearn.method import MixUnlearn
 
 __version__ = "0.1.0"
 

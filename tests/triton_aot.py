@@ -12,7 +12,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from fastmix import kernels
+from fastmix import kernels  # the Triton kernels, installed as fastmix.kernels
 from fastmix.kernels import contrastive, mixup, sharpen
 
 TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.int64: "*i64"}

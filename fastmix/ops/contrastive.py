@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import _checks
-from .._dispatch import kernels_for
-from ..backends import resolve_backend
-from ..reference import compute_dtype
+from . import _checks
+from fastmix.backends import kernels_for
+from fastmix.backends import resolve_backend
+from fastmix.backends.torch_backend import compute_dtype
 
 
 @torch.library.custom_op("fastmix::contrastive_loss", mutates_args=())

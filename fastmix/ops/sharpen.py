@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from .. import _checks
-from .._dispatch import kernels_for
-from ..backends import resolve_backend
+from . import _checks
+from fastmix.backends import kernels_for
+from fastmix.backends import resolve_backend
 
 
 @torch.library.custom_op("fastmix::sharpen", mutates_args=())

@@ -1,0 +1,102 @@
+"""The outputs of `fastmix unlearn`: a text table, results.json and a PNG."""
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_write
+
+
+def format_table(rows: dict[str, dict], metrics) -> str:
+    """One row per method (original, retrain, then the methods); metrics in percent."""
+    cols = [*metrics, "avg_gap", "seconds"]
+    width = max(10, *(len(n) for n in rows)) + 1
+    head = "method".ljust(width) + "".join(c.rjust(13) for c in cols)
+    lines = [head, "-" * len(head)]
+    for name, row in rows.items():
+        cells = "".join(f"{row[c]:13.2f}" for c in cols)
+        lines.append(name.ljust(width) + cells)
+    return "\n".join(lines)
+
+
+def versions() -> dict:
+    import sklearn
+    import torch
+
+    from fastmix import __version__
+
+    return {"fastmix": __version__, "torch": torch.__version__, "scikit-learn": sklearn.__version__,
+            "python": platform.python_version(), "machine": platform.machine(), "cpu_threads": torch.get_num_threads()}
+
+
+def write_results(path: Path, rows: dict[str, dict], settings: dict) -> dict:
+    """results.json: one record per row keyed by method name (``original``, ``retrain``,
+    then each method) with the metrics in percent, ``avg_gap`` and ``seconds``; plus
+    ``settings`` and ``versions``."""
+    doc = {name: {k: float(v) for k, v in row.items()} for name, row in rows.items()}
+    doc["settings"] = settings
+    doc["versions"] = versions()
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=2, default=str)
+            f.write("\n")
+
+    atomic_write(path, write)
+    return doc
+
+
+def _show(ax, img, title=None, cmap="gray", vmin=None, vmax=None):
+    img = np.asarray(img)
+    if img.shape[0] == 1:
+        ax.imshow(img[0], cmap=cmap, vmin=vmin, vmax=vmax)
+    else:  # colour: min-max scale each image for display
+        img = np.transpose(img, (1, 2, 0))
+        img = (img - img.min()) / max(img.max() - img.min(), 1e-8)
+        ax.imshow(img)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
+def write_png(path: Path, rows: dict[str, dict], metrics, preview=None, title: str = "") -> None:
+    """Left: each metric of every method beside retrain. Right (when ``preview`` is
+    ``(x_f, x_r, mask, x_mix, lam)`` from :meth:`MixUnlearn.preview`): mixup samples
+    with their masks, one row per pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_prev = 0 if preview is None else min(6, preview[0].shape[0])
+    fig = plt.figure(figsize=(12 if n_prev else 8, max(4.5, 1.3 * n_prev)))
+    grid = fig.add_gridspec(max(n_prev, 1), 5 if n_prev else 1, width_ratios=[6, 1, 1, 1, 1] if n_prev else [1])
+    ax = fig.add_subplot(grid[:, 0])
+    names = list(rows)
+    width = 0.8 / len(names)
+    xs = np.arange(len(metrics))
+    for i, name in enumerate(names):
+        vals = [rows[name][m] for m in metrics]
+        ax.bar(xs + i * width - 0.4 + width / 2, vals, width, label=f"{name} (gap {rows[name]['avg_gap']:.1f})",
+               edgecolor="black" if name == "retrain" else None)
+    ax.set_xticks(xs)
+    ax.set_xticklabels(metrics, fontsize=8)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title(title, fontsize=9)
+    if n_prev:
+        x_f, x_r, mask, x_mix, lam = (t.numpy() for t in preview)
+        for r in range(n_prev):
+            heads = ("x_f", "x_r", f"mask (lam={lam[r]:.2f})", "x_mix") if r == 0 else (None,) * 3 + (f"lam={lam[r]:.2f}",)
+            _show(fig.add_subplot(grid[r, 1]), x_f[r], heads[0])
+            _show(fig.add_subplot(grid[r, 2]), x_r[r], heads[1])
+            _show(fig.add_subplot(grid[r, 3]), mask[r], heads[2] if r == 0 else None, cmap="viridis", vmin=0, vmax=1)
+            _show(fig.add_subplot(grid[r, 4]), x_mix[r], heads[3] if r == 0 else None)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)

@@ -1,0 +1,360 @@
+"""The CUDA kernels of csrc/, run on the host by tests/cuda_emulate.h, against the reference.
+
+No GPU here, so csrc/ is also compiled with g++ against a small emulation of the CUDA
+features it uses (threads, __syncthreads, warp shuffles, atomics, launch limits):
+the same kernel source, its indexing, reductions, NaN handling and index checks run
+through fastmix/backends/cuda_backend.py on CPU tensors. It says nothing about speed, and the
+float16/bfloat16 arithmetic is the headers' host emulation. Skipped where g++ or the
+CUDA headers are missing, or with FASTMIX_SKIP_EMULATION=1 (about 2.5 minutes on 2 cores).
+"""
+import os
+import shutil
+import subprocess
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import spec64
+from fastmix.backends import cuda_backend, torch_backend
+from tolerance import assert_as_accurate
+
+ROOT = Path(__file__).resolve().parents[2]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _cuda_include():
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            yield Path(os.environ[var]) / "include"
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        yield Path(nvcc).resolve().parent.parent / "include"
+    yield Path("/usr/local/cuda/include")
+
+
+def build_emulated(out: Path, extra=()):
+    if os.environ.get("FASTMIX_SKIP_EMULATION") == "1":
+        pytest.skip("FASTMIX_SKIP_EMULATION=1")
+    gxx = shutil.which("g++")
+    include = next((p for p in _cuda_include() if (p / "cuda_fp16.h").is_file()), None)
+    if gxx is None or include is None:
+        pytest.skip("g++ or the CUDA headers (cuda_fp16.h) not found: cannot emulate the kernels")
+    sources = sorted(str(p) for p in (ROOT / "csrc").glob("*.cu")) + [str(ROOT / "tests" / "cuda_emulate.cpp")]
+    cmd = [gxx, "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-DFASTMIX_EMULATE", "-Wall", "-Wextra",
+           "-Wno-unknown-pragmas", f"-I{include}", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'tests'}",
+           *extra, "-x", "c++", "-include", "cuda_emulate.h", *sources, "-o", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, f"g++ failed:\n{' '.join(cmd)}\n{result.stderr[-4000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def emulated_library(tmp_path_factory):
+    prebuilt = os.environ.get("FASTMIX_EMULATED_LIB")  # e.g. an AddressSanitizer build, see csrc/README.md
+    if prebuilt:
+        return Path(prebuilt)
+    return build_emulated(tmp_path_factory.mktemp("emu") / "libfastmix_cuda_emu.so")
+
+
+@pytest.fixture
+def emu(emulated_library, monkeypatch):
+    """fastmix.backends.cuda_backend bound to the emulated library, taking CPU tensors."""
+    monkeypatch.setenv("FASTMIX_CUDA_LIB", str(emulated_library))
+    lib, err = cuda_backend._load()
+    assert err is None, err
+    monkeypatch.setattr(cuda_backend, "_LIB", lib)
+    monkeypatch.setattr(cuda_backend, "_ERROR", None)
+    monkeypatch.setattr(cuda_backend, "_EMULATED", True)
+    monkeypatch.setattr(cuda_backend, "_flag_addresses", {})
+    yield cuda_backend
+    cuda_backend.check_index_error()  # a test that left the flag set fails here
+
+
+def _gen(*seed):
+    return torch.Generator().manual_seed(zlib.crc32(repr(seed).encode()))  # the same in every run
+
+
+def _targets(kind, n, C, gen):
+    if kind == "labels":
+        return torch.randint(0, C, (n,), generator=gen)
+    return torch.softmax(torch.randn(n, C, generator=gen) * 2, dim=1)
+
+
+def _noncontiguous(t):
+    wide = torch.full((t.shape[0], 2 * t.shape[1]), float("nan"), dtype=t.dtype)
+    wide[:, ::2] = t
+    return wide[:, ::2]
+
+
+def _poison(t):
+    return t.fill_(float("nan")) if t.is_floating_point() else t
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["labels", "probabilities"])
+@pytest.mark.parametrize("C", [1, 2, 10, 100, 1000, 1001])
+@pytest.mark.parametrize("B", [1, 3, 32, 257])
+def test_contrastive(emu, B, C, kind, dtype):
+    if B > 64 and dtype != torch.float32:
+        pytest.skip("emulation is slow: float32 covers the large-batch path, small batches the half types")
+    gen = _gen("contrastive", B, C, kind)
+    pool = B + 5
+    logits = (torch.randn(B, C, generator=gen) * 3).to(dtype)
+    if (B + C) % 2:
+        logits = _noncontiguous(logits)
+    q_f, q_r = _targets(kind, B, C, gen), _targets(kind, pool, C, gen)
+    perm = torch.randint(0, pool, (B,), generator=gen)
+    perm[0] = perm[-1]
+    lam = torch.rand(B, generator=gen) if C % 2 else torch.rand((), generator=gen)
+    if B > 2 and lam.dim() == 1:
+        lam[0], lam[1] = 0.0, 1.0
+    reduction = "mean" if B % 2 else "sum"
+    loss, grad = emu.contrastive_forward(logits, q_f, q_r, lam, perm, 0.3, reduction, True)
+    loss_r, grad_r = torch_backend.contrastive_forward(logits, q_f, q_r, lam, perm, 0.3, reduction, True)
+    exact, (exact_grad,) = spec64.with_grads(
+        lambda z: spec64.contrastive(z, q_f, q_r, lam, 0.3, perm=perm, reduction=reduction), logits
+    )
+    assert loss.dtype == torch.float32 and loss.dim() == 0 and grad.dtype == dtype and grad.shape == (B, C)
+    assert_as_accurate(loss, loss_r, exact, dtype, "loss")
+    assert_as_accurate(grad, grad_r, exact_grad, dtype, "grad")
+    loss_n, empty = emu.contrastive_forward(logits, q_f, q_r, lam, perm, 0.3, reduction, False)
+    assert empty.numel() == 0 and torch.equal(loss_n, loss)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["labels", "probabilities"])
+@pytest.mark.parametrize("C", [1, 10, 1001])
+@pytest.mark.parametrize("B_r,B_f", [(1, 1), (32, 3), (3, 257), (600, 40)])
+def test_real(emu, B_r, B_f, C, kind, dtype):
+    if B_r + B_f > 64 and dtype != torch.float32:
+        pytest.skip("emulation is slow: float32 covers the large-batch path, small batches the half types")
+    gen = _gen("real", B_r, B_f, C, kind)
+    z_r = (torch.randn(B_r, C, generator=gen) * 3).to(dtype)
+    z_f = _noncontiguous((torch.randn(B_f, C, generator=gen) * 3).to(dtype))
+    q_r, q_f = _targets(kind, B_r, C, gen), _targets(kind, B_f, C, gen)
+    if kind == "probabilities":
+        q_f = q_f.t().contiguous().t()  # column-major targets
+    reduction = "mean" if C % 2 else "sum"
+    loss, g_r, g_f = emu.real_forward(z_r, z_f, q_r, q_f, 5.0, reduction, True)
+    ref = torch_backend.real_forward(z_r, z_f, q_r, q_f, 5.0, reduction, True)
+    exact, exact_grads = spec64.with_grads(
+        lambda a, b: spec64.real(a, b, q_r, q_f, 5.0, reduction=reduction), z_r, z_f
+    )
+    assert_as_accurate(loss, ref[0], exact, dtype, "loss")
+    assert_as_accurate(g_r, ref[1], exact_grads[0], dtype, "grad retain")
+    assert_as_accurate(g_f, ref[2], exact_grads[1], dtype, "grad forget")
+
+
+@pytest.mark.parametrize("C", [5000, 32768])
+def test_contrastive_long_rows(emu, C):
+    gen = _gen("long", C)
+    B = 2
+    logits = torch.randn(B, C, generator=gen) * 4
+    q_f, q_r = _targets("probabilities", B, C, gen), _targets("labels", B, C, gen)
+    lam = torch.rand(B, generator=gen)
+    loss, grad = emu.contrastive_forward(logits, q_f, q_r, lam, None, 0.05, "sum", True)
+    ref = torch_backend.contrastive_forward(logits, q_f, q_r, lam, None, 0.05, "sum", True)
+    exact, (eg,) = spec64.with_grads(lambda z: spec64.contrastive(z, q_f, q_r, lam, 0.05), logits)
+    assert_as_accurate(loss, ref[0], exact, torch.float32, "loss")
+    assert_as_accurate(grad, ref[1], eg, torch.float32, "grad")
+
+
+def test_lambda_edges_and_nan(emu):
+    gen = _gen("edges")
+    z = torch.randn(6, 10, generator=gen)
+    q = torch.randint(0, 10, (6,), generator=gen)
+    for value in (0.0, 1.0):
+        for lam in (torch.full((6,), value), torch.tensor(value), torch.tensor(value, dtype=torch.float64)):
+            got = emu.contrastive_forward(z, q, q, lam, None, 0.1, "sum", True)
+            ref = torch_backend.contrastive_forward(z, q, q, lam.float(), None, 0.1, "sum", True)
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    z[3, 2] = float("nan")
+    assert torch.isnan(emu.contrastive_forward(z, q, q, torch.tensor(0.5), None, 1.0, "sum", True)[0])
+    assert torch.isnan(emu.real_forward(z, z[:2], q, q[:2], 1.0, "sum", True)[0])
+    assert torch.isnan(emu.real_forward(z[:2], z, q[:2], q, 1.0, "sum", True)[0])
+    assert torch.isnan(emu.sharpen_forward(z, 0.3)[3]).all()
+    assert torch.isfinite(emu.sharpen_forward(z, 0.3)[[0, 1, 2, 4, 5]]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("C", [1, 2, 10, 1000, 1001, 5000])
+@pytest.mark.parametrize("B", [1, 3, 33])
+def test_sharpen(emu, B, C, dtype):
+    gen = _gen("sharpen", B, C)
+    z = (torch.randn(B, C, generator=gen) * 3).to(dtype)
+    if C % 2:
+        z = _noncontiguous(z)
+    g = torch.randn(B, C, generator=gen).to(dtype)
+    out = emu.sharpen_forward(z, 0.3)
+    ref = torch_backend.sharpen_forward(z, 0.3)
+    exact = spec64.sharpen(z.double(), 0.3)
+    assert out.dtype == dtype and out.is_contiguous()
+    assert_as_accurate(out, ref, exact, dtype, "sharpen")
+    y64 = exact
+    exact_g = y64 * (g.double() - (g.double() * y64).sum(-1, keepdim=True)) / 0.3
+    assert_as_accurate(emu.sharpen_backward(g, ref, 0.3), torch_backend.sharpen_backward(g, ref, 0.3), exact_g, dtype, "bwd")
+
+
+def test_sharpen_leading_dims(emu):
+    x = torch.randn(4, 5, 6, 7).transpose(1, 2)
+    torch.testing.assert_close(emu.sharpen_forward(x, 0.5), torch.softmax(x / 0.5, dim=-1))
+
+
+MIXUP_SHAPES = [(1, 1, 5, 7), (3, 3, 8, 8), (5, 4, 9, 6), (2, 8, 4, 4)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("weight_kind", ["scalar", "per_sample", "mask"])
+@pytest.mark.parametrize("shape", MIXUP_SHAPES)
+@pytest.mark.parametrize("with_perm", [False, True])
+def test_mixup(emu, shape, weight_kind, channels_last, dtype, with_perm):
+    gen = _gen("mixup", shape, weight_kind, channels_last, with_perm)
+    B, Cc, H, W = shape
+    pool = B + 3 if with_perm else B
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x_f = torch.randn(shape, generator=gen).to(dtype).contiguous(memory_format=fmt)
+    x_r = torch.randn((pool, Cc, H, W), generator=gen).to(dtype).contiguous(memory_format=fmt)
+    wshape = {"scalar": (), "per_sample": (B,), "mask": (B, 1, H, W)}[weight_kind]
+    weight = torch.rand(wshape, generator=gen)
+    if weight_kind == "per_sample" and B > 1:
+        weight[0], weight[-1] = 0.0, 1.0
+    perm = None
+    if with_perm:
+        perm = torch.randint(0, pool, (B,), generator=gen)
+        perm[-1] = perm[0]
+    g = torch.randn(shape, generator=gen).to(dtype)
+    out = emu.mixup_forward(x_f, x_r, weight, perm)
+    assert out.is_contiguous(memory_format=fmt) and out.dtype == dtype
+    exact = spec64.mixup(x_f, x_r, weight, perm)
+    assert_as_accurate(out, torch_backend.mixup_forward(x_f, x_r, weight, perm), exact, dtype, "mixup")
+    needs = (True, True, True)
+    grads = emu.mixup_backward(g, x_f, x_r, weight, perm, needs)
+    ref = torch_backend.mixup_backward(g, x_f, x_r, weight, perm, needs)
+    leaves = [t.double().requires_grad_() for t in (x_f, x_r, weight)]
+    exact_grads = torch.autograd.grad(spec64.mixup(*leaves, perm), leaves, g.double())
+    for name, got, r, e in zip(("x_forget", "x_retain", "weight"), grads, ref, exact_grads):
+        assert got.dtype == r.dtype and got.shape == r.shape, name
+        assert_as_accurate(got, r, e, dtype, f"grad {name}")
+    for i, need in enumerate(needs):  # each gradient alone
+        only = tuple(j == i for j in range(3))
+        alone = emu.mixup_backward(g, x_f, x_r, weight, perm, only)
+        assert all(alone[j].numel() == 0 for j in range(3) if j != i)
+        torch.testing.assert_close(alone[i], grads[i], rtol=1e-5, atol=1e-5)
+    if weight_kind == "per_sample" and B > 1:
+        assert torch.equal(out[-1], x_f[-1])
+        assert torch.equal(out[0], x_r[perm[0] if with_perm else 0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mixup_flat_unaligned(emu, dtype):
+    gen = _gen("flat", dtype)
+    x_f = torch.randn(5, 3001, generator=gen).to(dtype)[1:]  # an offset that breaks 16-byte alignment
+    x_r = torch.randn(4, 3001, generator=gen).to(dtype)
+    w = torch.rand(4, generator=gen)
+    got = emu.mixup_forward(x_f, x_r, w, None)
+    torch.testing.assert_close(got, torch_backend.mixup_forward(x_f, x_r, w, None))
+    g = torch.randn(4, 3001, generator=gen).to(dtype)
+    for a, b in zip(emu.mixup_backward(g, x_f, x_r, w, None, (True, True, True)),
+                    torch_backend.mixup_backward(g, x_f, x_r, w, None, (True, True, True))):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-2)
+
+
+def test_bad_indices_are_flagged_never_followed(emu):
+    z = torch.randn(4, 3)
+    labels = torch.tensor([0, 1, 2, 7])
+    lam = torch.tensor(0.5)
+    loss, grad = emu.contrastive_forward(z, labels, labels, lam, None, 1.0, "sum", True)
+    assert torch.isnan(loss) and torch.isnan(grad).all()
+    with pytest.raises(IndexError, match="label"):
+        emu.check_index_error()
+    emu.check_index_error()  # cleared
+    good = torch.tensor([0, 1, 2, 1])
+    perm = torch.tensor([0, 1, 9, 2])
+    loss, _ = emu.contrastive_forward(z, good, good, lam, perm, 1.0, "sum", True)
+    assert torch.isnan(loss)
+    with pytest.raises(IndexError, match="perm"):
+        emu.check_index_error()
+    loss, *_ = emu.real_forward(z, z, labels, labels - 10, 1.0, "sum", True)
+    assert torch.isnan(loss)
+    with pytest.raises(IndexError, match="label"):
+        emu.check_index_error()
+    x = torch.randn(4, 2, 3, 3)
+    out = emu.mixup_forward(x, x, torch.rand(4), torch.tensor([0, 1, -1, 2]))
+    assert torch.isnan(out[2]).all() and torch.isfinite(out[[0, 1, 3]]).all()
+    gf, gr, gw = emu.mixup_backward(torch.ones_like(x), x, x, torch.rand(4), perm, (True, True, True))
+    assert torch.isfinite(gr).all() and torch.isnan(gw[2]) and torch.isfinite(gw[[0, 1, 3]]).all()
+    with pytest.raises(IndexError, match="perm"):
+        emu.check_index_error()
+
+
+def test_debug_checks_raise_at_the_op(emu):
+    import fastmix
+
+    z = torch.randn(4, 3)
+    labels = torch.tensor([0, 1, 2, 3])
+    with fastmix.debug_checks(True):
+        with pytest.raises(IndexError, match="contrastive_loss"):
+            emu.contrastive_forward(z, labels, labels, torch.tensor(0.5), None, 1.0, "sum", True)
+
+
+def test_outputs_are_fully_written(emu, monkeypatch):
+    # every output starts as NaN: an element a kernel forgets to write shows
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: _poison(real_empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: _poison(real_empty_like(*a, **k)))
+    gen = _gen("poison")
+    z = torch.randn(257, 1001, generator=gen)
+    q = torch.randint(0, 1001, (257,), generator=gen)
+    loss, grad = emu.contrastive_forward(z, q, q, torch.rand(257, generator=gen), None, 0.5, "sum", True)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    assert torch.isfinite(emu.sharpen_forward(z[:5], 0.3)).all()
+    x = torch.randn(3, 3, 8, 8, generator=gen).contiguous(memory_format=torch.channels_last)
+    m = torch.rand(3, 1, 8, 8, generator=gen)
+    assert torch.isfinite(emu.mixup_forward(x, x, m, None)).all()
+    assert all(torch.isfinite(t).all() for t in emu.mixup_backward(x, x, x, m, None, (True, True, True)))
+
+
+@pytest.fixture
+def public_cuda(emu, monkeypatch):
+    """The public functions with backend="cuda" reach the emulated kernels on CPU tensors."""
+    import importlib
+
+    backends = importlib.import_module("fastmix.backends")
+    real = backends.backend_status
+
+    def status(name, device=None):
+        if name == "cuda":
+            return backends.BackendStatus(name, True, "emulated CUDA kernels")
+        return real(name, device)
+
+    monkeypatch.setattr(backends, "backend_status", status)
+
+
+def test_public_ops_through_torch_library(public_cuda):
+    # the custom ops' contracts: no output aliases another, autograd, no-grad calls
+    import fastmix
+
+    gen = _gen("public")
+    z = torch.randn(9, 7, generator=gen)
+    labels = torch.randint(0, 7, (9,), generator=gen)
+    with torch.no_grad():
+        for backend in ("cuda", "torch"):
+            fastmix.contrastive_loss(z, labels, labels, 0.4, 0.5, backend=backend)
+            fastmix.real_loss(z, z[:4], labels, labels[:4], 2.0, backend=backend)
+    leaf = z.clone().requires_grad_()
+    loss = fastmix.real_loss(leaf, leaf[:4], labels, labels[:4], 2.0, backend="cuda")
+    (g,) = torch.autograd.grad(loss * 3, leaf)
+    leaf_r = z.clone().requires_grad_()
+    (g_r,) = torch.autograd.grad(fastmix.real_loss(leaf_r, leaf_r[:4], labels, labels[:4], 2.0) * 3, leaf_r)
+    torch.testing.assert_close(g, g_r)
+    x = torch.randn(4, 3, 5, 5, generator=gen)
+    w = torch.rand(4, generator=gen).requires_grad_()
+    out = fastmix.mixup(x, x.flip(0), w, backend="cuda")  # only the weight needs a gradient
+    (gw,) = torch.autograd.grad(out.sum(), w)
+    (gw_r,) = torch.autograd.grad(fastmix.mixup(x, x.flip(0), w, backend="torch").sum(), w)
+    torch.testing.assert_close(gw, gw_r)
+    s = fastmix.sharpen(z.clone().requires_grad_(), backend="cuda")
+    assert s.grad_fn is not None

@@ -1,0 +1,42 @@
+"""The class-level and data-level splits of SPEC 8, and the validation carve."""
+import pytest
+import torch
+
+from fastmix.harness.data import class_split, data_split, load_dataset, make_split, parse_classes
+
+
+def test_parse_classes():
+    assert parse_classes("5-9") == (5, 6, 7, 8, 9)
+    assert parse_classes("1,3,5-6") == (1, 3, 5, 6)
+    with pytest.raises(ValueError, match="classes must look like"):
+        parse_classes("a-b")
+
+
+def test_class_split():
+    y = torch.tensor([0, 1, 0, 2, 3, 0])
+    s = class_split(y, (0,), 4)
+    assert s.forget.tolist() == [0, 2, 5] and s.retain.tolist() == [1, 3, 4]
+    with pytest.raises(ValueError, match="forget classes"):
+        class_split(y, (7,), 4)
+
+
+def test_data_split_is_seeded_fraction_of_classes():
+    y = torch.arange(1000) % 10
+    a = data_split(y, 0.4, range(5, 10), 10, seed=3)
+    b = data_split(y, 0.4, range(5, 10), 10, seed=3)
+    c = data_split(y, 0.4, range(5, 10), 10, seed=4)
+    assert torch.equal(a.forget, b.forget) and not torch.equal(a.forget, c.forget)
+    assert a.forget.numel() == 200 and (y[a.forget] >= 5).all()
+    assert a.forget.numel() + a.retain.numel() == 1000
+    assert not set(a.forget.tolist()) & set(a.retain.tolist())
+    s = make_split(y, 10, "data", forget_classes="5-9", forget_fraction=0.4, seed=3)
+    assert torch.equal(s.forget, a.forget)
+
+
+def test_validation_carve_keeps_test_set_apart():
+    ds = load_dataset("digits")
+    with_test, with_val = ds.carve_validation(100, seed=0)
+    assert with_val.eval_split == "val" and with_val.x_test.shape[0] == 100
+    assert torch.equal(with_test.x_test, ds.x_test)
+    assert with_test.x_train.shape[0] == ds.x_train.shape[0] - 100
+    assert torch.equal(with_test.x_train, with_val.x_train)
