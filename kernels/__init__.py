@@ -1,7 +1,7 @@
 """Triton kernels of fastmix, installed as ``fastmix.kernels``.
 
 Each module holds one op's kernels and the functions that launch them, with
-the same signatures as ``fastmix.reference``.
+the same signatures as ``fastmix.backends.torch_backend``.
 """
 from .sharpen import sharpen_backward, sharpen_forward
 

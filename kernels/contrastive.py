@@ -6,7 +6,7 @@ turn. A larger batch takes two kernels per set of rows, since a single kernel
 would need a grid-wide barrier (a hang risk wherever programs are not co-resident):
 1. ``_row_terms_kernel`` (a program per row) reads the logits and targets once,
    with an online softmax, and writes ``STATS`` floats for it: the softmax
-   statistics, the coefficients of dc/dp (see ``fastmix.reference.cosine_parts``)
+   statistics, the coefficients of dc/dp (see ``fastmix.backends.torch_backend.cosine_parts``)
    and the row's keep and forget terms. The buffer is (STATS, rows), so that
    each kind of term lies contiguous for the batch-wide reductions.
 2. ``_grad_kernel`` (a persistent grid) computes the batch-wide log-sum-exp of

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fastmix.experiment import Experiment, run_experiment
+from fastmix.harness.experiment import Experiment, run_experiment
 
 
 def main() -> None:
