@@ -1,0 +1,25 @@
+"""MixUnlearn (ICLR 2025) through :class:`fastmix.MixUnlearn`."""
+from __future__ import annotations
+
+from fastmix.mixunlearn.config import SETTING_NAMES
+from fastmix.mixunlearn.method import MixUnlearn
+
+from . import MethodContext, MethodResult, register
+
+
+@register("mixunlearn")
+def run_mixunlearn(ctx: MethodContext) -> MethodResult:
+    opts = ctx.options
+    mu = MixUnlearn(
+        ctx.original,
+        opts.get("feature_layer"),
+        seed=ctx.seed,
+        quiet=ctx.quiet,
+        labels=ctx.labels,
+        **{k: v for k, v in opts.items() if k in SETTING_NAMES and k != "labels"},
+    )
+    if ctx.labels == "aware":
+        model = mu.unlearn((ctx.x_forget, ctx.y_forget), (ctx.x_retain, ctx.y_retain))
+    else:
+        model = mu.unlearn(ctx.x_forget, ctx.x_retain)
+    return MethodResult(model, mu.seconds, {"mixunlearn": mu})
