@@ -12,8 +12,6 @@ waits for a descheduled thread, which swamps the small cases (a 32x10 softmax to
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_common  # noqa: E402

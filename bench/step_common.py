@@ -5,11 +5,11 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-
 from bench_common import DEVICE, ON_GPU, impl_skip
 from cases import smoke_skip
-from fastmix.mixunlearn.mixblock import MixBlock
+
 from fastmix.harness.models import MnistCNN, ResNet18
+from fastmix.mixunlearn.mixblock import MixBlock
 
 B = 32
 ALPHA, TAU_GEN, TAU_MIX, TAU_REAL, OMEGA = 0.75, 1.0, 10.0, 10.0, 1.0
@@ -58,16 +58,25 @@ def setup_step(impl: str, model_name: str, layout: str) -> StepSetup:
     return StepSetup(backend, model, mixblock, (H, W), (C, H, W), make_inputs)
 
 
-def trainer_for(s: StepSetup):
-    """fastmix's trainer set up as its loop sets itself up, for calling its step methods."""
+def state_for(s: StepSetup, unlearner_opt=None, mixblock_opt=None):
+    """The trainer's step state for this set-up, as its loop builds it, for calling
+    ``fastmix.mixunlearn.steps`` one step at a time."""
     import fastmix
-    from fastmix.mixunlearn.method import MixUnlearn
+    from fastmix.mixunlearn.config import MixUnlearnConfig
+    from fastmix.mixunlearn.engine import Amp
+    from fastmix.mixunlearn.state import StepState
 
-    trainer = MixUnlearn(
-        s.model, feature_layer=s.model.feature_layer, backend=s.backend, alpha=ALPHA, tau_gen=TAU_GEN,
-        tau_mix=TAU_MIX, tau_real=TAU_REAL, omega=OMEGA, lr=LR, gen_lr=GEN_LR, batch_size=B,
+    config = MixUnlearnConfig(alpha=ALPHA, tau_gen=TAU_GEN, tau_mix=TAU_MIX, tau_real=TAU_REAL, omega=OMEGA, lr=LR,
+                              gen_lr=GEN_LR, batch_size=B).validate()
+    return StepState(
+        config=config, unlearner=s.model, unlearner_forward=s.model, mixblock=s.mixblock, mixblock_forward=s.mixblock,
+        loss_fn=fastmix.MixUnlearnLoss(TAU_GEN, TAU_MIX, TAU_REAL, OMEGA, backend=s.backend),
+        unlearner_opt=unlearner_opt, mixblock_opt=mixblock_opt, amp=Amp("off", torch.device(DEVICE)),
+        rng=torch.Generator(device=DEVICE).manual_seed(0), image_size=s.size, backend=s.backend,
     )
-    trainer.mixblock = s.mixblock
-    loss_fn = fastmix.MixUnlearnLoss(TAU_GEN, TAU_MIX, TAU_REAL, OMEGA, backend=s.backend)
-    gen = torch.Generator(device=DEVICE).manual_seed(0)
-    return trainer, loss_fn, gen
+
+
+def batch_of(x_f, x_r, h_f, h_r, y_f, y_r):
+    from fastmix.mixunlearn.state import Batch
+
+    return Batch(x_f=x_f, x_r=x_r, q_f=y_f, q_r=y_r, h_f=h_f, h_r=h_r)

@@ -120,7 +120,8 @@ def summarize(data: dict, command: str | None = None, note: str | None = None) -
         nv = {k: v for k, v in env.items() if k.startswith("nvml")}
         if nv:
             out.append(
-                "- NVML (at the first result): driver {}, memory used {} MiB, SM clock {} MHz (max {}), power {} W".format(
+                "- NVML (at the first result): driver {}, memory used {} MiB, SM clock {} MHz (max {}), "
+                "power {} W".format(
                     nv.get("nvml_driver"), nv.get("nvml_memory_used_mib"), nv.get("nvml_sm_clock_mhz"),
                     nv.get("nvml_sm_clock_max_mhz"), nv.get("nvml_power_w"),
                 )

@@ -3,10 +3,9 @@
 Plain tests (no benchmark fixture): ``--benchmark-only`` skips them, the smoke run
 (``pytest bench --benchmark-disable``) runs them. fp32 on every backend usable here.
 """
+import bench_eager as eager
 import pytest
 import torch
-
-import bench_eager as eager
 from bench_common import DEVICE, ON_GPU
 
 import fastmix

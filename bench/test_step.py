@@ -8,18 +8,19 @@ labels), on the trainer's models (fastmix.harness.models). The implementations:
 
 * ``eager``: that step written with bench_eager's mixup and loss, autograd through them;
 * ``compile``: the same with ``torch.compile`` of mixup + model forward + loss;
-* ``fastmix-<backend>``: the trainer's own step, ``MixUnlearn._unlearner_step``, with
+* ``fastmix-<backend>``: the trainer's own step, ``fastmix.mixunlearn.steps.unlearner_step``, with
   the ops on that backend, called one step at a time (the trainer's loop, CUDA graphs
   and all, is timed by test_trainer_speed.py).
 
 The generator's step (every ``gen_interval``-th iteration) is in test_step_generator.py.
 """
+import bench_eager as eager
 import pytest
 import torch
-
-import bench_eager as eager
 from bench_common import DEVICE, IMPLS, LAYOUTS, compile_fn, run_case
-from step_common import ALPHA, B, LR, MODELS, OMEGA, TAU_MIX, TAU_REAL, setup_step, trainer_for
+from step_common import ALPHA, LR, MODELS, OMEGA, TAU_MIX, TAU_REAL, B, batch_of, setup_step, state_for
+
+from fastmix.mixunlearn.steps import unlearner_step
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -52,10 +53,10 @@ def test_unlearning_step(benchmark, impl, model_name, layout):
             opt.step()
             return loss.detach()
     else:
-        trainer, loss_fn, gen = trainer_for(s)
+        state = state_for(s, unlearner_opt=opt)
 
-        def step(x_f, x_r, h_f, h_r, y_f, y_r):
-            return trainer._unlearner_step(model, loss_fn, opt, x_f, x_r, h_f, h_r, y_f, y_r, size, gen)
+        def step(*inputs):
+            return unlearner_step(state, batch_of(*inputs))
 
     benchmark.group = f"unlearning-step {model_name} B={B} fp32 {layout}"
     run_case(

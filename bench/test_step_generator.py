@@ -4,14 +4,15 @@
 gradient, the unlearner (in eval mode, frozen) scores the mixes, and the MixBlock
 takes an Adam step on ``L_gen = -C_tau_gen``; no gradient reaches the unlearner's
 weights. Implementations as in test_step.py: the eager step, ``torch.compile`` of
-mask + mixup + model forward + loss, and the trainer's ``MixUnlearn._generator_step``.
+mask + mixup + model forward + loss, and the trainer's ``fastmix.mixunlearn.steps.generator_step``.
 """
+import bench_eager as eager
 import pytest
 import torch
-
-import bench_eager as eager
 from bench_common import DEVICE, IMPLS, LAYOUTS, Settings, compile_fn, run_case
-from step_common import ALPHA, B, GEN_LR, MODELS, TAU_GEN, setup_step, trainer_for
+from step_common import ALPHA, GEN_LR, MODELS, TAU_GEN, B, batch_of, setup_step, state_for
+
+from fastmix.mixunlearn.steps import generator_step
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -45,10 +46,10 @@ def test_generator_step(benchmark, impl, model_name, layout):
             opt_g.step()
             return loss.detach()
     else:
-        trainer, loss_fn, gen = trainer_for(s)
+        state = state_for(s, mixblock_opt=opt_g)
 
-        def step(x_f, x_r, h_f, h_r, y_f, y_r):
-            return trainer._generator_step(model, loss_fn, opt_g, gen_params, x_f, x_r, h_f, h_r, y_f, y_r, size, gen)
+        def step(*inputs):
+            return generator_step(state, batch_of(*inputs))
 
     benchmark.group = f"generator-step {model_name} B={B} fp32 {layout}"
     run_case(

@@ -1,5 +1,5 @@
 """The trainer's whole loop (issue 5): ``MixUnlearn.unlearn`` with the fast step (the
-teacher cache, device-side sampling, fused ops) against ``step="reference"`` (the
+teacher cache, device-side sampling, fused ops) against ``step="paper"`` (the
 eager paper-style step: f_D recomputed every batch, host-side sampling, plain-torch
 losses through autograd), on the same data and model.
 
@@ -13,19 +13,19 @@ losses through autograd), on the same data and model.
 * ``models-only``: the models' own passes of those iterations and nothing else.
 
 The model is freshly initialised, and each step runs with its engine defaults
-(channels_last for the fast step, plain NCHW for the reference). A trained model's
+(channels_last for the fast step, plain NCHW for the paper step). A trained model's
 steps are slower on a CPU, its weights holding subnormal floats, which the fast step
 flushes (bench/trainer_epoch.py --weights times that).
-``impl`` is "eager" for the reference step, "fastmix-<backend>" for the fast step and,
+``impl`` is "eager" for the paper step, "fastmix-<backend>" for the fast step and,
 on a GPU, "fastmix-cuda-graphs" for the fast step captured in CUDA graphs, so
-bench/summarize.py reports their speed-ups over the reference step.
+bench/summarize.py reports their speed-ups over the paper step.
 """
 import os
 
 import pytest
 import torch
-
 from bench_common import DEVICE, ON_GPU, Settings, environment, sync
+
 from fastmix import MixUnlearn
 from fastmix.harness.models import MnistCNN, ResNet18
 
@@ -54,7 +54,7 @@ def random_images(n_f, n_r, shape, seed=0):
 def run_unlearn(benchmark, impl, net, forget, retain, rounds, epochs=1, **info):
     if impl == "fastmix-graphs" and not ON_GPU:
         pytest.skip("CUDA graphs need a GPU")
-    step = "reference" if impl == "eager" else "fast"
+    step = "paper" if impl == "eager" else "fast"
     engine = dict(cuda_graphs=True) if impl == "fastmix-graphs" else {}
     net = net.to(DEVICE)
     forget = tuple(t.to(DEVICE) for t in forget)
@@ -68,7 +68,8 @@ def run_unlearn(benchmark, impl, net, forget, retain, rounds, epochs=1, **info):
         last["mu"] = mu
 
     benchmark.extra_info.update(environment())
-    name = {"eager": "eager", "fastmix": f"fastmix-{'cuda' if ON_GPU else 'torch'}", "fastmix-graphs": "fastmix-cuda-graphs"}
+    name = {"eager": "eager", "fastmix": f"fastmix-{'cuda' if ON_GPU else 'torch'}",
+            "fastmix-graphs": "fastmix-cuda-graphs"}
     benchmark.extra_info.update(impl=name[impl],
                                 step=step, batch=B, **info)
     benchmark.pedantic(once, rounds=1 if Settings.smoke else rounds, iterations=1)

@@ -1,9 +1,9 @@
-"""Fashion-MNIST class-level unlearning, fast step against ``--reference-step``, timed
+"""Fashion-MNIST class-level unlearning, fast step against ``--paper-step``, timed
 in alternation in one process so that both see the same machine load.
 
 Usage: python bench/trainer_epoch.py [--epochs 1] [--rounds 3] [--threads 1] [--device cpu] [--weights CKPT]
 
-One round runs ``MixUnlearn.unlearn`` with each variant: the reference step, the fast
+One round runs ``MixUnlearn.unlearn`` with each variant: the paper step, the fast
 step with the default engine options (channels_last, subnormal weights flushed, fused
 Adam on the CPU), and the fast step without each of the first two, to show what each
 buys (D_f = class 0 of the Fashion-MNIST training set, D_r the rest; SPEC 8's CNN,
@@ -12,7 +12,7 @@ trained model's weights hold subnormal floats, which the CPU computes with slowl
 B = 32, the data set's defaults otherwise)
 and records the wall time, split into set-up (the teacher cache's build, for the
 fast step) and the loop. Prints a markdown table: the median over rounds of each, and
-the ratio reference / fast of the medians. The data come from Debian's
+the ratio paper / fast of the medians. The data come from Debian's
 dataset-fashion-mnist or FASTMIX_FASHION_MNIST=DIR.
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ from fastmix import MixUnlearn
 from fastmix.harness.data import load_dataset
 from fastmix.harness.experiment import resolve_options
 from fastmix.harness.models import MnistCNN
-from fastmix.harness.methods import _MIXUNLEARN_KEYS
 from fastmix.harness.training import load_checkpoint
+from fastmix.mixunlearn.config import CONFIG_FIELDS
 
 
 def main() -> None:
@@ -47,13 +47,13 @@ def main() -> None:
     forget = ds.y_train == 0
     f = (ds.x_train[forget].to(dev), ds.y_train[forget].to(dev))
     r = (ds.x_train[~forget].to(dev), ds.y_train[~forget].to(dev))
-    opts = {k: v for k, v in resolve_options("fashion-mnist", {"epochs": args.epochs}).items() if k in _MIXUNLEARN_KEYS}
+    opts = {k: v for k, v in resolve_options("fashion-mnist", {"epochs": args.epochs}).items() if k in CONFIG_FIELDS}
     torch.manual_seed(0)
     net = MnistCNN()
     if args.weights:
         load_checkpoint(args.weights, net)
     net = net.to(dev)
-    variants = {"reference": dict(step="reference"), "fast": {},
+    variants = {"paper": dict(step="paper"), "fast": {},
                 "fast, subnormals kept": dict(flush_subnormals=False),
                 "fast, NCHW": dict(channels_last=False)}
     times = {k: [] for k in variants}
@@ -73,7 +73,7 @@ def main() -> None:
           f"{datetime.date.today()}; median of {args.rounds} alternating rounds\n")
     print("| step | total | set-up (cache build) | loop | per iteration | speed-up (total) | speed-up (loop) |")
     print("|---|---|---|---|---|---|---|")
-    ref = med["reference"]
+    ref = med["paper"]
     for k in variants:
         tot, setup, loop = med[k]
         print(f"| {k} | {tot:.2f} s | {setup:.2f} s | {loop:.2f} s | {1e3 * loop / steps:.1f} ms "

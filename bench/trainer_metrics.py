@@ -1,7 +1,7 @@
-"""Do the fast step and ``--reference-step`` unlearn equally well? Final metrics of
+"""Do the fast step and ``--paper-step`` unlearn equally well? Final metrics of
 MixUnlearn with each step over several unlearning seeds, on one original model.
 
-Usage: python bench/trainer_metrics.py --models-dir DIR [--step fast,reference] [--seeds 0,1,2]
+Usage: python bench/trainer_metrics.py --models-dir DIR [--step fast,paper] [--seeds 0,1,2]
        [--dataset fashion-mnist] [--setting class] [--labels aware] [--val-size 5000]
        [--train-epochs 5] [--unlearn-epochs 10] [--threads 1]
 
@@ -22,7 +22,13 @@ import statistics
 import torch
 
 from fastmix.harness.evaluation import avg_gap, evaluate, metric_names
-from fastmix.harness.experiment import Experiment, method_context, prepare_data, resolve_options, train_reference_models
+from fastmix.harness.experiment import (
+    Experiment,
+    method_context,
+    prepare_data,
+    resolve_options,
+    train_original_and_retrained,
+)
 from fastmix.harness.methods import get_method
 
 
@@ -36,7 +42,7 @@ def main() -> None:
     p.add_argument("--val-size", type=int, default=5000)
     p.add_argument("--train-epochs", type=int, default=5)
     p.add_argument("--unlearn-epochs", type=int, default=10)
-    p.add_argument("--step", default="fast,reference")
+    p.add_argument("--step", default="fast,paper")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
@@ -47,7 +53,7 @@ def main() -> None:
                      quiet=True, options={"epochs": args.unlearn_epochs})
     options = resolve_options(exp.dataset, exp.options)
     ds, split = prepare_data(exp)
-    original, retrained, _ = train_reference_models(exp, ds, split, log=lambda *a: None)
+    original, retrained, _ = train_original_and_retrained(exp, ds, split, log=lambda *a: None)
     names = metric_names(split.setting)
     retrain = evaluate(retrained, ds, split, exp.seed)
     mixunlearn = get_method("mixunlearn")

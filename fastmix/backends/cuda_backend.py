@@ -206,7 +206,7 @@ def _runs_here(*tensors: torch.Tensor) -> bool:
 
 def sharpen_forward(logits: torch.Tensor, T: float) -> torch.Tensor:
     if not _runs_here(logits):
-        return reference.sharpen_forward(logits, T)
+        return torch_backend.sharpen_forward(logits, T)
     lib, dev = _lib(), _device(logits)
     C = logits.shape[-1]
     x = logits.reshape(-1, C)
@@ -220,7 +220,7 @@ def sharpen_forward(logits: torch.Tensor, T: float) -> torch.Tensor:
 
 def sharpen_backward(grad: torch.Tensor, out: torch.Tensor, T: float) -> torch.Tensor:
     if not _runs_here(out):
-        return reference.sharpen_backward(grad, out, T)
+        return torch_backend.sharpen_backward(grad, out, T)
     lib, dev = _lib(), _device(out)
     C = out.shape[-1]
     g = grad.to(out.dtype).reshape(-1, C)
@@ -276,7 +276,7 @@ class _MixLayout:
 
 def mixup_forward(x_forget, x_retain, weight, perm):
     if not _runs_here(x_forget, x_retain):
-        return reference.mixup_forward(x_forget, x_retain, weight, perm)
+        return torch_backend.mixup_forward(x_forget, x_retain, weight, perm)
     lib, dev = _lib(), _device(x_forget)
     lay = _MixLayout(x_forget, x_retain, weight, perm)
     out = torch.empty_like(lay.xf)
@@ -291,7 +291,7 @@ def mixup_forward(x_forget, x_retain, weight, perm):
 def mixup_backward(grad, x_forget, x_retain, weight, perm, needs):
     """Gradients to (x_forget, x_retain, weight); an empty tensor where ``needs`` is False."""
     if not _runs_here(x_forget, x_retain):
-        return reference.mixup_backward(grad, x_forget, x_retain, weight, perm, needs)
+        return torch_backend.mixup_backward(grad, x_forget, x_retain, weight, perm, needs)
     lib, dev = _lib(), _device(x_forget)
     lay = _MixLayout(x_forget, x_retain, weight, perm)
     g = grad.to(lay.xf.dtype).contiguous(memory_format=lay.fmt)
@@ -365,7 +365,7 @@ def _loss_call(op, mode, logits0, logits1, keep_t, forget_t, perm, lam, tau, sca
 def contrastive_forward(logits, forget_target, retain_target, lam, perm, tau, reduction, with_grad):
     """C_tau on mixed predictions and d C / d logits (see fastmix.backends.torch_backend.contrastive_forward)."""
     if not _runs_here(logits):
-        return reference.contrastive_forward(
+        return torch_backend.contrastive_forward(
             logits, forget_target, retain_target, lam, perm, tau, reduction, with_grad
         )
     B = logits.shape[0]
@@ -379,7 +379,7 @@ def contrastive_forward(logits, forget_target, retain_target, lam, perm, tau, re
 def real_forward(retain_logits, forget_logits, retain_target, forget_target, tau, reduction, with_grad):
     """C_tau on real data and its gradients to both logits (see fastmix.backends.torch_backend.real_forward)."""
     if not _runs_here(retain_logits, forget_logits):
-        return reference.real_forward(
+        return torch_backend.real_forward(
             retain_logits, forget_logits, retain_target, forget_target, tau, reduction, with_grad
         )
     scale = 1.0 / retain_logits.shape[0] if reduction == "mean" else 1.0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from fastmix.harness.data import DATASETS
 from fastmix.harness.experiment import Experiment
@@ -40,12 +41,14 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", default="digits", choices=DATASETS, help="default: digits (embedded in scikit-learn)")
     g.add_argument("--data-root", help="folder with the data set's files (never downloaded)")
     g.add_argument("--setting", default="class", choices=("class", "data"), help="class-level or data-level forgetting")
-    g.add_argument("--forget-class", default="0", help="class-level: the class(es) to forget, e.g. 0 or 1,3 (default 0)")
+    g.add_argument("--forget-class", default="0",
+                   help="class-level: the class(es) to forget, e.g. 0 or 1,3 (default 0)")
     g.add_argument("--forget-classes", default="5-9", help="data-level: the classes to draw D_f from (default 5-9)")
     g.add_argument("--forget-fraction", type=float, default=0.4, help="data-level: share of those samples to forget")
     g.add_argument("--val-size", type=int, default=0,
                    help="carve this many training samples out as a validation split (models never train on it)")
-    g.add_argument("--eval-split", default="test", choices=("test", "val"), help="score on the test set or the validation split")
+    g.add_argument("--eval-split", default="test", choices=("test", "val"),
+                   help="score on the test set or the validation split")
     m = p.add_argument_group("models")
     m.add_argument("--model", choices=sorted(MODELS), help="default: by image size (SPEC 8)")
     m.add_argument("--train-epochs", type=positive_int, help="epochs of the original/retrained models (default: 20)")
@@ -78,3 +81,69 @@ def apply_threads(args) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def _deprecated_const(new: str):
+    """An argparse action for an old flag name: stores the new flag's value, says so on stderr."""
+
+    class DeprecatedConst(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"fastmix: {option_string} is deprecated; use {new}", file=sys.stderr)
+            setattr(namespace, self.dest, self.const)
+
+    return DeprecatedConst
+
+
+def _flag_type(check):
+    """The argparse type of a value flag, from the setting's check."""
+    from fastmix import settings
+
+    return {settings.POSITIVE: positive_float, settings.NONNEG: nonneg_float,
+            settings.OPTIONAL_NONNEG: nonneg_float, settings.COUNT: positive_int}.get(check)
+
+
+def add_setting_flags(group, cls, defaults_by_dataset: dict | None = None) -> None:
+    """One flag per setting of ``cls`` that has one (:mod:`fastmix.settings`). Every flag
+    defaults to None ("not given"): the run then takes the data set's default, else the
+    setting's own; the help text says which."""
+    from fastmix.settings import default_of, setting_fields
+
+    for f in setting_fields(cls):
+        flag = f.metadata["flag"]
+        if flag is None:
+            continue
+        check = f.metadata["check"]
+        default = default_of(f)
+        by_dataset = {name: d[f.name] for name, d in (defaults_by_dataset or {}).items() if f.name in d}
+        if flag.help is not None:
+            help_text = flag.help
+        elif len(set(by_dataset.values())) > 1:
+            help_text = f"{f.metadata['help']} (default by data set: " + \
+                ", ".join(f"{name} {value:g}" for name, value in by_dataset.items()) + ")"
+        elif by_dataset:
+            help_text = f"{f.metadata['help']} (default {next(iter(by_dataset.values())):g})"
+        elif default is None:
+            help_text = f.metadata["help"]
+        else:
+            help_text = f"{f.metadata['help']} (default {default})"
+        if flag.form == "const":
+            group.add_argument(flag.name, dest=f.name, action="store_const", const=flag.const, default=None,
+                               help=help_text)
+            for old in flag.deprecated:
+                group.add_argument(old, dest=f.name, action=_deprecated_const(flag.name), const=flag.const,
+                                   default=None, nargs=0, help=argparse.SUPPRESS)
+        elif flag.form == "switch":
+            group.add_argument(flag.name, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text)
+        elif check.kind == "choice":
+            choices = flag.cli_choices or check.choices
+            group.add_argument(flag.name, dest=f.name, choices=choices, default=None, help=help_text)
+        else:
+            group.add_argument(flag.name, dest=f.name, type=_flag_type(check), default=None, help=help_text)
+
+
+def setting_values(args, cls) -> dict:
+    """The values of ``cls``'s command-line settings in parsed ``args`` (None: not given)."""
+    from fastmix.settings import setting_fields
+
+    return {f.name: getattr(args, f.name) for f in setting_fields(cls) if f.metadata["flag"] is not None}

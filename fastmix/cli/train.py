@@ -17,14 +17,14 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from fastmix.harness.data import DataError
-    from fastmix.harness.experiment import prepare_data, train_reference_models
+    from fastmix.harness.experiment import prepare_data, train_original_and_retrained
 
     apply_threads(args)
     exp = experiment_from_args(args)
     log = (lambda *a: None) if args.quiet else print
     try:
         ds, split = prepare_data(exp)
-        train_reference_models(exp, ds, split, log=log)
+        train_original_and_retrained(exp, ds, split, log=log)
     except (DataError, ValueError) as e:
         print(f"fastmix train: error: {e}")
         return 2

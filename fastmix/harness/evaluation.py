@@ -15,7 +15,8 @@ def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> 
     """Softmax outputs of ``model`` on ``x`` (on the model's device), as a CPU float64 tensor."""
     model.eval()
     device = next(model.parameters()).device
-    out = [torch.softmax(model(x[i : i + batch_size].to(device)).double(), dim=1).cpu() for i in range(0, x.shape[0], batch_size)]
+    out = [torch.softmax(model(x[i : i + batch_size].to(device)).double(), dim=1).cpu()
+           for i in range(0, x.shape[0], batch_size)]
     return torch.cat(out) if out else torch.empty(0, 0, dtype=torch.float64)
 
 
@@ -111,6 +112,6 @@ def evaluate(model, dataset, split, seed: int = 0) -> dict[str, float]:
     return out
 
 
-def avg_gap(metrics: dict[str, float], reference: dict[str, float], names) -> float:
+def avg_gap(metrics: dict[str, float], retrain: dict[str, float], names) -> float:
     """Mean absolute difference to the reference (retrain) over ``names``."""
-    return float(np.mean([abs(metrics[k] - reference[k]) for k in names]))
+    return float(np.mean([abs(metrics[k] - retrain[k]) for k in names]))

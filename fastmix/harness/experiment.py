@@ -8,8 +8,11 @@ from pathlib import Path
 
 import torch
 
-from .data import ImageDataset, load_dataset, make_split
+from fastmix.mixunlearn.config import MixUnlearnConfig
 from fastmix.mixunlearn.distributed import barrier, world
+from fastmix.settings import command_line_defaults
+
+from .data import ImageDataset, load_dataset, make_split
 from .evaluation import avg_gap, evaluate, metric_names
 from .methods import MethodContext, get_method
 from .models import build_model, default_model_name
@@ -33,8 +36,6 @@ DEFAULTS = {
                  tau_gen=1.0, tau_mix=10.0, tau_real=10.0, omega=10.0),
 }
 
-# Options a user leaves at None take the data set's default above, else these.
-COMMON_DEFAULTS = dict(alpha=0.75, sharpen_T=0.3, gen_interval=4, gen_lr=1e-3, batch_size=32, mask="mixblock", use_mix=True)
 
 
 @dataclass
@@ -64,7 +65,10 @@ class Experiment:
 
 
 def resolve_options(dataset: str, options: dict) -> dict:
-    base = {**COMMON_DEFAULTS, **{k: v for k, v in DEFAULTS[dataset].items() if k != "train"}}
+    """The methods' options of a run: each setting a user left at None takes the data set's
+    default (:data:`DEFAULTS`), else MixUnlearn's own (the command-line settings of
+    :class:`~fastmix.mixunlearn.config.MixUnlearnConfig`); engine options appear only when set."""
+    base = {**command_line_defaults(MixUnlearnConfig), **{k: v for k, v in DEFAULTS[dataset].items() if k != "train"}}
     return {**base, **{k: v for k, v in options.items() if v is not None}}
 
 
@@ -85,10 +89,11 @@ def prepare_data(exp: Experiment) -> tuple[ImageDataset, object]:
     return ds, split
 
 
-def train_reference_models(exp: Experiment, ds: ImageDataset, split, log=print):
+def train_original_and_retrained(exp: Experiment, ds: ImageDataset, split, log=print):
     """The original model (all training data) and the retrained one (D_r only), trained
     with the data set's recipe or loaded from ``out/models`` when trained before with
-    the same data set, split, recipe and seed (``models_dir``, default ``out/models``). Returns ``(original, retrain, seconds)``."""
+    the same data set, split, recipe and seed (``models_dir``, default ``out/models``).
+    Returns ``(original, retrain, seconds)``."""
     d = DEFAULTS[exp.dataset]["train"]
     recipe = Recipe(exp.train_epochs or d.epochs, d.batch_size, exp.train_lr or d.lr, d.weight_decay)
     model_name = exp.model or default_model_name(ds.image_shape)
@@ -149,7 +154,7 @@ def run_experiment(exp: Experiment, log=print) -> dict | None:
     ds, split = prepare_data(exp)
     log(f"{exp.dataset}: {ds.x_train.shape[0]} training images ({split.forget.numel()} to forget), "
         f"{ds.x_test.shape[0]} {ds.eval_split} images; {split.setting}-level, label-{exp.labels}")
-    original, retrained, train_seconds = train_reference_models(exp, ds, split, log)
+    original, retrained, train_seconds = train_original_and_retrained(exp, ds, split, log)
     names = metric_names(split.setting)
     rows, extras = {}, {}
     start = time.perf_counter()

@@ -92,7 +92,10 @@ def write_png(path: Path, rows: dict[str, dict], metrics, preview=None, title: s
     if n_prev:
         x_f, x_r, mask, x_mix, lam = (t.numpy() for t in preview)
         for r in range(n_prev):
-            heads = ("x_f", "x_r", f"mask (lam={lam[r]:.2f})", "x_mix") if r == 0 else (None,) * 3 + (f"lam={lam[r]:.2f}",)
+            if r == 0:
+                heads = ("x_f", "x_r", f"mask (lam={lam[r]:.2f})", "x_mix")
+            else:
+                heads = (None,) * 3 + (f"lam={lam[r]:.2f}",)
             _show(fig.add_subplot(grid[r, 1]), x_f[r], heads[0])
             _show(fig.add_subplot(grid[r, 2]), x_r[r], heads[1])
             _show(fig.add_subplot(grid[r, 3]), mask[r], heads[2] if r == 0 else None, cmap="viridis", vmin=0, vmax=1)

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .atomic import atomic_write
 from fastmix.mixunlearn.engine import flush_subnormals_, is_convolutional
 from fastmix.progress import progress_bar
+
+from .atomic import atomic_write
 
 
 @dataclass(frozen=True)

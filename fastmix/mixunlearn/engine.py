@@ -1,89 +1,13 @@
-"""How MixUnlearn's steps run (not what they compute): the options of
-``MixUnlearn(step=..., cache=..., amp=..., ...)``, mixed precision, and the teacher
-cache's sizing."""
+"""How MixUnlearn's steps run (not what they compute): the helpers behind the engine
+options of :class:`fastmix.mixunlearn.config.EngineOptions`: mixed precision, the
+subnormal flush, the teacher cache's sizing."""
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-from dataclasses import dataclass
 
 import torch
 from torch import nn
-
-from .augment import AUGMENTATIONS
-
-STEPS = ("fast", "reference")
-AMPS = ("off", "bf16", "fp16")
-
-
-@dataclass
-class EngineOptions:
-    step: str = "fast"
-    cache: bool = True
-    cache_limit_mb: float | None = None
-    augment: str | None = None
-    amp: str = "off"
-    channels_last: bool | None = None
-    cuda_graphs: bool | None = None
-    flush_subnormals: bool | None = None
-
-    def validate(self, device: torch.device, config) -> "EngineOptions":
-        if self.step not in STEPS:
-            raise ValueError(f"step must be one of {STEPS}, got {self.step!r}")
-        if self.amp not in AMPS:
-            raise ValueError(f"amp must be one of {AMPS}, got {self.amp!r}")
-        if self.augment == "none":
-            self.augment = None
-        if self.augment is not None and self.augment not in AUGMENTATIONS:
-            raise ValueError(f"augment must be None or one of {AUGMENTATIONS}, got {self.augment!r}")
-        if self.cache_limit_mb is not None and not (
-            isinstance(self.cache_limit_mb, (int, float)) and self.cache_limit_mb >= 0 and math.isfinite(self.cache_limit_mb)
-        ):
-            raise ValueError(f"cache_limit_mb must be a finite number >= 0 (MiB), got {self.cache_limit_mb!r}")
-        if self.cuda_graphs and self.amp == "fp16":
-            raise ValueError("amp='fp16' needs a GradScaler, whose inf check reads the host every step and cannot be "
-                             "captured: use --amp bf16 with --cuda-graphs, or --no-cuda-graphs")
-        if self.cuda_graphs and device.type != "cuda":
-            raise ValueError(
-                f"cuda_graphs=True (--cuda-graphs) needs a CUDA device, but the device is {device}; "
-                "leave it unset or pass --no-cuda-graphs"
-            )
-        if self.step == "reference":
-            for name, off in (("amp", self.amp == "off"), ("augment", self.augment is None),
-                              ("channels_last", not self.channels_last), ("cuda_graphs", not self.cuda_graphs),
-                              ("flush_subnormals", not self.flush_subnormals)):
-                if not off:
-                    raise ValueError(f"step='reference' (--reference-step) is the plain eager step; it takes no {name} option")
-            if config.reduction != "sum":
-                raise ValueError(f"step='reference' computes the paper's sum reduction only, got reduction={config.reduction!r}")
-        return self
-
-    def use_cuda_graphs(self, device: torch.device) -> bool:
-        """Only when asked for: the captured path has not yet run on a GPU (issue 5)."""
-        return bool(self.cuda_graphs) and device.type == "cuda"
-
-    def use_channels_last(self, model: nn.Module, sample_dim: int) -> bool:
-        """Explicit choice, else on for convolutional models (4-d images) in the fast step.
-
-        On CUDA and on the CPU alike: oneDNN's channels_last convolutions and pooling beat
-        NCHW on the CPU too (SPEC 8's CNN: a forward and backward at batch 96 took 16 ms
-        against 24 ms on one core; ResNet-18 and the digits CNN gain less but gain)."""
-        if self.channels_last is not None:
-            return bool(self.channels_last) and sample_dim == 4
-        return self.step == "fast" and is_convolutional(model, sample_dim)
-
-    def use_flush_subnormals(self, device: torch.device) -> bool:
-        """Explicit choice, else on for the fast step on the CPU (see :func:`flush_subnormals_`)."""
-        if self.flush_subnormals is not None:
-            return bool(self.flush_subnormals)
-        return self.step == "fast" and device.type == "cpu"
-
-    def use_fused_adam(self, device: torch.device) -> bool:
-        """Adam's one-kernel-per-tensor CPU implementation for the fast step (0.4 ms
-        against 2.5 ms per step for SPEC 8's CNN on one core). CUDA keeps torch's default
-        (foreach), which the CUDA-graph path captures with ``capturable=True``."""
-        return self.step == "fast" and device.type == "cpu"
 
 
 def is_convolutional(model: nn.Module, sample_dim: int) -> bool:
@@ -96,12 +20,11 @@ def flush_subnormals_(*modules: nn.Module) -> None:
     """Set the floating-point parameters' subnormal values (below ``finfo.tiny``) to zero.
 
     Why: training with weight decay leaves the weights of dead units decaying through
-    the subnormal range (a trained SPEC 8 CNN had 6,600 of them), and x86 CPUs handle
-    each subnormal operand in microcode. On this project's CPU its first linear layer
-    ran 11.7 ms at batch 96, 1.1 ms once they were zeroed; a fast step took 1.5x as
-    long. A value below 1.2e-38 adds nothing an fp32 sum of the model's activations can
-    show, so zeroing it changes the results by rounding at most. Only fastmix's own copies (the unlearner, the
-    frozen f_D, the MixBlock) are flushed, never the caller's model. Not
+    the subnormal range, and x86 CPUs handle each subnormal operand in microcode (the
+    cost is measured in BENCHMARKS.md, "Fast-step defaults on the CPU"). A value below
+    1.2e-38 adds nothing an fp32 sum of the model's activations can show, so zeroing it
+    changes the results by rounding at most. Only fastmix's own copies (the unlearner,
+    the frozen f_D, the MixBlock) are flushed, never the caller's model. Not
     ``torch.set_flush_denormal``: that flag is per thread, and the intra-op threads
     already started keep their own.
     """

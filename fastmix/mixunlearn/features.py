@@ -37,7 +37,8 @@ def as_feature_map(out) -> torch.Tensor:
             if s * s == n - drop and s > 0:
                 tokens = out[:, drop:]
                 return tokens.transpose(1, 2).reshape(out.shape[0], out.shape[2], s, s)
-        raise ValueError(f"cannot arrange {n} tokens of the feature layer on a square grid (with or without a class token)")
+        raise ValueError(f"cannot arrange {n} tokens of the feature layer on a square grid (with or without a "
+                         "class token)")
     raise ValueError(f"the feature layer's output must be 2-, 3- or 4-d, got shape {tuple(out.shape)}")
 
 
@@ -45,22 +46,36 @@ class _StopForward(Exception):
     """Raised by the hook to end a forward pass at the feature layer."""
 
 
-class FrozenTeacher(nn.Module):
-    """The original model ``f_D``, frozen: returns its logits and its feature map ``h_D``
-    (:meth:`features`: the feature map alone, the layers after it skipped)."""
+class FrozenOriginal(nn.Module):
+    """f_D, the original model, frozen (eval mode, no gradients). ``forward`` returns
+    its logits and, when a ``feature_layer`` is named, its feature map ``h_D`` (else
+    None); :meth:`features` gives the feature map alone, skipping the layers after it;
+    :meth:`logits` the logits alone."""
 
-    def __init__(self, model: nn.Module, feature_layer: str):
+    def __init__(self, model: nn.Module, feature_layer: str | None):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.feature_layer = feature_layer
         self._captured: torch.Tensor | None = None
         self._stop = False
-        find_module(model, feature_layer).register_forward_hook(self._capture)
+        if feature_layer is not None:
+            find_module(model, feature_layer).register_forward_hook(self._capture)
+
+    @property
+    def has_features(self) -> bool:
+        return self.feature_layer is not None
 
     def _capture(self, module, inputs, output):
         self._captured = output
         if self._stop:
             raise _StopForward
+
+    def _take_features(self) -> torch.Tensor:
+        if self._captured is None:
+            raise RuntimeError(f"feature layer {self.feature_layer!r} did not run in the model's forward")
+        feats = as_feature_map(self._captured)
+        self._captured = None
+        return feats
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,21 +87,17 @@ class FrozenTeacher(nn.Module):
             pass
         finally:
             self._stop = False
-        if self._captured is None:
-            raise RuntimeError(f"feature layer {self.feature_layer!r} did not run in the model's forward")
-        feats = as_feature_map(self._captured)
-        self._captured = None
-        return feats
+        return self._take_features()
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
 
     def train(self, mode: bool = True):  # f_D stays in eval mode
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         self._captured = None
         logits = self.model(x)
-        if self._captured is None:
-            raise RuntimeError(f"feature layer {self.feature_layer!r} did not run in the model's forward")
-        feats = as_feature_map(self._captured)
-        self._captured = None
-        return logits, feats
+        return logits, (self._take_features() if self.has_features else None)

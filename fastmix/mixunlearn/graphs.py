@@ -11,9 +11,9 @@ warm-up iterations are real training steps, so the result does not depend on the
 
 All sampling inside them draws from the loop's device generator, registered with each
 graph, so a replay draws what the same step run eagerly would. The pairing is
-``rand(B).argsort()`` (randperm cannot be captured); the uncaptured path of the same
-mode uses it too. The last, short batch of an epoch runs eagerly through the same
-step functions, so nothing is recaptured. Unverified on a GPU so far (issue 5).
+``rand(B).argsort()`` (randperm cannot be captured; ``StepState.pairing``); the uncaptured
+path of the same mode uses it too. The last, short batch of an epoch runs eagerly through the same
+step functions, so nothing is recaptured. Unverified on a GPU so far.
 """
 from __future__ import annotations
 
@@ -21,10 +21,9 @@ import contextlib
 
 import torch
 
-
-def argsort_perm(n: int, generator: torch.Generator, device) -> torch.Tensor:
-    """A uniform random permutation that can be captured in a CUDA graph."""
-    return torch.rand(n, generator=generator, device=device).argsort()
+from .batches import BatchReader
+from .state import StepState
+from .steps import generator_step, unlearner_step
 
 
 class StepGraphs:
@@ -32,27 +31,27 @@ class StepGraphs:
     (one at least with a generator step), then by replaying captured graphs.
     ``capture=False`` runs the same code eagerly throughout (the equivalence test's baseline)."""
 
-    def __init__(self, batch, gen_step, unl_step, B: int, device, gen: torch.Generator,
-                 has_gen: bool, warmup: int = 3, capture: bool = True):
-        self.batch, self.gen_step, self.unl_step = batch, gen_step, unl_step
-        self.fidx = torch.zeros(B, dtype=torch.long, device=device)
-        self.ridx = torch.zeros(B, dtype=torch.long, device=device)
-        self.gen, self.warmup, self.capture = gen, warmup, capture
-        self.has_gen = has_gen
-        self.eager_done, self.gen_done = 0, not has_gen
+    def __init__(self, reader: BatchReader, state: StepState, batch_size: int, capture: bool = True,
+                 warmup: int = 3):
+        device = reader.data.x_f.device
+        self.reader, self.state = reader, state
+        self.fidx = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.ridx = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.warmup, self.capture = warmup, capture
+        self.has_gen = state.mixblock is not None
+        self.eager_done, self.gen_done = 0, not self.has_gen
         self.graphs = None
         self.side = torch.cuda.Stream(device) if capture else None
 
     # the three pieces, on the static buffers
     def _read(self):
-        self.xf, self.qf, self.hf = self.batch(0, self.fidx)
-        self.xr, self.qr, self.hr = self.batch(1, self.ridx)
+        self.batch = self.reader.batch(self.fidx, self.ridx)
 
     def _g(self):
-        self.loss_g = self.gen_step(self.xf, self.xr, self.hf, self.hr, self.qf, self.qr)
+        self.loss_g = generator_step(self.state, self.batch)
 
     def _u(self):
-        self.loss_u = self.unl_step(self.xf, self.xr, self.hf, self.hr, self.qf, self.qr)
+        self.loss_u = unlearner_step(self.state, self.batch)
 
     def _capture_all(self):
         graphs = []
@@ -65,7 +64,7 @@ class StepGraphs:
             if register is None:
                 raise RuntimeError("cuda_graphs=True needs torch.cuda.CUDAGraph.register_generator_state "
                                    "(torch >= 2.5) to draw from the loop's generator inside a graph")
-            register(self.gen)
+            register(self.state.rng)
             with torch.cuda.graph(g):
                 fn()
             graphs.append(g)

@@ -1,5 +1,5 @@
-"""The eager, paper-style MixUnlearn loop (``MixUnlearn(step="reference")``,
-``--reference-step``): what the benchmarks compare the fast step against.
+"""The eager, paper-style MixUnlearn loop (``MixUnlearn(step="paper")``,
+``--paper-step``): what the benchmarks compare the fast step against.
 
 As the public code does it: f_D's logits and features recomputed on every batch,
 batches, lambdas and pairings drawn on the host (a numpy Generator seeded from the
@@ -15,30 +15,41 @@ import torch
 from fastmix.ops import eager
 from fastmix.progress import progress_bar
 
+from .batches import RunData
+from .features import FrozenOriginal
+from .loop import LoopPlan, Losses, mark_start
+from .state import StepState
 
-def reference_loop(mu, x_f, y_f, x_r, y_r, frozen, teacher, student, opt_u, opt_g, size, steps):
-    """Returns the unlearner's and the generator's losses (0-d tensors, as the fast loop)."""
-    cfg, dev = mu.config, mu.device
-    aware = cfg.labels == "aware"
+
+def paper_loop(state: StepState, data: RunData, original: FrozenOriginal, plan: LoopPlan, seed: int) -> Losses:
+    """The paper-style loop over the same models and optimisers as the fast loop
+    (``state``); its host generator is numpy's, seeded from ``seed``."""
+    cfg, mixblock = state.config, state.mixblock
+    x_f, y_f, x_r, y_r = data.x_f, data.y_f, data.x_r, data.y_r
+    dev = x_f.device
+    student, opt_u, opt_g = state.unlearner, state.unlearner_opt, state.mixblock_opt
+    size, steps = state.image_size, plan.steps
+    aware = data.aware
     n_f, n_r, B = x_f.shape[0], x_r.shape[0], cfg.batch_size
-    rng = np.random.default_rng(mu.seed)
-    gen_params = list(mu.mixblock.parameters()) if mu.mixblock is not None else None
+    rng = np.random.default_rng(seed)
+    gen_params = list(mixblock.parameters()) if mixblock is not None else None
     omega = cfg.omega
 
     def f_D(x, y):
         """f_D's targets and features for a batch, recomputed every time."""
         with torch.no_grad():
-            if teacher is not None:
-                logits, h = teacher(x)
+            if original.has_features:
+                logits, h = original(x)
             else:
-                logits, h = (None if aware else frozen(x)), None
+                logits, h = (None if aware else original.logits(x)), None
         return (y if aware else eager.sharpen(logits, cfg.sharpen_T)), h
 
     reps = (steps * B + n_r - 1) // n_r
-    losses_u, losses_g = [], []
+    losses = Losses()
+    losses_u, losses_g = losses.unlearner, losses.generator
     t = 0
-    mu._mark_loop_start()
-    with progress_bar(cfg.epochs * steps, "mixunlearn (reference step)", mu.quiet) as bar:
+    losses.start = mark_start(dev)
+    with progress_bar(cfg.epochs * steps, "mixunlearn (paper step)", plan.quiet) as bar:
         for _ in range(cfg.epochs):
             order_f = rng.permutation(n_f)
             order_r = np.concatenate([rng.permutation(n_r) for _ in range(reps)])
@@ -49,9 +60,9 @@ def reference_loop(mu, x_f, y_f, x_r, y_r, frozen, teacher, student, opt_u, opt_
                 xf, xr = x_f[fidx], x_r[ridx]
                 qf, hf = f_D(xf, y_f[fidx] if aware else None)
                 qr, hr = f_D(xr, y_r[ridx] if aware else None)
-                if mu.mixblock is not None and t % cfg.gen_interval == 0:
+                if mixblock is not None and t % cfg.gen_interval == 0:
                     lam = eager.sample_beta_host(rng, b, cfg.alpha, dev)
-                    mask = mu.mixblock.mask(hf, hr[:b], lam, size)
+                    mask = mixblock.mask(hf, hr[:b], lam, size)
                     student.eval()
                     logits = student(eager.mixup(xf, xr[:b], mask))
                     student.train()
@@ -66,8 +77,9 @@ def reference_loop(mu, x_f, y_f, x_r, y_r, frozen, teacher, student, opt_u, opt_
                 if cfg.use_mix:
                     lam = eager.sample_beta_host(rng, b, cfg.alpha, dev)
                     with torch.no_grad():
-                        weight = lam if mu.mixblock is None else mu.mixblock.mask(hf, hr[perm], lam, size)
-                    loss = eager.contrastive_loss(student(eager.mixup(xf, xr, weight, perm)), qf, qr, lam, cfg.tau_mix, perm)
+                        weight = lam if mixblock is None else mixblock.mask(hf, hr[perm], lam, size)
+                    mix_logits = student(eager.mixup(xf, xr, weight, perm))
+                    loss = eager.contrastive_loss(mix_logits, qf, qr, lam, cfg.tau_mix, perm)
                 if omega > 0:
                     loss = loss + omega * eager.real_loss(student(xr), student(xf), qr, qf, cfg.tau_real)
                 opt_u.zero_grad(set_to_none=True)
@@ -76,4 +88,4 @@ def reference_loop(mu, x_f, y_f, x_r, y_r, frozen, teacher, student, opt_u, opt_
                 losses_u.append(torch.tensor(loss.item()))
                 t += 1
                 bar.update(1)
-    return losses_u, losses_g
+    return losses

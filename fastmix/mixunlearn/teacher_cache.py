@@ -17,12 +17,15 @@ import math
 
 import torch
 
+from .features import FrozenOriginal
+
 CHUNK = 1024  # samples per f_D pass
 
 
 class TeacherCache:
-    def __init__(self, frozen, teacher, loss_fn, x_f, x_r, aware: bool, feat_shape, num_classes: int):
-        self.frozen, self.teacher, self.loss_fn, self.aware = frozen, teacher, loss_fn, aware
+    def __init__(self, original: FrozenOriginal, loss_fn, x_f, x_r, aware: bool, feat_shape, num_classes: int):
+        self.original, self.loss_fn, self.aware = original, loss_fn, aware
+        with_features = original.has_features
         self.x_f, self.x_r = x_f, x_r
         dev = x_f.device
         n_f, n_r = x_f.shape[0], x_r.shape[0]
@@ -33,10 +36,10 @@ class TeacherCache:
             t = torch.empty(n, *shape, device=dev)
             return t.contiguous(**fmt) if t.dim() == 4 else t
 
-        self.feats = [empty(n_f, *feat_shape), empty(n_r, *feat_shape)] if teacher is not None else None
-        self.targets = None if aware else [torch.empty(n_f, num_classes, device=dev), torch.empty(n_r, num_classes, device=dev)]
+        self.feats = [empty(n_f, *feat_shape), empty(n_r, *feat_shape)] if with_features else None
+        self.targets = None if aware else [torch.empty(n, num_classes, device=dev) for n in (n_f, n_r)]
         self.done_r = torch.zeros(n_r, dtype=torch.bool, device=dev)
-        per_sample = (math.prod(feat_shape) if teacher is not None else 0) + (0 if aware else num_classes)
+        per_sample = (math.prod(feat_shape) if with_features else 0) + (0 if aware else num_classes)
         self.nbytes = (n_f + n_r) * per_sample * 4
         self._fill(0, torch.arange(n_f, device=dev))
         if not aware:
@@ -49,13 +52,11 @@ class TeacherCache:
             rows = idx[i : i + CHUNK]
             xb = x.index_select(0, rows)
             if self.aware:  # only the features are needed: skip f_D's layers after them
-                self.feats[side][rows] = self.teacher.features(xb)
+                self.feats[side][rows] = self.original.features(xb)
                 continue
-            if self.teacher is not None:
-                logits, h = self.teacher(xb)
+            logits, h = self.original(xb)
+            if h is not None:
                 self.feats[side][rows] = h
-            else:
-                logits = self.frozen(xb)
             self.targets[side][rows] = self.loss_fn.targets(logits)
 
     def prepare(self, retain_idx: torch.Tensor) -> int:

@@ -7,7 +7,6 @@ import pytest
 
 from fastmix.cli import main
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -5,7 +5,6 @@ import torch
 
 from fastmix.harness.evaluation import accuracy, attack_asr, attack_mia_efficacy, avg_gap, metric_names
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

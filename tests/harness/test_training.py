@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from fastmix.mixunlearn.engine import flush_subnormals_
 from fastmix.harness.models import build_model
 from fastmix.harness.training import Recipe, train_classifier
+from fastmix.mixunlearn.engine import flush_subnormals_
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

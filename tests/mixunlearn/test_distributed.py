@@ -38,40 +38,24 @@ def unlearn(kw):
     return out, mu
 
 
-def one_step_with_sgd(shard):
+def one_step_with_sgd():
     """One generator and one unlearner step of the trainer with SGD(lr=1): the weights'
-    change is minus the gradient itself (Adam, scale-free, would hide a gradient
-    that is off by a constant factor). ``shard``: None, or ``(rank, world_size)``."""
-    import copy
-
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    from fastmix.mixunlearn.distributed import RowShard
-    from fastmix.mixunlearn.features import FrozenTeacher
-    from fastmix.ops.loss import MixUnlearnLoss
-    from fastmix.mixunlearn.mixblock import MixBlock
+    change is minus the gradient itself (Adam, scale-free, would hide a gradient that is
+    off by a constant factor). Data-parallel when a process group is initialised."""
+    from fastmix.mixunlearn import steps
 
     model = build_model("digits-cnn", 10, 1, seed=0)
     mu = MixUnlearn(model, seed=0, batch_size=7)
     (xf, yf), (xr, yr) = data()
-    xf, yf, xr, yr = xf[:7], yf[:7], xr[:7], yr[:7]
-    hf, hr = FrozenTeacher(copy.deepcopy(model), "block2").features(xf), FrozenTeacher(copy.deepcopy(model), "block2").features(xr)
-    torch.manual_seed(0)
-    mu.mixblock = MixBlock(32)
-    student = copy.deepcopy(model).train()
-    cfg = mu.config
-    loss_fn = MixUnlearnLoss(cfg.tau_gen, cfg.tau_mix, cfg.tau_real, cfg.omega, cfg.sharpen_T)
-    wrapped = student
-    if shard is not None:
-        mu._shard = RowShard(*shard)
-        mu._mixblock_ddp = DDP(mu.mixblock)
-        wrapped = DDP(student)
-    gen = torch.Generator().manual_seed(0)
-    opt_g = torch.optim.SGD(mu.mixblock.parameters(), lr=1.0)
-    opt_u = torch.optim.SGD(student.parameters(), lr=1.0)
-    mu._generator_step(student, loss_fn, opt_g, list(mu.mixblock.parameters()), xf, xr, hf, hr, yf, yr, (8, 8), gen)
-    mu._unlearner_step(wrapped, loss_fn, opt_u, xf, xr, hf, hr, yf, yr, (8, 8), gen)
-    return {"student": student.state_dict(), "mixblock": mu.mixblock.state_dict()}
+    run = mu.prepare((xf[:7], yf[:7]), (xr[:7], yr[:7]))
+    state = run.state
+    state.mixblock_opt = torch.optim.SGD(state.mixblock.parameters(), lr=1.0)
+    state.unlearner_opt = torch.optim.SGD(state.unlearner.parameters(), lr=1.0)
+    idx = torch.arange(7)
+    batch = run.batch(idx, idx)
+    steps.generator_step(state, batch)
+    steps.unlearner_step(state, batch)
+    return {"student": state.unlearner.state_dict(), "mixblock": state.mixblock.state_dict()}
 
 
 def worker(rank, world_size, port, out_dir):
@@ -79,7 +63,7 @@ def worker(rank, world_size, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        torch.save(one_step_with_sgd((rank, world_size)), os.path.join(out_dir, f"sgd-{rank}.pt"))
+        torch.save(one_step_with_sgd(), os.path.join(out_dir, f"sgd-{rank}.pt"))
         for name, kw in CASES.items():
             model, mu = unlearn(kw)
             torch.save({"state": model.state_dict(), "history": mu.history,
@@ -105,7 +89,7 @@ def two_ranks(tmp_path_factory):
 def test_two_processes_give_one_process_gradients(two_ranks):
     """With SGD(lr=1) one step moves each weight by minus its gradient: the data-parallel
     gradients are the one-process gradients, not N times or 1/N of them."""
-    one = one_step_with_sgd(None)
+    one = one_step_with_sgd()
     fresh = build_model("digits-cnn", 10, 1, seed=0).state_dict()
     for r in (0, 1):
         got = torch.load(two_ranks / f"sgd-{r}.pt")

@@ -4,11 +4,10 @@ import pytest
 import torch
 
 from fastmix import MixUnlearn
-from fastmix.mixunlearn.augment import crop_flip
-from fastmix.mixunlearn.features import FrozenTeacher
 from fastmix.harness.models import build_model
+from fastmix.mixunlearn.augment import crop_flip
+from fastmix.mixunlearn.features import FrozenOriginal
 from fastmix.mixunlearn.teacher_cache import TeacherCache
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -30,13 +29,13 @@ def count_teacher_calls(monkeypatch):
     """The batch sizes of every pass of f_D (whole, or up to its feature layer)."""
     calls = []
     for name in ("forward", "features"):
-        real = getattr(FrozenTeacher, name)
+        real = getattr(FrozenOriginal, name)
 
         def counting(self, x, real=real):
             calls.append(x.shape[0])
             return real(self, x)
 
-        monkeypatch.setattr(FrozenTeacher, name, counting)
+        monkeypatch.setattr(FrozenOriginal, name, counting)
     return calls
 
 
@@ -44,9 +43,9 @@ def params_differ(a, b):
     return any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def test_reference_step_recomputes_the_teacher_every_batch(monkeypatch):
+def test_paper_step_recomputes_the_teacher_every_batch(monkeypatch):
     calls = count_teacher_calls(monkeypatch)
-    run(step="reference")
+    run(step="paper")
     # 2 epochs x 3 batches x (forget + retain), plus the feature-shape probe and the preview's 2
     assert len(calls) == 1 + 2 * 3 * 2 + 2
     calls.clear()
@@ -64,20 +63,21 @@ def test_cache_fills_the_retain_side_as_epochs_first_draw_it(monkeypatch):
     assert calls[1:-2] == [16, 16]
     caches = []
     real_init = TeacherCache.__init__
-    monkeypatch.setattr(TeacherCache, "__init__", lambda self, *a, **k: (real_init(self, *a, **k), caches.append(self))[0])
+    monkeypatch.setattr(TeacherCache, "__init__",
+                        lambda self, *a, **k: (real_init(self, *a, **k), caches.append(self))[0])
     run(n_f=16, n_r=400, epochs=3)
     cache = caches[0]
     done = cache.done_r
     assert 16 < int(done.sum()) <= 48
-    torch.testing.assert_close(cache.feats[1][done], cache.teacher(cache.x_r[done])[1], rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(cache.feats[0], cache.teacher(cache.x_f)[1], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(cache.feats[1][done], cache.original(cache.x_r[done])[1], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(cache.feats[0], cache.original(cache.x_f)[1], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("kw", [{}, dict(labels="agnostic"), dict(mask="beta"), dict(use_mix=False), dict(omega=0.0)])
-def test_reference_step_is_seeded_and_trains(kw):
-    a, mu = run(step="reference", **kw)
-    b, _ = run(step="reference", **kw)
-    c, _ = run(seed=1, step="reference", **kw)
+def test_paper_step_is_seeded_and_trains(kw):
+    a, mu = run(step="paper", **kw)
+    b, _ = run(step="paper", **kw)
+    c, _ = run(seed=1, step="paper", **kw)
     assert not params_differ(a, b) and params_differ(a, c)
     assert len(mu.history["unlearner"]) == 6
     assert len(mu.history["generator"]) == (0 if kw.get("mask") == "beta" else 2)
@@ -85,13 +85,13 @@ def test_reference_step_is_seeded_and_trains(kw):
     assert params_differ(a, mu.model)
 
 
-def test_reference_and_fast_steps_compute_the_same_objective():
+def test_paper_and_fast_steps_compute_the_same_objective():
     """Different random draws, the same loss: over full batches (the last batch of an
     epoch is short, and the sum reduction makes its loss smaller) the two steps' mean
     losses agree, with and without L_real."""
     for kw in (dict(mask="beta"), dict(mask="beta", omega=0.0)):
         f = run(epochs=6, **kw)[1].history["unlearner"]
-        r = run(epochs=6, step="reference", **kw)[1].history["unlearner"]
+        r = run(epochs=6, step="paper", **kw)[1].history["unlearner"]
         full_f = [v for i, v in enumerate(f) if i % 3 != 2]
         full_r = [v for i, v in enumerate(r) if i % 3 != 2]
         mean_f, mean_r = sum(full_f) / len(full_f), sum(full_r) / len(full_r)
@@ -158,18 +158,18 @@ def test_bad_engine_options():
         MixUnlearn(model, step="slow")
     with pytest.raises(ValueError, match="amp must be"):
         MixUnlearn(model, amp="fp8")
-    with pytest.raises(ValueError, match="--reference-step"):
-        MixUnlearn(model, step="reference", amp="bf16")
+    with pytest.raises(ValueError, match="--paper-step"):
+        MixUnlearn(model, step="paper", amp="bf16")
     with pytest.raises(ValueError, match="cache_limit_mb"):
         MixUnlearn(model, cache_limit_mb=-1)
     with pytest.raises(ValueError, match="augment"):
         MixUnlearn(model, augment="rotate")
     with pytest.raises(ValueError, match="flush_subnormals"):
-        MixUnlearn(model, step="reference", flush_subnormals=True)
+        MixUnlearn(model, step="paper", flush_subnormals=True)
 
 
 def test_channels_last_keeps_the_format_and_the_result(monkeypatch):
-    import fastmix.mixunlearn.method as unlearn_mod
+    import fastmix.mixunlearn.steps as unlearn_mod
 
     formats = []
     real_mixup = unlearn_mod.mixup
@@ -210,9 +210,9 @@ def test_cli_engine_flags(tmp_path, capsys):
 
     base = ["unlearn", "--train-epochs", "2", "--unlearn-epochs", "1", "--method", "mixunlearn", "--no-png",
             "--device", "cpu", "--quiet", "--models-dir", str(tmp_path / "models")]
-    assert main([*base, "--reference-step", "--out", str(tmp_path / "ref")]) == 0
+    assert main([*base, "--paper-step", "--out", str(tmp_path / "ref")]) == 0
     res = json.loads((tmp_path / "ref" / "results.json").read_text())
-    assert res["settings"]["options"]["step"] == "reference" and res["mixunlearn"]["seconds"] > 0
+    assert res["settings"]["options"]["step"] == "paper" and res["mixunlearn"]["seconds"] > 0
     capsys.readouterr()
     assert main([*base, "--cache-limit-mb", "0.001", "--out", str(tmp_path / "x")]) == 2
     assert "--cache-limit-mb" in capsys.readouterr().out
@@ -279,5 +279,5 @@ def test_fast_step_flushes_its_copies_not_the_callers_model(monkeypatch):
     # values below finfo.tiny change the training by rounding at most
     for x, y in zip(a.state_dict().values(), b.state_dict().values()):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
-    unlearn(step="reference")
+    unlearn(step="paper")
     assert flushed == []

@@ -3,8 +3,9 @@ is the plain fast loop (on the CPU); captured, it matches itself uncaptured (GPU
 import pytest
 import torch
 
-from fastmix import MixUnlearn, engine
+from fastmix import MixUnlearn
 from fastmix.harness.models import build_model
+from fastmix.mixunlearn.config import EngineOptions
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -23,12 +24,13 @@ def unlearn(device, graph_mode: bool, capture: bool, argsort: bool = True, **kw)
     # B = 8 and 50 forget samples: 6 full batches an epoch (3 warm-up, then replays) and a short one
     mu = MixUnlearn(build_model("digits-cnn", 10, 1, seed=0).to(device), seed=0, batch_size=8, epochs=3, lr=1e-3,
                     device=device, cuda_graphs=graph_mode if device.type == "cuda" else None, **kw)
-    mu._capture = capture
-    mu._argsort_perm = argsort
     forget, retain = data(device)
     if kw.get("labels") == "agnostic":
         forget, retain = forget[0], retain[0]
-    return mu.unlearn(forget, retain), mu
+    run = mu.prepare(forget, retain)
+    run.plan.capture = capture
+    run.state.pairing = "argsort" if argsort else "randperm"
+    return mu.run(run), mu
 
 
 CASES = [{}, dict(labels="agnostic"), dict(mask="beta")]
@@ -40,7 +42,7 @@ def test_graph_mode_run_uncaptured_is_the_plain_fast_loop(monkeypatch, kw):
     for step, what the plain loop computes with the same pairing sampler."""
     cpu = torch.device("cpu")
     plain, mu_plain = unlearn(cpu, False, False, **kw)
-    monkeypatch.setattr(engine.EngineOptions, "use_cuda_graphs", lambda self, device: True)
+    monkeypatch.setattr(EngineOptions, "use_cuda_graphs", lambda self, device: True)
     graphed, mu = unlearn(cpu, True, False, **kw)
     assert mu.history == mu_plain.history and len(mu.history["unlearner"]) == 21
     for a, b in zip(plain.state_dict().values(), graphed.state_dict().values()):
@@ -82,6 +84,6 @@ def test_graph_mode_turns_the_autocast_cast_cache_off(monkeypatch):
     unlearn(cpu, False, False, amp="bf16")
     assert seen and all(seen)
     seen.clear()
-    monkeypatch.setattr(engine.EngineOptions, "use_cuda_graphs", lambda self, device: True)
+    monkeypatch.setattr(EngineOptions, "use_cuda_graphs", lambda self, device: True)
     unlearn(cpu, True, False, amp="bf16")
     assert seen and not any(seen)

@@ -2,11 +2,10 @@
 import pytest
 import torch
 from torch import nn
-
 from torch.nn import functional as F
 
 from fastmix import MixBlock
-from fastmix.mixunlearn.features import FrozenTeacher, as_feature_map
+from fastmix.mixunlearn.features import FrozenOriginal, as_feature_map
 
 
 def spec5_masks(g: MixBlock, h_f, h_r, lam, size):
@@ -106,7 +105,7 @@ def test_token_features_reshape_to_grid():
 
 def test_teacher_names_unknown_layer():
     with pytest.raises(ValueError, match="feature_layer 'nope'"):
-        FrozenTeacher(nn.Sequential(nn.Linear(2, 2)), "nope")
+        FrozenOriginal(nn.Sequential(nn.Linear(2, 2)), "nope")
 
 
 def test_float32_masks_err_no_more_than_spec5_in_float32():

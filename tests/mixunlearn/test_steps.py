@@ -1,7 +1,5 @@
 """The unlearning loop (SPEC 6): what each step updates, the pairing of targets,
 seeding, and models that are not CNNs."""
-import copy
-
 import pytest
 import torch
 from torch import nn
@@ -9,7 +7,7 @@ from torch import nn
 import fastmix
 from fastmix import MixUnlearn
 from fastmix.harness.models import build_model
-
+from fastmix.mixunlearn import steps
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -29,57 +27,44 @@ def digits_like(n, seed):
 
 @pytest.fixture
 def setup():
+    """A prepared run of 8 forget and 8 retain samples, and its first batch."""
     torch.manual_seed(0)
     model = build_model("digits-cnn", 10, 1, seed=0)
     mu = MixUnlearn(model, seed=0, batch_size=8, epochs=1, lr=1e-3)
     xf, yf = digits_like(8, 1)
     xr, yr = digits_like(8, 2)
-    return model, mu, xf, yf, xr, yr
-
-
-def prepared(mu, model, xf, xr):
-    """The pieces the loop hands to a step, built the same way."""
-    from fastmix.mixunlearn.features import FrozenTeacher
-    from fastmix.ops.loss import MixUnlearnLoss
-
-    teacher = FrozenTeacher(copy.deepcopy(model), "block2")
-    cfg = mu.config
-    loss_fn = MixUnlearnLoss(cfg.tau_gen, cfg.tau_mix, cfg.tau_real, cfg.omega, cfg.sharpen_T)
-    mu.mixblock = fastmix.MixBlock(32)
-    return teacher(xf)[1], teacher(xr)[1], loss_fn
+    run = mu.prepare((xf, yf), (xr, yr))
+    idx = torch.arange(8)
+    return run, run.batch(idx, idx)
 
 
 def test_generator_step_updates_only_the_mixblock(setup):
-    model, mu, xf, yf, xr, yr = setup
-    hf, hr, loss_fn = prepared(mu, model, xf, xr)
-    student = copy.deepcopy(model).train()
-    opt_g = torch.optim.Adam(mu.mixblock.parameters(), lr=1e-2)
-    s_before, g_before = snapshot(student), snapshot(mu.mixblock)
-    mu._generator_step(student, loss_fn, opt_g, list(mu.mixblock.parameters()), xf, xr, hf, hr, yf, yr, (8, 8),
-                       torch.Generator().manual_seed(0))
-    assert changed(s_before, student) == set()
-    assert all(p.grad is None for p in student.parameters())
-    assert changed(g_before, mu.mixblock) == set(g_before)  # every MixBlock tensor moved
+    run, batch = setup
+    state = run.state
+    s_before, g_before = snapshot(state.unlearner), snapshot(state.mixblock)
+    steps.generator_step(state, batch)
+    assert changed(s_before, state.unlearner) == set()
+    assert all(p.grad is None for p in state.unlearner.parameters())
+    assert all(p.requires_grad for p in state.unlearner.parameters())  # unfrozen again
+    assert changed(g_before, state.mixblock) == set(g_before)  # every MixBlock tensor moved
 
 
 def test_unlearner_step_updates_only_the_unlearner(setup):
-    model, mu, xf, yf, xr, yr = setup
-    hf, hr, loss_fn = prepared(mu, model, xf, xr)
-    student = copy.deepcopy(model).train()
-    opt_u = torch.optim.Adam(student.parameters(), lr=1e-3)
-    s_before, g_before = snapshot(student), snapshot(mu.mixblock)
-    mu._unlearner_step(student, loss_fn, opt_u, xf, xr, hf, hr, yf, yr, (8, 8), torch.Generator().manual_seed(0))
-    assert changed(g_before, mu.mixblock) == set()
-    assert all(p.grad is None for p in mu.mixblock.parameters())
-    assert changed(s_before, student) == set(s_before)
+    run, batch = setup
+    state = run.state
+    s_before, g_before = snapshot(state.unlearner), snapshot(state.mixblock)
+    steps.unlearner_step(state, batch)
+    assert changed(g_before, state.mixblock) == set()
+    assert all(p.grad is None for p in state.mixblock.parameters())
+    assert changed(s_before, state.unlearner) == set(s_before)
 
 
 def test_mixed_targets_follow_the_pairing(setup, monkeypatch):
-    model, mu, xf, yf, xr, yr = setup
-    hf, hr, loss_fn = prepared(mu, model, xf, xr)
-    student = copy.deepcopy(model).train()
+    run, batch = setup
+    state = run.state
+    xf, xr, yf, yr = batch.x_f, batch.x_r, batch.q_f, batch.q_r
     seen = {}
-    real_mixup, real_forward = fastmix.mixunlearn.steps.mixup, type(loss_fn).forward
+    real_mixup, real_forward = steps.mixup, type(state.loss_fn).forward
 
     def spy_mixup(x_f, x_r, weight, perm=None, **kw):
         seen["mix_perm"], seen["weight"] = perm, weight
@@ -91,10 +76,11 @@ def test_mixed_targets_follow_the_pairing(setup, monkeypatch):
         seen["loss_perm"], seen["q_r"], seen["lam"], seen["mix_logits"] = perm, q_r, lam, mix_logits
         return real_forward(self, mix_logits, f_logits, r_logits, q_f, q_r, lam, perm)
 
-    monkeypatch.setattr(fastmix.mixunlearn.steps, "mixup", spy_mixup)
-    monkeypatch.setattr(type(loss_fn), "forward", spy_forward)
-    opt_u = torch.optim.SGD(student.parameters(), lr=0.0)
-    loss = mu._unlearner_step(student, loss_fn, opt_u, xf, xr, hf, hr, yf, yr, (8, 8), torch.Generator().manual_seed(3))
+    monkeypatch.setattr(steps, "mixup", spy_mixup)
+    monkeypatch.setattr(type(state.loss_fn), "forward", spy_forward)
+    state.unlearner_opt = torch.optim.SGD(state.unlearner.parameters(), lr=0.0)
+    state.rng.manual_seed(3)
+    loss = steps.unlearner_step(state, batch)
     perm = seen["mix_perm"]
     assert not torch.equal(perm, torch.arange(8))  # a real permutation was drawn
     assert torch.equal(seen["loss_perm"], perm) and torch.equal(seen["q_r"], yr)
@@ -102,8 +88,8 @@ def test_mixed_targets_follow_the_pairing(setup, monkeypatch):
     m = seen["weight"]
     assert torch.allclose(seen["x_mix"], m * xf + (1 - m) * xr[perm], atol=1e-6)
     # ... and is scored against q_r[perm[i]]: the same loss as with targets permuted by hand
-    mix_only = fastmix.contrastive_loss(seen["mix_logits"], yf, yr[perm], seen["lam"], mu.config.tau_mix)
-    with_perm = fastmix.contrastive_loss(seen["mix_logits"], yf, yr, seen["lam"], mu.config.tau_mix, perm=perm)
+    mix_only = fastmix.contrastive_loss(seen["mix_logits"], yf, yr[perm], seen["lam"], state.config.tau_mix)
+    with_perm = fastmix.contrastive_loss(seen["mix_logits"], yf, yr, seen["lam"], state.config.tau_mix, perm=perm)
     assert torch.allclose(mix_only, with_perm)
     assert torch.isfinite(loss)
 
@@ -130,7 +116,8 @@ def test_same_seed_same_model_and_original_untouched():
 
 @pytest.mark.parametrize(
     "kw",
-    [dict(labels="agnostic"), dict(mask="beta"), dict(omega=0.0), dict(use_mix=False), dict(labels="agnostic", sharpen_T=1.0)],
+    [dict(labels="agnostic"), dict(mask="beta"), dict(omega=0.0), dict(use_mix=False),
+     dict(labels="agnostic", sharpen_T=1.0)],
 )
 def test_ablations_run(kw):
     model, mu = run(0, **kw)

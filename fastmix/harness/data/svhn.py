@@ -19,7 +19,8 @@ def read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except Exception as e:  # scipy raises several types for truncated or non-MAT files
         raise DataError(f"{path}: not a readable MATLAB file (truncated or corrupt: {e})") from None
     if "X" not in mat or "y" not in mat:
-        raise DataError(f"{path}: expected the variables X and y, found {sorted(k for k in mat if not k.startswith('__'))}")
+        raise DataError(f"{path}: expected the variables X and y, found "
+                        f"{sorted(k for k in mat if not k.startswith('__'))}")
     x, y = mat["X"], np.asarray(mat["y"]).reshape(-1)
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3):
         raise DataError(f"{path}: expected X of shape (32, 32, 3, N), found {x.shape}")
