@@ -6,8 +6,8 @@ of each group only, so the whole suite is exercised in a short time.
 
 On the CPU the suite runs torch on one thread unless ``FASTMIX_BENCH_THREADS`` says
 otherwise: on a shared machine every OpenMP parallel region of a multi-threaded run
-waits for a descheduled thread, which swamps the small cases (a 32x10 softmax took
-12 ms on 2 busy threads and 50 us on one).
+waits for a descheduled thread, which swamps the small cases (BENCHMARKS.md,
+"Suite results on the CPU").
 """
 import sys
 from pathlib import Path

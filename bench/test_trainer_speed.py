@@ -1,4 +1,4 @@
-"""The trainer's whole loop (issue 5): ``MixUnlearn.unlearn`` with the fast step (the
+"""The trainer's whole loop: ``MixUnlearn.unlearn`` with the fast step (the
 teacher cache, device-side sampling, fused ops) against ``step="paper"`` (the
 eager paper-style step: f_D recomputed every batch, host-side sampling, plain-torch
 losses through autograd), on the same data and model.

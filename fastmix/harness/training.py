@@ -47,8 +47,7 @@ def train_classifier(
     Run as the unlearner's fast step runs (fastmix.mixunlearn.engine): convolutional models train
     in channels_last (and are handed back in the default format); on the CPU, Adam is
     the fused implementation and the subnormal weights that weight decay leaves are
-    zeroed before each epoch. On this project's CPU that trained a Fashion-MNIST CNN
-    1.44x faster from a fresh start, 1.56x once its weights held subnormals.
+    zeroed before each epoch (BENCHMARKS.md, "CPU: training the original, retrained and fine-tuned models").
     """
     device = x.device
     cpu = device.type == "cpu"

@@ -1,5 +1,5 @@
 """Data-parallel unlearning (torch.distributed, gloo on the CPU): two processes at a
-global batch B give the model one process gives at B (issue 5)."""
+global batch B give the model one process gives at B."""
 import os
 import socket
 

@@ -1,4 +1,4 @@
-"""How the unlearning loop runs (issue 5): the paper-style reference step, the teacher
+"""How the unlearning loop runs: the paper-style step, the teacher
 cache (its report and its refusal), on-device augmentation, mixed precision, options."""
 import pytest
 import torch
