@@ -60,7 +60,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="score on the test set or the validation split")
     i = p.add_argument_group("your own images (--dataset imagefolder)")
     i.add_argument("--image-size", type=positive_int,
-                   help="side in pixels the images are scaled and centre-cropped to (default: a timm model's own)")
+                   help="side in pixels the images are scaled and centre-cropped to (required unless a timm model "
+                   "gives its own)")
     i.add_argument("--normalize", choices=NORMALIZATIONS,
                    help="imagenet (ImageNet's mean and std), dataset (the training images') or none "
                    "(default: a timm model's own, else dataset)")

@@ -1,4 +1,5 @@
-"""The classifiers of SPEC section 8, and which layer feeds the MixBlock in each."""
+"""The classifiers of SPEC section 8, and which layer feeds the MixBlock in each; models
+by name from timm or torchvision (optional packages), and their checkpoints."""
 from __future__ import annotations
 
 import hashlib

@@ -129,3 +129,17 @@ def test_errors_come_before_any_training(colour_folder, tmp_path, monkeypatch, c
         main([*base, "--model", "vit_base"])
     assert "timm:NAME or torchvision:NAME" in capsys.readouterr().err
     assert not list(out.glob("models/*.pt"))
+
+
+def test_a_timm_model_sizes_and_normalises_the_images(colour_folder, monkeypatch):
+    """Without --image-size and --normalize the timm model's pretrained_cfg decides (16x16, mean 0.5, std 0.25)."""
+    from fastmix.harness.experiment import Experiment, prepare_data
+
+    install_fake_timm(monkeypatch)
+    exp = Experiment(dataset="imagefolder", data_root=str(colour_folder), model="timm:tiny_vit")
+    ds, split = prepare_data(exp)
+    assert ds.image_shape == (3, 16, 16)
+    raw, _ = prepare_data(Experiment(dataset="imagefolder", data_root=str(colour_folder), image_size=16,
+                                     normalize="none"))
+    assert torch.allclose(ds.x_train, (raw.x_train - 0.5) / 0.25, atol=1e-5)
+    assert split.setting == "class" and ds.x_test.shape[0] == 20

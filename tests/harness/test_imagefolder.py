@@ -90,6 +90,14 @@ def test_paper_protocol_scales_its_split_and_says_so(tmp_path):
                      protocol="paper-imagenet")
 
 
+def test_paper_protocol_draws_its_split_from_a_larger_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(folder_mod, "PAPER_IMAGENET_SPLIT", (6, 3))  # stands for 40,000 / 10,000
+    root = write_folder(tmp_path / "d", classes=3, per_class=5)
+    ds = load_dataset("imagefolder", str(root), image_size=4, normalize="none", protocol="paper-imagenet", seed=3)
+    assert (ds.x_train.shape[0], ds.x_test.shape[0]) == (6, 3)
+    assert torch.bincount(ds.y_train).tolist() == [2, 2, 2] and torch.bincount(ds.y_test).tolist() == [1, 1, 1]
+
+
 def test_worker_processes_decode_the_same_pixels(tmp_path, monkeypatch):
     root = write_folder(tmp_path / "d", classes=2, per_class=9)
     monkeypatch.setattr(folder_mod, "CHUNK", 4)  # 18 files: 5 tasks

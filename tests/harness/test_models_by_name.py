@@ -182,3 +182,18 @@ def test_teacher_cache_over_its_limit_names_the_flags_for_a_vit():
     mu = MixUnlearn(vit, "blocks.1", cache_limit_mb=0.01, batch_size=8, epochs=1)
     with pytest.raises(ValueError, match=r"teacher cache needs .* MiB .*--cache-limit-mb MB.*--no-cache"):
         mu.prepare((x[:8], y[:8]), (x[8:], y[8:]))
+
+
+def test_the_mixblock_reads_the_patch_grid_and_masks_the_whole_image():
+    from fastmix import MixUnlearn
+
+    torch.manual_seed(0)
+    vit = TinyViT(num_classes=3)
+    x, y = torch.randn(24, 3, 16, 16), torch.randint(0, 3, (24,))
+    mu = MixUnlearn(vit, "blocks.1", batch_size=8, epochs=1, lr=1e-3)
+    run = mu.prepare((x[:8], y[:8]), (x[8:], y[8:]))
+    assert mu.mixblock.in_channels == 32 and run.cache.feats[0].shape == (8, 32, 4, 4)  # the 4x4 patch grid
+    mu.run(run)
+    x_f, x_r, mask, mixed, lam = mu.preview()
+    assert mask.shape == (8, 1, 16, 16)  # upsampled from the grid to the image
+    assert torch.allclose(mixed, mask * x_f + (1 - mask) * x_r, atol=1e-6)

@@ -38,7 +38,9 @@ NORMALIZATIONS = ("imagenet", "dataset", "none")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PROTOCOLS = ("paper-imagenet",)
 PAPER_IMAGENET_SPLIT = (40_000, 10_000)  # training and evaluation images of the paper's ImageNet split
-MEMORY_SHARE = 0.5  # decoded images may take this share of the available memory
+# Decoded images may take this share of the available memory: the harness hands the methods
+# D_f and D_r as one more copy (fastmix.harness.experiment.method_context).
+MEMORY_SHARE = 0.5
 CHUNK = 64  # images per task of a decoding worker
 MAX_WORKERS = 8
 
