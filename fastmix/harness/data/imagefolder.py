@@ -247,6 +247,10 @@ def load_image_folder(
         train_files, test_files = [files[i] for i in train_idx], [files[i] for i in test_idx]
         y_train, y_test = labels[train_idx], labels[test_idx]
     check_fits(len(train_files) + len(test_files), size, root)
+    try:
+        import PIL.Image  # noqa: F401  (loaded before the workers fork, so that they import nothing)
+    except ImportError:
+        raise DataError("imagefolder: decoding images needs Pillow: pip install pillow") from None
     workers = workers if workers is not None else min(os.cpu_count() or 1, MAX_WORKERS)
     x_train = torch.empty(len(train_files), 3, *size)
     x_test = torch.empty(len(test_files), 3, *size)
