@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 from fake_model_packages import install_fake_timm, install_fake_torchvision
+from PIL import Image as PIL
 
 from fastmix.cli import main
-
-PIL = pytest.importorskip("PIL.Image", reason="Pillow is a dependency of fastmix")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -6,11 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image as PIL
 
 from fastmix.harness.data import DataError, load_dataset
 from fastmix.harness.data import imagefolder as folder_mod
-
-PIL = pytest.importorskip("PIL.Image", reason="Pillow is a dependency of fastmix")
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]
 
