@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from fake_model_packages import install_fake_timm, install_fake_torchvision
-from PIL import Image as PIL
+from PIL import Image
 
 from fastmix.cli import main
 
@@ -29,7 +29,7 @@ def digits_folder(tmp_path_factory) -> Path:
     for i, (image, label) in list(enumerate(zip(pixels, bunch.target)))[::2]:
         folder = root / f"digit_{label}"
         folder.mkdir(exist_ok=True)
-        PIL.fromarray(image, mode="L").save(folder / f"{i:04d}.png")
+        Image.fromarray(image, mode="L").save(folder / f"{i:04d}.png")
     return root
 
 
@@ -43,7 +43,7 @@ def colour_folder(tmp_path_factory) -> Path:
         (root / f"c{c}").mkdir()
         for i in range(10):
             image = np.clip(base + rng.normal(0, 20, size=(20, 24, 3)), 0, 255).astype(np.uint8)
-            PIL.fromarray(image).save(root / f"c{c}" / f"{i}.png")
+            Image.fromarray(image).save(root / f"c{c}" / f"{i}.png")
     return root
 
 

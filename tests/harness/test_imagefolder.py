@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image as PIL
+from PIL import Image
 
 from fastmix.harness.data import DataError, load_dataset
 from fastmix.harness.data import imagefolder as folder_mod
@@ -20,7 +20,7 @@ def write_class(folder: Path, colour, count: int, size=(12, 10), offset: int = 0
     for i in range(count):
         pixel = tuple(max(0, c - offset - 5 * i) if c else 0 for c in colour)
         suffix = (".png", ".PNG", ".bmp")[i % 3]
-        PIL.new("RGB", size, pixel).save(folder / f"img{i:03d}{suffix}")
+        Image.new("RGB", size, pixel).save(folder / f"img{i:03d}{suffix}")
 
 
 def write_folder(root: Path, classes: int, per_class: int, layout: str = "single") -> Path:
