@@ -56,7 +56,7 @@ def images_of(folder: Path) -> list[Path]:
     return files
 
 
-def scan(root: Path) -> tuple[list[str], list[Path], list[int]] | None:
+def scan(root: Path) -> tuple[list[str], list[Path], list[int]]:
     """``(classes, files, labels)`` of a folder of class folders."""
     folders = class_folders(root)
     if not folders:
