@@ -25,6 +25,10 @@ Glossary (SPEC's words first):
 * **q**, a *target*: int64 labels (label-aware) or f_D's sharpened outputs
   (label-agnostic); **lam** (λ) the mixing ratio; **perm** (π) the pairing.
 * The *teacher cache*: f_D's outputs per sample, computed once.
+* An *image folder* (``--dataset imagefolder``): image files in one sub-folder per
+  class; a *checkpoint* (``--checkpoint``): the weights a model starts from; a
+  transformer's *prefix tokens*: its class and register tokens, which the MixBlock's
+  feature map leaves out (``num_prefix_tokens``).
 * The *fast step* and the *paper step* (``step="paper"``): how the trainer runs an
   iteration; the paper step is the eager code the benchmarks compare against.
 * The *torch backend*: fastmix's closed-form PyTorch implementation of the ops;

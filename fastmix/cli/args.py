@@ -5,8 +5,9 @@ import argparse
 import sys
 
 from fastmix.harness.data import DATASETS
+from fastmix.harness.data.imagefolder import DEFAULT_TEST_FRACTION, NORMALIZATIONS, PROTOCOLS
 from fastmix.harness.experiment import Experiment
-from fastmix.harness.models import MODELS
+from fastmix.harness.models import MODELS, check_model_name
 
 
 def _checked_number(convert, accept, what: str):
@@ -28,6 +29,14 @@ def _checked_number(convert, accept, what: str):
 positive_int = _checked_number(int, lambda v: v >= 1, "a positive integer")
 positive_float = _checked_number(float, lambda v: 0 < v < float("inf"), "a finite positive number")
 nonneg_float = _checked_number(float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
+open_fraction = _checked_number(float, lambda v: 0 < v < 1, "a number between 0 and 1")
+
+
+def model_name(text: str) -> str:
+    try:
+        return check_model_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def default_device() -> str:
@@ -49,8 +58,27 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="carve this many training samples out as a validation split (models never train on it)")
     g.add_argument("--eval-split", default="test", choices=("test", "val"),
                    help="score on the test set or the validation split")
+    i = p.add_argument_group("your own images (--dataset imagefolder)")
+    i.add_argument("--image-size", type=positive_int,
+                   help="side in pixels the images are scaled and centre-cropped to (required unless a timm model "
+                   "gives its own)")
+    i.add_argument("--normalize", choices=NORMALIZATIONS,
+                   help="imagenet (ImageNet's mean and std), dataset (the training images') or none "
+                   "(default: a timm model's own, else dataset)")
+    i.add_argument("--test-fraction", type=open_fraction,
+                   help=f"a single folder of class folders: the seeded, stratified share held out for evaluation "
+                   f"(default {DEFAULT_TEST_FRACTION})")
+    i.add_argument("--protocol", choices=PROTOCOLS,
+                   help="paper-imagenet: the paper's ViT experiment; splits the folder 40,000 / 10,000 (smaller "
+                   "folders 4:1), forgets --forget-fraction (0.1 to 0.4) of classes 5-9 (implies --setting data), "
+                   "fine-tunes both models from --checkpoint")
     m = p.add_argument_group("models")
-    m.add_argument("--model", choices=sorted(MODELS), help="default: by image size (SPEC 8)")
+    m.add_argument("--model", type=model_name, metavar="NAME",
+                   help=f"{', '.join(sorted(MODELS))}, timm:NAME or torchvision:NAME (pip install "
+                   f"\"fastmix[models]\"); default: by image size (SPEC 8)")
+    m.add_argument("--checkpoint", metavar="PATH",
+                   help="initial weights of the original and retrained models, which are then fine-tuned: "
+                   "safetensors, or a torch file (read with weights_only=True)")
     m.add_argument("--train-epochs", type=positive_int, help="epochs of the original/retrained models (default: 20)")
     m.add_argument("--train-lr", type=positive_float, help="their learning rate (default: 1e-4, digits 1e-3)")
     r = p.add_argument_group("run")
@@ -65,10 +93,13 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def experiment_from_args(args, methods=(), options=None) -> Experiment:
+    setting = "data" if args.protocol == "paper-imagenet" else args.setting  # the protocol is data-level
     return Experiment(
-        dataset=args.dataset, data_root=args.data_root, setting=args.setting,
+        dataset=args.dataset, data_root=args.data_root, setting=setting,
         labels=getattr(args, "labels", "aware"), methods=tuple(methods),
         forget_class=args.forget_class, forget_classes=args.forget_classes, forget_fraction=args.forget_fraction,
+        checkpoint=args.checkpoint, image_size=args.image_size, normalize=args.normalize,
+        test_fraction=args.test_fraction, protocol=args.protocol,
         model=args.model, train_epochs=args.train_epochs, train_lr=args.train_lr,
         val_size=args.val_size, eval_split=args.eval_split, seed=args.seed, out=args.out, models_dir=args.models_dir,
         device=args.device or default_device(), quiet=args.quiet, options=options or {},

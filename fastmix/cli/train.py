@@ -23,7 +23,7 @@ def run(args) -> int:
     exp = experiment_from_args(args)
     log = (lambda *a: None) if args.quiet else print
     try:
-        ds, split = prepare_data(exp)
+        ds, split = prepare_data(exp, log)
         train_original_and_retrained(exp, ds, split, log=log)
     except (DataError, ValueError) as e:
         print(f"fastmix train: error: {e}")

@@ -54,7 +54,7 @@ def run(args) -> int:
     from dataclasses import asdict
 
     from fastmix.harness.data import DataError
-    from fastmix.harness.experiment import run_experiment
+    from fastmix.harness.experiment import OWN_MODEL_AND_DATA, run_experiment
     from fastmix.harness.report import format_table, write_png, write_results
     from fastmix.mixunlearn.distributed import init_from_env, launched_by_torchrun, world
 
@@ -84,7 +84,8 @@ def run(args) -> int:
     rows, metrics = result["rows"], result["metrics"]
     print(format_table(rows, metrics))
     out = Path(args.out)
-    settings = {k: v for k, v in asdict(exp).items() if k not in ("options", "quiet")}
+    settings = {k: v for k, v in asdict(exp).items()
+                if k not in ("options", "quiet") and not (k in OWN_MODEL_AND_DATA and v is None)}
     settings.update(options=result["options"], n_forget=int(result["split"].forget.numel()),
                     n_retain=int(result["split"].retain.numel()), n_eval=int(result["dataset"].x_test.shape[0]))
     write_results(out / "results.json", rows, settings)

@@ -12,10 +12,10 @@ from fastmix.mixunlearn.config import MixUnlearnConfig
 from fastmix.mixunlearn.distributed import barrier, world
 from fastmix.settings import command_line_defaults
 
-from .data import ImageDataset, load_dataset, make_split
+from .data import ImageDataset, load_dataset, make_split, parse_classes
 from .evaluation import avg_gap, evaluate, metric_names
 from .methods import MethodContext, get_method
-from .models import build_model, default_model_name
+from .models import build_model, default_model_name, file_digest, input_config, load_weights
 from .training import Recipe, cache_key, train_or_load
 
 # Per data set: the recipe of the original/retrained models and the unlearning
@@ -34,7 +34,14 @@ DEFAULTS = {
                     tau_gen=1.0, tau_mix=10.0, tau_real=10.0, omega=10.0),
     "svhn": dict(train=Recipe(20, 32, 1e-4, 1e-4), lr=1e-5, epochs=40, ft_lr=1e-4, ft_epochs=2,
                  tau_gen=1.0, tau_mix=10.0, tau_real=10.0, omega=10.0),
+    # a folder of your own images, for a model usually fine-tuned from --checkpoint: CIFAR-10's values, not tuned
+    "imagefolder": dict(train=Recipe(20, 32, 1e-4, 1e-4), lr=1e-5, epochs=40, ft_lr=1e-4, ft_epochs=2,
+                        tau_gen=1.0, tau_mix=10.0, tau_real=10.0, omega=10.0),
 }
+
+# Experiment fields that only an image folder or a model of your own uses; results.json
+# leaves them out while they are None.
+OWN_MODEL_AND_DATA = ("checkpoint", "image_size", "normalize", "test_fraction", "protocol")
 
 
 
@@ -62,6 +69,11 @@ class Experiment:
     device: str = "cpu"
     quiet: bool = False
     options: dict = field(default_factory=dict)
+    checkpoint: str | None = None  # initial weights of the original and retrained models (then fine-tuned)
+    image_size: int | None = None  # imagefolder: the side images are scaled and cropped to
+    normalize: str | None = None  # imagefolder: imagenet, dataset or none (default: the model's, else dataset)
+    test_fraction: float | None = None  # imagefolder, single folder: the share kept for evaluation
+    protocol: str | None = None  # "paper-imagenet": the paper's ViT experiment on an image folder
 
 
 def resolve_options(dataset: str, options: dict) -> dict:
@@ -72,13 +84,52 @@ def resolve_options(dataset: str, options: dict) -> dict:
     return {**base, **{k: v for k, v in options.items() if v is not None}}
 
 
-def prepare_data(exp: Experiment) -> tuple[ImageDataset, object]:
+def check_protocol(exp: Experiment) -> None:
+    """``paper-imagenet``: the paper's ViT experiment. Data-level forgetting of a
+    ``forget_fraction`` in [0.1, 0.4] of classes 5 to 9, on an image folder split
+    40,000 / 10,000 (:mod:`fastmix.harness.data.imagefolder`), with both models
+    fine-tuned from the pretrained ``checkpoint`` (the retrained one without D_f)."""
+    if exp.protocol is None:
+        return
+    if exp.protocol != "paper-imagenet":
+        raise ValueError(f"protocol must be 'paper-imagenet', got {exp.protocol!r}")
+    if exp.dataset != "imagefolder":
+        raise ValueError(f"--protocol paper-imagenet runs on --dataset imagefolder, got {exp.dataset}")
+    if exp.setting != "data" or parse_classes(exp.forget_classes) != (5, 6, 7, 8, 9):
+        raise ValueError("--protocol paper-imagenet forgets data-level from classes 5-9 (setting 'data', "
+                         f"forget_classes '5-9'), got setting {exp.setting!r}, forget_classes {exp.forget_classes!r}")
+    if not 0.1 <= exp.forget_fraction <= 0.4:
+        raise ValueError(f"--protocol paper-imagenet forgets a --forget-fraction from 0.1 to 0.4, got "
+                         f"{exp.forget_fraction}")
+    if exp.checkpoint is None:
+        raise ValueError("--protocol paper-imagenet fine-tunes a pretrained model: pass --checkpoint PATH")
+
+
+def dataset_options(exp: Experiment, log) -> dict:
+    """The image folder loader's options (the built-in data sets take none); the model's
+    own input size and normalisation (a timm model's) fill what the flags leave out."""
+    given = {k: getattr(exp, k) for k in ("image_size", "normalize", "test_fraction") if getattr(exp, k) is not None}
+    if exp.dataset != "imagefolder":
+        if given:
+            raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in given)}: only for --dataset "
+                             f"imagefolder, not {exp.dataset}")
+        return {}
+    model_input = {}
+    if exp.model and exp.model.startswith("timm:") and (exp.image_size is None or exp.normalize is None):
+        model_input = input_config(build_model(exp.model, 2, 3, exp.seed))  # its pretrained_cfg only
+    return dict(image_size=exp.image_size, normalize=exp.normalize, test_fraction=exp.test_fraction,
+                protocol=exp.protocol, seed=exp.seed, model_input=model_input, log=log)
+
+
+def prepare_data(exp: Experiment, log=lambda *a: None) -> tuple[ImageDataset, object]:
     """The data set (evaluated on its test set or a carved validation set) and the split."""
+    check_protocol(exp)
+    options = dataset_options(exp, log)
     if exp.eval_split not in ("test", "val"):
         raise ValueError(f"eval_split must be 'test' or 'val', got {exp.eval_split!r}")
     if exp.eval_split == "val" and exp.val_size <= 0:
         raise ValueError("eval_split 'val' needs val_size > 0 (a validation split carved from the training data)")
-    ds = load_dataset(exp.dataset, exp.data_root)
+    ds = load_dataset(exp.dataset, exp.data_root, **options)
     if exp.val_size > 0:
         with_test, with_val = ds.carve_validation(exp.val_size, seed=exp.seed)
         ds = with_val if exp.eval_split == "val" else with_test
@@ -93,14 +144,21 @@ def train_original_and_retrained(exp: Experiment, ds: ImageDataset, split, log=p
     """The original model (all training data) and the retrained one (D_r only), trained
     with the data set's recipe or loaded from ``out/models`` when trained before with
     the same data set, split, recipe and seed (``models_dir``, default ``out/models``).
+    With a ``checkpoint`` both start from its weights (fine-tuning); else from the seed's.
     Returns ``(original, retrain, seconds)``."""
     d = DEFAULTS[exp.dataset]["train"]
     recipe = Recipe(exp.train_epochs or d.epochs, d.batch_size, exp.train_lr or d.lr, d.weight_decay)
     model_name = exp.model or default_model_name(ds.image_shape)
-    make = lambda: build_model(model_name, ds.num_classes, ds.image_shape[0], exp.seed)  # noqa: E731
+
+    def make():
+        model = build_model(model_name, ds.num_classes, ds.image_shape[0], exp.seed)
+        return load_weights(model, exp.checkpoint) if exp.checkpoint else model
+
+    first = make()  # a bad checkpoint or feature layer fails here, before any training
+    check_feature_layer(first, exp)
     dev = torch.device(exp.device)
     base = dict(dataset=exp.dataset, model=model_name, recipe=recipe, seed=exp.seed, val_size=exp.val_size,
-                n_train=int(ds.x_train.shape[0]))
+                n_train=int(ds.x_train.shape[0]), **own_model_and_data_key(exp, ds))
     split_fields = dict(setting=split.setting, forget_classes=split.forget_classes,
                         forget_fraction=exp.forget_fraction if split.setting == "data" else None)
     models_dir = Path(exp.models_dir) if exp.models_dir else Path(exp.out) / "models"
@@ -109,7 +167,7 @@ def train_original_and_retrained(exp: Experiment, ds: ImageDataset, split, log=p
     if rank != 0:
         barrier()  # under torchrun rank 0 trains (or finds) the models first; the others load them
     original, t_orig, _ = train_or_load(
-        models_dir / f"{exp.dataset}-original-{cache_key(**base)}.pt", make, x, y, recipe,
+        models_dir / f"{exp.dataset}-original-{cache_key(**base)}.pt", lambda: first, x, y, recipe,
         seed=exp.seed, meta={**base, "role": "original"}, desc="original", quiet=exp.quiet, log=log,
     )
     retain = split.retain.to(dev)
@@ -121,6 +179,36 @@ def train_original_and_retrained(exp: Experiment, ds: ImageDataset, split, log=p
     if rank == 0 and world_size > 1:
         barrier()
     return original, retrained, {"original": t_orig, "retrain": t_ret}
+
+
+def check_feature_layer(model, exp: Experiment) -> None:
+    """MixUnlearn's MixBlock needs a feature layer: ``--feature-layer`` or the model's
+    default; check it names a module before any training."""
+    from fastmix.mixunlearn.features import find_module
+
+    if "mixunlearn" not in exp.methods or exp.options.get("mask") == "beta":
+        return
+    name = exp.options.get("feature_layer") or getattr(model, "feature_layer", None)
+    if name is None:
+        some = [n for n, _ in model.named_modules() if n][:12]
+        raise ValueError(f"{type(model).__name__} has no default feature layer: pass --feature-layer NAME, the module "
+                         f"whose output feeds the MixBlock; some names: {some}")
+    find_module(model, name)
+
+
+def own_model_and_data_key(exp: Experiment, ds: ImageDataset) -> dict:
+    """What else determines a trained model: the image folder and its preparation, the
+    checkpoint's bytes. Empty for a built-in data set without a checkpoint, so that their
+    cached models keep their names. (A folder is known by its path and image counts, not
+    by its contents: after changing its files, pass another --models-dir or clear it.)"""
+    key = {}
+    if exp.dataset == "imagefolder":
+        key.update(data_root=str(Path(exp.data_root).resolve()), image_shape=list(ds.image_shape),
+                   n_eval=int(ds.x_test.shape[0]), normalize=exp.normalize, test_fraction=exp.test_fraction,
+                   protocol=exp.protocol)
+    if exp.checkpoint:
+        key["checkpoint"] = file_digest(exp.checkpoint)
+    return key
 
 
 # Methods that run on every rank under torchrun (the others run on rank 0 alone).
@@ -151,7 +239,7 @@ def run_experiment(exp: Experiment, log=print) -> dict | None:
     for name in exp.methods:
         get_method(name)  # fail before any training on an unknown name
     options = resolve_options(exp.dataset, exp.options)
-    ds, split = prepare_data(exp)
+    ds, split = prepare_data(exp, log)
     log(f"{exp.dataset}: {ds.x_train.shape[0]} training images ({split.forget.numel()} to forget), "
         f"{ds.x_test.shape[0]} {ds.eval_split} images; {split.setting}-level, label-{exp.labels}")
     original, retrained, train_seconds = train_original_and_retrained(exp, ds, split, log)

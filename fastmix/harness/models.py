@@ -1,5 +1,9 @@
-"""The classifiers of SPEC section 8, and which layer feeds the MixBlock in each."""
+"""The classifiers of SPEC section 8, and which layer feeds the MixBlock in each; models
+by name from timm or torchvision (optional packages), and their checkpoints."""
 from __future__ import annotations
+
+import hashlib
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -90,6 +94,19 @@ class ResNet18(nn.Module):
 
 MODELS = {"digits-cnn": DigitsCNN, "mnist-cnn": MnistCNN, "resnet18": ResNet18}
 
+# Models from other packages, ``--model FAMILY:NAME``: the package each family needs.
+FAMILIES = {"timm": "timm", "torchvision": "torchvision"}
+INSTALL_HINT = 'pip install "fastmix[models]"'
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it names a model :func:`build_model` can make, else a ValueError saying what can."""
+    family, sep, rest = name.partition(":")
+    if name in MODELS or (sep and family in FAMILIES and rest):
+        return name
+    raise ValueError(f"model must be one of {sorted(MODELS)}, or timm:NAME or torchvision:NAME (e.g. "
+                     f"timm:vit_base_patch16_224, torchvision:resnet50), got {name!r}")
+
 
 def default_model_name(image_shape: tuple[int, int, int]) -> str:
     """The model SPEC 8 pairs with an image shape ``(C, H, W)``."""
@@ -100,13 +117,146 @@ def default_model_name(image_shape: tuple[int, int, int]) -> str:
         return "mnist-cnn"
     if (h, w) == (32, 32):
         return "resnet18"
-    raise ValueError(f"no default model for images of shape {image_shape}; pass a model name from {sorted(MODELS)}")
+    raise ValueError(f"no default model for images of shape {image_shape}; pass --model with a name from "
+                     f"{sorted(MODELS)}, or timm:NAME or torchvision:NAME")
+
+
+def import_family(family: str):
+    """The package behind ``--model FAMILY:NAME``, or a ValueError saying what to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(FAMILIES[family])
+    except ImportError as e:
+        raise ValueError(f"--model {family}:... needs the {FAMILIES[family]} package, which does not import here "
+                         f"({e}); install it with {INSTALL_HINT}") from None
+
+
+def default_feature_layer(model: nn.Module) -> str | None:
+    """The module that feeds the MixBlock when ``--feature-layer`` is not given.
+
+    * a timm ViT (``blocks``) or torchvision ViT (``encoder.layers``): the block ending
+      the first half, e.g. ``blocks.5`` of ViT-B/16's 12: its patch tokens still keep
+      their places (the deeper, the more each token mixes in the whole image), and the
+      MixBlock reads them as a 14x14 grid at 224x224;
+    * a ResNet (``layer3``, in timm and torchvision alike): ``layer3``, as for
+      fastmix's own ResNet-18 (SPEC 5);
+    * else the model's own ``feature_layer`` attribute, or None (then name one).
+    """
+    modules = dict(model.named_modules())
+    for blocks in ("blocks", "encoder.layers"):
+        seq = modules.get(blocks)
+        if isinstance(seq, (nn.Sequential, nn.ModuleList)) and len(seq) > 0:
+            names = [n for n, _ in seq.named_children()]
+            return f"{blocks}.{names[max(len(names) // 2 - 1, 0)]}"
+    if "layer3" in modules:
+        return "layer3"
+    return getattr(model, "feature_layer", None)
 
 
 def build_model(name: str, num_classes: int, in_channels: int, seed: int) -> nn.Module:
-    """A freshly initialised model; the initial weights depend only on ``seed``."""
-    if name not in MODELS:
-        raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
+    """A freshly initialised model; the initial weights depend only on ``seed``.
+
+    ``timm:NAME`` and ``torchvision:NAME`` are made by their packages with
+    ``num_classes`` outputs and random weights (never downloaded: pretrained weights come
+    from a checkpoint, :func:`load_weights`); they take 3-channel images. The result
+    carries a ``feature_layer`` attribute (:func:`default_feature_layer`) when one is known.
+    """
+    check_model_name(name)
+    family, _, arch = name.partition(":")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return MODELS[name](num_classes=num_classes, in_channels=in_channels)
+        if name in MODELS:
+            return MODELS[name](num_classes=num_classes, in_channels=in_channels)
+        if in_channels != 3:
+            raise ValueError(f"--model {name} takes colour images (3 channels), the data have {in_channels}")
+        package = import_family(family)
+        try:
+            if family == "timm":
+                model = package.create_model(arch, pretrained=False, num_classes=num_classes)
+            else:
+                model = package.models.get_model(arch, weights=None, num_classes=num_classes)
+        except (RuntimeError, ValueError, KeyError) as e:  # both packages raise these for an unknown name
+            raise ValueError(f"--model {name}: {family} cannot make {arch!r} ({e})") from None
+    model.feature_layer = default_feature_layer(model)
+    return model
+
+
+def input_config(model: nn.Module) -> dict:
+    """What the model says about its inputs: ``{"size": (H, W), "mean": (...), "std": (...)}``,
+    each present where a timm model's ``pretrained_cfg`` gives it (``input_size``,
+    ``mean``, ``std``); empty for other models."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    out = {}
+    if cfg.get("input_size"):
+        out["size"] = tuple(int(v) for v in cfg["input_size"][-2:])
+    if cfg.get("mean") and cfg.get("std"):
+        out["mean"], out["std"] = tuple(map(float, cfg["mean"])), tuple(map(float, cfg["std"]))
+    return out
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A state dict from ``path``: safetensors (``.safetensors``), else a torch file read
+    with ``weights_only=True``, holding the state dict itself or under ``"state_dict"``
+    or ``"model"`` (fastmix's own cache files, and the usual training checkpoints). A
+    ``module.`` prefix on every key (a DistributedDataParallel model's) is dropped."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--checkpoint {path}: no such file")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ValueError(f"--checkpoint {path}: reading safetensors needs the safetensors package; install it "
+                             f"with {INSTALL_HINT} (or pip install safetensors)") from None
+        try:
+            state = load_file(str(path), device="cpu")
+        except Exception as e:  # safetensors raises its own error types for a bad header
+            raise ValueError(f"--checkpoint {path}: not a readable safetensors file ({e})") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises several types for a truncated file or a refused object
+            raise ValueError(f"--checkpoint {path}: not a torch checkpoint readable with weights_only=True "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        for key in ("state_dict", "model"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"--checkpoint {path}: expected a state dict (parameter names to tensors)")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load the checkpoint at ``path`` into ``model`` (in place), or a ValueError that
+    names the keys missing from it, those it has that the model lacks, and the shapes
+    that differ."""
+    state = read_checkpoint(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or extra or shapes:
+        def some(items):
+            return ", ".join(items[:6]) + (f" and {len(items) - 6} more" if len(items) > 6 else "")
+
+        parts = [f"missing from it: {some(missing)}" if missing else "",
+                 f"not in the model: {some(extra)}" if extra else "",
+                 f"shapes differ: {some(shapes)}" if shapes else ""]
+        raise ValueError(f"--checkpoint {path} does not fit {type(model).__name__} "
+                         f"({'; '.join(p for p in parts if p)})")
+    model.load_state_dict(state)
+    return model
+
+
+def file_digest(path: str | Path) -> str:
+    """A short sha256 of a file's bytes (for the model cache's key)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]

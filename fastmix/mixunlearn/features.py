@@ -15,12 +15,36 @@ def find_module(model: nn.Module, name: str) -> nn.Module:
     return modules[name]
 
 
-def as_feature_map(out) -> torch.Tensor:
+def token_layout(model: nn.Module) -> tuple[int | None, tuple[int, int] | None]:
+    """``(prefix_tokens, grid)`` a transformer declares, each None where it does not.
+
+    ``prefix_tokens``: the class and register tokens ahead of the patch tokens, from the
+    model's ``num_prefix_tokens`` (timm's name; fastmix reads the same attribute on any
+    model), or 1 for torchvision's ViT (a ``class_token`` and no register tokens).
+    ``grid``: the patch grid ``(h, w)``, from timm's ``patch_embed.grid_size`` or
+    torchvision's ``image_size // patch_size``; needed when the grid is not square.
+    """
+    prefix = getattr(model, "num_prefix_tokens", None)
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if prefix is None and isinstance(getattr(model, "class_token", None), torch.Tensor):
+        prefix = 1
+        size, patch = getattr(model, "image_size", None), getattr(model, "patch_size", None)
+        if isinstance(size, int) and isinstance(patch, int) and patch > 0:
+            grid = (size // patch, size // patch)
+    prefix = int(prefix) if prefix is not None else None
+    grid = (int(grid[0]), int(grid[1])) if grid is not None else None
+    return prefix, grid
+
+
+def as_feature_map(out, prefix_tokens: int | None = None, grid: tuple[int, int] | None = None) -> torch.Tensor:
     """A layer's output as ``(B, C, h, w)``.
 
-    4-d outputs are used as they are. Token sequences ``(B, N, D)`` (a transformer's
-    patch tokens) become a ``(B, D, s, s)`` grid when ``N = s*s``, or after dropping
-    the first token (a class token) when ``N - 1 = s*s``. ``(B, D)`` becomes ``(B, D, 1, 1)``.
+    4-d outputs are used as they are; ``(B, D)`` becomes ``(B, D, 1, 1)``. Token
+    sequences ``(B, N, D)`` (a transformer's tokens) become their patch grid
+    ``(B, D, h, w)`` once the ``prefix_tokens`` ahead of the patches (class and register
+    tokens) are dropped; ``grid`` is ``(h, w)`` where the model declares it, else the
+    patches must fill a square. Without a declared ``prefix_tokens`` the tokens must fill
+    a square with none or one (a class token) dropped; see :func:`token_layout`.
     """
     if isinstance(out, (tuple, list)):
         out = out[0]
@@ -31,14 +55,21 @@ def as_feature_map(out) -> torch.Tensor:
     if out.dim() == 2:
         return out[:, :, None, None]
     if out.dim() == 3:
-        n = out.shape[1]
-        for drop in (0, 1):
-            s = math.isqrt(n - drop)
-            if s * s == n - drop and s > 0:
-                tokens = out[:, drop:]
-                return tokens.transpose(1, 2).reshape(out.shape[0], out.shape[2], s, s)
+        b, n, d = out.shape
+        for drop in (0, 1) if prefix_tokens is None else (prefix_tokens,):
+            if grid is not None:
+                h, w = grid
+            else:
+                h = w = math.isqrt(max(n - drop, 0))
+            if h * w == n - drop and h > 0:
+                return out[:, drop:].transpose(1, 2).reshape(b, d, h, w)
+        if grid is not None or prefix_tokens is not None:
+            prefix = "class or register" if prefix_tokens is None else str(prefix_tokens)
+            shape = f"a {grid[0]}x{grid[1]} grid" if grid is not None else "a square grid"
+            raise ValueError(f"the feature layer outputs {n} tokens: {prefix} prefix token(s) and {shape} of patches "
+                             f"do not add up to that")
         raise ValueError(f"cannot arrange {n} tokens of the feature layer on a square grid (with or without a "
-                         "class token)")
+                         "class token); declare the model's num_prefix_tokens (and patch_embed.grid_size)")
     raise ValueError(f"the feature layer's output must be 2-, 3- or 4-d, got shape {tuple(out.shape)}")
 
 
@@ -58,6 +89,7 @@ class FrozenOriginal(nn.Module):
         self.feature_layer = feature_layer
         self._captured: torch.Tensor | None = None
         self._stop = False
+        self._layout = token_layout(model)
         if feature_layer is not None:
             find_module(model, feature_layer).register_forward_hook(self._capture)
 
@@ -73,7 +105,7 @@ class FrozenOriginal(nn.Module):
     def _take_features(self) -> torch.Tensor:
         if self._captured is None:
             raise RuntimeError(f"feature layer {self.feature_layer!r} did not run in the model's forward")
-        feats = as_feature_map(self._captured)
+        feats = as_feature_map(self._captured, *self._layout)
         self._captured = None
         return feats
 
