@@ -79,5 +79,5 @@ def run_bad_teacher(ctx: MethodContext) -> MethodResult:
     n = x.shape[0]
     fit(torch.optim.Adam(model.parameters(), lr=s.bad_teacher_lr), loss,
         lambda _: shuffled(gen, n, s.bad_teacher_batch_size), epochs=s.bad_teacher_epochs,
-        steps=steps_per_epoch(n, s.bad_teacher_batch_size), desc="bad_teacher", quiet=ctx.quiet)
+        total=s.bad_teacher_epochs * steps_per_epoch(n, s.bad_teacher_batch_size), desc="bad_teacher", quiet=ctx.quiet)
     return done(ctx, model, start)

@@ -76,5 +76,5 @@ def run_boundary_shrink(ctx: MethodContext) -> MethodResult:
     fit(sgd(model, s.boundary_lr, weight_decay=0.0),
         lambda _, idx: F.cross_entropy(model(ctx.x_forget[idx]), targets[idx]),
         lambda _: shuffled(gen, n, s.boundary_batch_size), epochs=s.boundary_epochs,
-        steps=steps_per_epoch(n, s.boundary_batch_size), desc="boundary_shrink", quiet=ctx.quiet)
+        total=s.boundary_epochs * steps_per_epoch(n, s.boundary_batch_size), desc="boundary_shrink", quiet=ctx.quiet)
     return done(ctx, model, start)

@@ -68,12 +68,12 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 def fit(opt: torch.optim.Optimizer, loss_of: Callable, batches_of: Callable[[int], Iterable], *, epochs: int,
-        steps: int, desc: str, quiet: bool, after_step: Callable[[], None] | None = None) -> None:
+        total: int, desc: str, quiet: bool, after_step: Callable[[], None] | None = None) -> None:
     """The loop every trained baseline uses: for each epoch, for each batch of
     ``batches_of(epoch)``, one optimiser step on ``loss_of(epoch, batch)``, then
-    ``after_step()``. ``steps`` (per epoch) only sizes the progress bar. Nothing is
+    ``after_step()``. ``total`` (all the steps) only sizes the progress bar. Nothing is
     read back to the host."""
-    with progress_bar(total=epochs * steps, desc=desc, quiet=quiet) as bar:
+    with progress_bar(total=total, desc=desc, quiet=quiet) as bar:
         for epoch in range(epochs):
             for batch in batches_of(epoch):
                 loss = loss_of(epoch, batch)

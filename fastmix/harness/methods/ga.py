@@ -43,5 +43,5 @@ def run_ga(ctx: MethodContext) -> MethodResult:
     fit(sgd(model, s.ga_lr),
         lambda _, idx: -F.cross_entropy(model(ctx.x_forget[idx]), ctx.y_forget[idx]),
         lambda _: shuffled(gen, n, s.ga_batch_size),
-        epochs=s.ga_epochs, steps=steps_per_epoch(n, s.ga_batch_size), desc="ga", quiet=ctx.quiet)
+        epochs=s.ga_epochs, total=s.ga_epochs * steps_per_epoch(n, s.ga_batch_size), desc="ga", quiet=ctx.quiet)
     return done(ctx, model, start)

@@ -51,5 +51,5 @@ def run_l1_sparse(ctx: MethodContext) -> MethodResult:
         return F.cross_entropy(model(ctx.x_retain[idx]), ctx.y_retain[idx]) + alpha * l1
 
     fit(sgd(model, s.l1_lr), loss, lambda _: shuffled(gen, n, s.l1_batch_size), epochs=s.l1_epochs,
-        steps=steps_per_epoch(n, s.l1_batch_size), desc="l1_sparse", quiet=ctx.quiet)
+        total=s.l1_epochs * steps_per_epoch(n, s.l1_batch_size), desc="l1_sparse", quiet=ctx.quiet)
     return done(ctx, model, start)

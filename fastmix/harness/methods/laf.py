@@ -130,7 +130,7 @@ def run_laf(ctx: MethodContext) -> MethodResult:
         fit(torch.optim.Adam(vae.parameters(), lr=s.laf_vae_lr),
             lambda _, idx, vae=vae, reps=reps: vae_loss(vae, reps[idx], gen, s.laf_kld_weight),
             lambda _, n=reps.shape[0]: shuffled(gen, n, bs), epochs=s.laf_vae_epochs,
-            steps=steps_per_epoch(reps.shape[0], bs), desc=f"laf VAE({name})", quiet=ctx.quiet)
+            total=s.laf_vae_epochs * steps_per_epoch(reps.shape[0], bs), desc=f"laf VAE({name})", quiet=ctx.quiet)
         vaes.append(vae.eval().requires_grad_(False))
     vae_d, vae_f = vaes
 

@@ -5,10 +5,11 @@ which introduced this strengthened NegGrad. Reference code: meghdadk/SCRUB
 ``loops.py:train_negrad``: ``alpha * CE(D_r) - (1 - alpha) * CE(D_f)`` on paired batches,
 SGD (momentum 0.9, weight decay 5e-4).
 
-Choices: an epoch is one pass over D_r, each retain batch paired with a forget batch
-drawn from D_f cycled (fresh permutations), so the small forget set never ends an epoch
-early. alpha 0.999 (the reference sweeps 0.95 to 0.9999), lr 0.01, 5 epochs, batch 64.
-Needs the labels of both sets.
+An epoch is one pass over D_r, each retain batch paired with the next forget batch
+of D_f cycled (``zip(retain_loader, cycle(forget_loader))`` there). Choices: each pass
+over D_f is a fresh permutation (``cycle`` replays the first); alpha 0.999 (the
+reference sweeps 0.95 to 0.9999), lr 0.01, 5 epochs, batch 64. Needs the labels of both
+sets.
 """
 from __future__ import annotations
 
@@ -55,6 +56,6 @@ def run_neggrad_plus(ctx: MethodContext) -> MethodResult:
         return (a * F.cross_entropy(model(ctx.x_retain[r]), ctx.y_retain[r])
                 - (1 - a) * F.cross_entropy(model(ctx.x_forget[f]), ctx.y_forget[f]))
 
-    fit(sgd(model, s.neggrad_lr), loss, batches, epochs=s.neggrad_epochs, steps=steps_per_epoch(n_r, bs),
-        desc="neggrad_plus", quiet=ctx.quiet)
+    fit(sgd(model, s.neggrad_lr), loss, batches, epochs=s.neggrad_epochs,
+        total=s.neggrad_epochs * steps_per_epoch(n_r, bs), desc="neggrad_plus", quiet=ctx.quiet)
     return done(ctx, model, start)

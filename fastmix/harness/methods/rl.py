@@ -67,8 +67,8 @@ def random_label_loop(ctx: MethodContext, model: nn.Module, opt: torch.optim.Opt
             return F.cross_entropy(model(ctx.x_forget[idx]), target)
         return F.cross_entropy(model(ctx.x_retain[idx]), ctx.y_retain[idx])
 
-    fit(opt, loss, batches, epochs=epochs, steps=steps_per_epoch(n_f, batch_size) + steps_per_epoch(n_r, batch_size),
-        desc=desc, quiet=ctx.quiet, after_step=after_step)
+    per_epoch = steps_per_epoch(n_f, batch_size) + steps_per_epoch(n_r, batch_size)
+    fit(opt, loss, batches, epochs=epochs, total=epochs * per_epoch, desc=desc, quiet=ctx.quiet, after_step=after_step)
 
 
 @register("rl", settings=RLSettings)

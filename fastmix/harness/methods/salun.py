@@ -55,7 +55,7 @@ def saliency_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ratio: flo
     model.train()
     flat = torch.cat([t.abs().flatten() for t in total])
     keep = torch.zeros_like(flat, dtype=torch.bool)
-    keep[flat.topk(int(round(ratio * flat.numel()))).indices] = True
+    keep[flat.topk(int(ratio * flat.numel())).indices] = True  # the reference's count: floor
     return list(keep.split([p.numel() for p in params]))
 
 

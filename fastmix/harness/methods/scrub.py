@@ -24,7 +24,18 @@ from torch.nn import functional as F
 from fastmix.settings import COUNT, NONNEG, POSITIVE, setting
 
 from . import MethodContext, MethodResult, register
-from .common import done, fit, frozen_copy, generator, needs_labels, read_settings, sgd, shuffled, student
+from .common import (
+    done,
+    fit,
+    frozen_copy,
+    generator,
+    needs_labels,
+    read_settings,
+    sgd,
+    shuffled,
+    steps_per_epoch,
+    student,
+)
 
 
 @dataclass
@@ -78,6 +89,6 @@ def run_scrub(ctx: MethodContext) -> MethodResult:
             return s.scrub_alpha * kl
         return s.scrub_gamma * F.cross_entropy(out, ctx.y_retain[idx]) + s.scrub_alpha * kl
 
-    steps = -(-n_r // bs) + (-(-n_f // bs) * min(s.scrub_msteps, s.scrub_epochs)) // s.scrub_epochs
-    fit(sgd(model, s.scrub_lr), loss, batches, epochs=s.scrub_epochs, steps=steps, desc="scrub", quiet=ctx.quiet)
+    total = s.scrub_epochs * steps_per_epoch(n_r, bs) + min(s.scrub_msteps, s.scrub_epochs) * steps_per_epoch(n_f, bs)
+    fit(sgd(model, s.scrub_lr), loss, batches, epochs=s.scrub_epochs, total=total, desc="scrub", quiet=ctx.quiet)
     return done(ctx, model, start)
