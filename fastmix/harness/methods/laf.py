@@ -3,7 +3,7 @@
 Paper: Shen et al., "Label-Agnostic Forgetting: A Supervision-Free Unlearning in Deep
 Models" (ICLR 2024). Reference code: ShaofeiShen768/LAF ``VUnlearning.py`` and
 ``hyperparameter.md``. The model is an extractor ``e`` (everything before the last
-linear layer) and a classifier (that layer). Three stages:
+linear layer) and a classifier (that layer). Two stages:
 
 1. Two VAEs on the original's representations, one of all training data D (= D_r and
    D_f), one of D_f: loss ``sum ||dec(z) - e||^2 / B + kld_weight * KL(q(z|e) || N(0, I)) / B``.
@@ -16,14 +16,18 @@ linear layer) and a classifier (that layer). Three stages:
    ``sum_i log(exp(c_r,i) / sum_j exp(c_f,j / T))`` with ``c = 1 - cos(e'(x), e(x))``:
    the representations of D_r are pulled to the original's, those of D_f pushed off them.
 
-Choices: the representation is the input of the model's last ``nn.Linear``; the VAEs
-are MLPs with one hidden layer of ``laf_hidden`` units, sampled with the seeded
-generator; the unlearner trains in eval mode (as the reference leaves it, so BatchNorm
-statistics stay); the classifier is not fine-tuned afterwards (that would need labels).
-Defaults for a CNN (hyperparameter.md): latent 8, 20 epochs (VAEs and unlearning alike,
-our reading), lr 5e-5 (extractor unlearning) and 1e-4 (alignment), T 20 for class-level
-forgetting (use 5 for data-level: the method does not see which split it runs on),
-VAE Adam 1e-3, kld weight 0.025, batch 32. Label-agnostic: no label is read.
+Choices: the representation is the input of the model's last ``nn.Linear`` (the
+reference's CNN returns the output of its first fully connected layer, its classifier
+being the two after it); the VAEs have the reference's layers (``dim -> 128 -> 32 ->
+latent`` and back) but a linear output, not a sigmoid, as our representations are not
+confined to (0, 1); z is sampled with the seeded generator; the unlearner trains in
+eval mode (as the reference leaves it, so BatchNorm statistics stay); the final
+fine-tuning of the classifier with D_r's labels (``classifier_unlearning``, LAF+R in the
+paper) is left out, as it needs labels. Defaults for a CNN (hyperparameter.md,
+Train.py): latent 8, 20 unlearning epochs, lr 5e-5 (extractor unlearning) and 1e-4
+(alignment), T 20 for class-level forgetting (5 for data-level: the method does not see
+which split it runs on), VAEs 10 epochs of Adam 1e-3 with kld weight 0.025; batch 32.
+Label-agnostic: no label is read.
 """
 from __future__ import annotations
 
@@ -44,8 +48,7 @@ from .common import done, fit, generator, read_settings, shuffled, steps_per_epo
 @dataclass
 class LAFSettings:
     laf_latent: int = setting(8, "LAF: latent size of the VAEs", COUNT, flag="--laf-latent")
-    laf_hidden: int = setting(64, "LAF: hidden units of the VAEs", COUNT, flag="--laf-hidden")
-    laf_vae_epochs: int = setting(20, "LAF: epochs of each VAE", COUNT, flag="--laf-vae-epochs")
+    laf_vae_epochs: int = setting(10, "LAF: epochs of each VAE", COUNT, flag="--laf-vae-epochs")
     laf_vae_lr: float = setting(1e-3, "LAF: Adam learning rate of the VAEs", POSITIVE, flag="--laf-vae-lr")
     laf_kld_weight: float = setting(0.025, "LAF: weight of the VAEs' KL term", NONNEG, flag="--laf-kld-weight")
     laf_epochs: int = setting(20, "LAF: unlearning epochs (passes over D_f)", COUNT, flag="--laf-epochs")
@@ -62,16 +65,19 @@ SETTINGS = LAFSettings
 
 
 class RepresentationVAE(nn.Module):
-    def __init__(self, dim: int, hidden: int, latent: int):
+    """The reference's VAE of a representation: ``dim -> 128 -> 32 -> latent`` and back."""
+
+    def __init__(self, dim: int, latent: int):
         super().__init__()
-        self.encoder = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU())
-        self.mu, self.log_sigma = nn.Linear(hidden, latent), nn.Linear(hidden, latent)
-        self.decoder = nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+        self.encoder = nn.Sequential(nn.Linear(dim, 128), nn.ReLU(), nn.Linear(128, 32), nn.ReLU())
+        self.mu, self.log_var = nn.Linear(32, latent), nn.Linear(32, latent)
+        self.decoder = nn.Sequential(nn.Linear(latent, 32), nn.ReLU(), nn.Linear(32, 128), nn.ReLU(),
+                                     nn.Linear(128, dim))
 
     def forward(self, e: torch.Tensor, gen: torch.Generator):
         """``(reconstruction, mu, sigma)``; z is sampled with ``gen``."""
         h = self.encoder(e)
-        mu, sigma = self.mu(h), self.log_sigma(h).exp()
+        mu, sigma = self.mu(h), (0.5 * self.log_var(h)).exp()
         noise = torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype)
         return self.decoder(mu + sigma * noise), mu, sigma
 
@@ -126,7 +132,7 @@ def run_laf(ctx: MethodContext) -> MethodResult:
     for name, reps in (("D", torch.cat([e_r, e_f])), ("D_f", e_f)):
         with torch.random.fork_rng(devices=[e_f.device] if e_f.device.type == "cuda" else []):
             torch.manual_seed(ctx.seed)
-            vae = RepresentationVAE(reps.shape[1], s.laf_hidden, s.laf_latent).to(e_f.device)
+            vae = RepresentationVAE(reps.shape[1], s.laf_latent).to(e_f.device)
         fit(torch.optim.Adam(vae.parameters(), lr=s.laf_vae_lr),
             lambda _, idx, vae=vae, reps=reps: vae_loss(vae, reps[idx], gen, s.laf_kld_weight),
             lambda _, n=reps.shape[0]: shuffled(gen, n, bs), epochs=s.laf_vae_epochs,
