@@ -6,7 +6,7 @@ from fastmix.harness.methods import get_method
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # 3 epochs with lr 1e-3 and batch 64, for a fast test.
-OPTIONS = {'bad_teacher_epochs': 3, 'bad_teacher_lr': 0.001, 'bad_teacher_batch_size': 64}
+OPTIONS = {"bad_teacher_epochs": 3, "bad_teacher_lr": 0.001, "bad_teacher_batch_size": 64}
 
 
 def test_bad_teacher_forgets_d_f_keeps_d_r(digits_case):
@@ -30,3 +30,4 @@ def test_bad_teacher_same_seed_same_model_and_reads_no_label(digits_case):
                                 y_retain=(c.y_retain + 7) % 10)
     b = get_method("bad_teacher")(wrong).model
     assert same_weights(a, b)
+    assert not same_weights(a, get_method("bad_teacher")(digits_case.context(options=OPTIONS, seed=1)).model)

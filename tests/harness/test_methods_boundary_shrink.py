@@ -6,7 +6,7 @@ from fastmix.harness.methods import get_method
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # A larger lr than the reference's 1e-5, 3 epochs, for a fast test.
-OPTIONS = {'boundary_lr': 0.001, 'boundary_epochs': 3}
+OPTIONS = {"boundary_lr": 0.001, "boundary_epochs": 3}
 
 
 def test_boundary_shrink_moves_d_f_to_wrong_classes(digits_case):
@@ -27,5 +27,6 @@ def test_boundary_shrink_same_seed_same_model_and_refuses_label_agnostic(digits_
     a = get_method("boundary_shrink")(digits_case.context(options=OPTIONS)).model
     b = get_method("boundary_shrink")(digits_case.context(options=OPTIONS)).model
     assert same_weights(a, b)
+    assert not same_weights(a, get_method("boundary_shrink")(digits_case.context(options=OPTIONS, seed=1)).model)
     with pytest.raises(ValueError, match="'boundary_shrink'.*label-agnostic"):
         get_method("boundary_shrink")(digits_case.context(options=OPTIONS, labels="agnostic"))

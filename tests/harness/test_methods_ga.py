@@ -6,7 +6,7 @@ from fastmix.harness.methods import get_method
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # The reference's lr 1e-4 barely moves digits in a few steps; its maintainers advise raising it.
-OPTIONS = {'ga_lr': 0.02, 'ga_epochs': 5}
+OPTIONS = {"ga_lr": 0.02, "ga_epochs": 5}
 
 
 def test_ga_ascent_forgets_d_f_first(digits_case):
@@ -27,5 +27,6 @@ def test_ga_same_seed_same_model_and_refuses_label_agnostic(digits_case):
     a = get_method("ga")(digits_case.context(options=OPTIONS)).model
     b = get_method("ga")(digits_case.context(options=OPTIONS)).model
     assert same_weights(a, b)
+    assert not same_weights(a, get_method("ga")(digits_case.context(options=OPTIONS, seed=1)).model)
     with pytest.raises(ValueError, match="'ga'.*label-agnostic"):
         get_method("ga")(digits_case.context(options=OPTIONS, labels="agnostic"))

@@ -6,7 +6,7 @@ from fastmix.harness.methods import get_method
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # A larger alpha and lr than the reference, 5 epochs, so digits forgets quickly.
-OPTIONS = {'l1_epochs': 5, 'l1_alpha': 0.005, 'l1_lr': 0.05}
+OPTIONS = {"l1_epochs": 5, "l1_alpha": 0.005, "l1_lr": 0.05}
 
 
 def test_l1_sparse_forgets_d_f_keeps_d_r(digits_case):
@@ -24,9 +24,11 @@ def test_l1_sparse_forgets_d_f_keeps_d_r(digits_case):
     l1 = lambda m: sum(float(p.abs().sum()) for p in m.parameters())  # noqa: E731
     assert l1(result.model) < l1(digits_case.ctx.original)
 
+
 def test_l1_sparse_same_seed_same_model_and_refuses_label_agnostic(digits_case):
     a = get_method("l1_sparse")(digits_case.context(options=OPTIONS)).model
     b = get_method("l1_sparse")(digits_case.context(options=OPTIONS)).model
     assert same_weights(a, b)
+    assert not same_weights(a, get_method("l1_sparse")(digits_case.context(options=OPTIONS, seed=1)).model)
     with pytest.raises(ValueError, match="'l1_sparse'.*label-agnostic"):
         get_method("l1_sparse")(digits_case.context(options=OPTIONS, labels="agnostic"))

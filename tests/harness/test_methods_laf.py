@@ -6,7 +6,7 @@ from fastmix.harness.methods import get_method
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # Few epochs with larger learning rates, for a fast test.
-OPTIONS = {'laf_vae_epochs': 3, 'laf_epochs': 5, 'laf_ue_lr': 0.001, 'laf_ra_lr': 0.01, 'laf_T': 5.0}
+OPTIONS = {"laf_vae_epochs": 3, "laf_epochs": 5, "laf_ue_lr": 0.001, "laf_ra_lr": 0.01, "laf_T": 5.0}
 
 
 def test_laf_forgets_d_f_keeps_d_r(digits_case):
@@ -30,3 +30,4 @@ def test_laf_same_seed_same_model_and_reads_no_label(digits_case):
                                 y_retain=(c.y_retain + 7) % 10)
     b = get_method("laf")(wrong).model
     assert same_weights(a, b)
+    assert not same_weights(a, get_method("laf")(digits_case.context(options=OPTIONS, seed=1)).model)

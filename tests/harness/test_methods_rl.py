@@ -6,7 +6,7 @@ from fastmix.harness.methods import get_method
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # 1 epoch, for a fast test.
-OPTIONS = {'rl_epochs': 1}
+OPTIONS = {"rl_epochs": 1}
 
 
 def test_rl_forgets_d_f_keeps_d_r(digits_case):
@@ -27,5 +27,6 @@ def test_rl_same_seed_same_model_and_refuses_label_agnostic(digits_case):
     a = get_method("rl")(digits_case.context(options=OPTIONS)).model
     b = get_method("rl")(digits_case.context(options=OPTIONS)).model
     assert same_weights(a, b)
+    assert not same_weights(a, get_method("rl")(digits_case.context(options=OPTIONS, seed=1)).model)
     with pytest.raises(ValueError, match="'rl'.*label-agnostic"):
         get_method("rl")(digits_case.context(options=OPTIONS, labels="agnostic"))

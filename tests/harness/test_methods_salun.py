@@ -6,7 +6,7 @@ from fastmix.harness.methods import get_method
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # 1 epoch, for a fast test.
-OPTIONS = {'salun_epochs': 1}
+OPTIONS = {"salun_epochs": 1}
 
 
 def test_salun_forgets_d_f_with_half_the_weights(digits_case):
@@ -26,9 +26,11 @@ def test_salun_forgets_d_f_with_half_the_weights(digits_case):
     assert result.extras["updated_weights"] == int(0.5 * total)
     assert 0 < changed <= result.extras["updated_weights"], "the mask is a hard constraint"
 
+
 def test_salun_same_seed_same_model_and_refuses_label_agnostic(digits_case):
     a = get_method("salun")(digits_case.context(options=OPTIONS)).model
     b = get_method("salun")(digits_case.context(options=OPTIONS)).model
     assert same_weights(a, b)
+    assert not same_weights(a, get_method("salun")(digits_case.context(options=OPTIONS, seed=1)).model)
     with pytest.raises(ValueError, match="'salun'.*label-agnostic"):
         get_method("salun")(digits_case.context(options=OPTIONS, labels="agnostic"))

@@ -6,7 +6,7 @@ from fastmix.harness.methods import get_method
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # 2 epochs, both with a max step, and a larger lr, for a fast test.
-OPTIONS = {'scrub_epochs': 2, 'scrub_msteps': 2, 'scrub_lr': 0.01}
+OPTIONS = {"scrub_epochs": 2, "scrub_msteps": 2, "scrub_lr": 0.01}
 
 
 def test_scrub_forgets_d_f_keeps_d_r(digits_case):
@@ -28,9 +28,11 @@ def test_scrub_forgets_d_f_keeps_d_r(digits_case):
     aware = digits_case.context(options={**OPTIONS, "scrub_gamma": 0.0})
     assert same_weights(get_method("scrub")(agnostic).model, get_method("scrub")(aware).model)
 
+
 def test_scrub_same_seed_same_model_and_refuses_label_agnostic(digits_case):
     a = get_method("scrub")(digits_case.context(options=OPTIONS)).model
     b = get_method("scrub")(digits_case.context(options=OPTIONS)).model
     assert same_weights(a, b)
+    assert not same_weights(a, get_method("scrub")(digits_case.context(options=OPTIONS, seed=1)).model)
     with pytest.raises(ValueError, match="'scrub'.*label-agnostic"):
         get_method("scrub")(digits_case.context(options=OPTIONS, labels="agnostic"))
