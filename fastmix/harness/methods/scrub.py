@@ -81,8 +81,8 @@ def run_scrub(ctx: MethodContext) -> MethodResult:
         x = (ctx.x_forget if forget else ctx.x_retain)[idx]
         out = model(x)
         with torch.no_grad():
-            kl_target = teacher(x)
-        kl = distill_kl(out, kl_target, T)
+            teacher_logits = teacher(x)
+        kl = distill_kl(out, teacher_logits, T)
         if forget:
             return -kl
         if s.scrub_gamma == 0:
