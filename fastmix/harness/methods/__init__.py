@@ -1,9 +1,11 @@
 """Unlearning methods by name, one module each in this package.
 
 Every method has the same signature: it takes a :class:`MethodContext` and returns a
-:class:`MethodResult`. A module adds its method with ``@register("name")``; the
-modules below are imported at the end of this file, so that importing the registry
-registers all of them. ``register`` stays open for methods defined elsewhere.
+:class:`MethodResult`. A module adds its method with ``@register("name", settings=...)``,
+where ``settings`` is the dataclass of its settings (:mod:`fastmix.settings`), read
+from ``ctx.options`` by field name; the modules below are imported at the end of this
+file, so that importing the registry registers all of them. ``register`` stays open for
+methods defined elsewhere.
 """
 from __future__ import annotations
 
@@ -38,11 +40,14 @@ class MethodResult:
 
 
 METHODS: dict[str, Callable[[MethodContext], MethodResult]] = {}
+# The settings dataclass of each method (None: the method reads ``ctx.options`` its own way).
+METHOD_SETTINGS: dict[str, type | None] = {}
 
 
-def register(name: str):
+def register(name: str, settings: type | None = None):
     def wrap(fn):
         METHODS[name] = fn
+        METHOD_SETTINGS[name] = settings
         return fn
 
     return wrap
@@ -54,5 +59,38 @@ def get_method(name: str):
     return METHODS[name]
 
 
-# Each module registers its method when imported.
-from . import finetune, mixunlearn  # noqa: E402,F401
+def method_settings(name: str) -> type | None:
+    """The settings dataclass ``name`` was registered with (None if it has none)."""
+    get_method(name)
+    return METHOD_SETTINGS[name]
+
+
+def expand_method_names(text: str) -> list[str]:
+    """``"mixunlearn,ga"`` -> ``["mixunlearn", "ga"]``; ``all`` stands for every registered
+    method, in registration order. Repeats are dropped; unknown names are refused."""
+    names: list[str] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        for name in (METHODS if part == "all" else [part] if part else []):
+            get_method(name)
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise ValueError(f"method needs at least one method name or 'all', got {text!r}")
+    return names
+
+
+# Each module registers its method when imported; "all" runs them in this order.
+from . import mixunlearn, finetune  # noqa: E402,F401,I001
+from . import (  # noqa: E402,F401
+    ga,
+    neggrad_plus,
+    rl,
+    salun,
+    l1_sparse,
+    scrub,
+    bad_teacher,
+    ssd,
+    laf,
+    boundary_shrink,
+)

@@ -1,0 +1,38 @@
+"""SCRUB on digits: D_f forgotten, D_r kept."""
+import pytest
+from conftest import same_weights
+
+from fastmix.harness.methods import get_method
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+# 2 epochs, both with a max step, and a larger lr, for a fast test.
+OPTIONS = {"scrub_epochs": 2, "scrub_msteps": 2, "scrub_lr": 0.01}
+
+
+def test_scrub_forgets_d_f_keeps_d_r(digits_case):
+    before = {k: v.clone() for k, v in digits_case.ctx.original.state_dict().items()}
+    f0, r0 = digits_case.accuracies(digits_case.ctx.original)
+    result = get_method("scrub")(digits_case.context(options=OPTIONS))
+    f1, r1 = digits_case.accuracies(result.model)
+    print(f"scrub: Train_f {f0:.1f} -> {f1:.1f}, Train_r {r0:.1f} -> {r1:.1f}")
+    assert f0 > 95 and r0 > 95
+    assert f1 < 10, "D_f is forgotten"
+    assert r1 > r0 - 5, "D_r is kept"
+    assert result.seconds > 0
+    for k, v in digits_case.ctx.original.state_dict().items():
+        assert v.equal(before[k]), f"{k} of the original changed"
+    # Without the CE term (gamma 0) SCRUB reads no label, so it runs label-agnostic.
+    c = digits_case.ctx
+    agnostic = digits_case.context(options={**OPTIONS, "scrub_gamma": 0.0}, labels="agnostic",
+                                   y_retain=(c.y_retain + 1) % 10)
+    aware = digits_case.context(options={**OPTIONS, "scrub_gamma": 0.0})
+    assert same_weights(get_method("scrub")(agnostic).model, get_method("scrub")(aware).model)
+
+
+def test_scrub_same_seed_same_model_and_refuses_label_agnostic(digits_case):
+    a = get_method("scrub")(digits_case.context(options=OPTIONS)).model
+    b = get_method("scrub")(digits_case.context(options=OPTIONS)).model
+    assert same_weights(a, b)
+    assert not same_weights(a, get_method("scrub")(digits_case.context(options=OPTIONS, seed=1)).model)
+    with pytest.raises(ValueError, match="'scrub'.*label-agnostic"):
+        get_method("scrub")(digits_case.context(options=OPTIONS, labels="agnostic"))
