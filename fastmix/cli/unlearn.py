@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from fastmix.harness.experiment import DEFAULTS
-from fastmix.harness.methods import METHODS
+from fastmix.harness.methods import METHOD_SETTINGS, METHODS, expand_method_names
 from fastmix.mixunlearn.config import EngineOptions, MixUnlearnConfig
 
 from .args import (
@@ -32,7 +32,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--labels", default="aware", choices=("aware", "agnostic"),
                    help="targets: true labels, or sharpened outputs of the original model")
     p.add_argument("--method", default="mixunlearn,finetune",
-                   help=f"comma-separated, from: {', '.join(sorted(METHODS))} (default mixunlearn,finetune)")
+                   help=f"comma-separated, from: {', '.join(METHODS)}; 'all' runs every one (default "
+                   "mixunlearn,finetune)")
     h = p.add_argument_group("MixUnlearn (SPEC 6, 7)")
     add_setting_flags(h, MixUnlearnConfig, DEFAULTS)
     h.add_argument("--feature-layer", help="module feeding the MixBlock (default: the model's)")
@@ -41,13 +42,20 @@ def add_parser(subparsers) -> None:
     f = p.add_argument_group("fine-tuning baseline")
     f.add_argument("--ft-epochs", type=positive_int)
     f.add_argument("--ft-lr", type=positive_float)
+    for name, settings in METHOD_SETTINGS.items():
+        if settings is not None:
+            add_setting_flags(p.add_argument_group(f"{name} (baseline)"), settings)
     p.add_argument("--no-png", action="store_true", help="skip the PNG")
     p.set_defaults(run=run)
 
 
 def options_from_args(args) -> dict:
+    baselines = {}
+    for settings in METHOD_SETTINGS.values():
+        if settings is not None:
+            baselines.update(setting_values(args, settings))
     return {**setting_values(args, MixUnlearnConfig), **setting_values(args, EngineOptions),
-            "feature_layer": args.feature_layer, "ft_epochs": args.ft_epochs, "ft_lr": args.ft_lr}
+            "feature_layer": args.feature_layer, "ft_epochs": args.ft_epochs, "ft_lr": args.ft_lr, **baselines}
 
 
 def run(args) -> int:
@@ -59,9 +67,10 @@ def run(args) -> int:
     from fastmix.mixunlearn.distributed import init_from_env, launched_by_torchrun, world
 
     apply_threads(args)
-    methods = [m.strip() for m in args.method.split(",") if m.strip()]
-    if not methods:
-        print("fastmix unlearn: error: --method needs at least one method name")
+    try:
+        methods = expand_method_names(args.method)
+    except ValueError as e:
+        print(f"fastmix unlearn: error: --method: {e}")
         return 2
     exp = experiment_from_args(args, methods, options_from_args(args))
     if launched_by_torchrun():  # data-parallel: one process per device, results from rank 0
