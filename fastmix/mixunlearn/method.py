@@ -135,13 +135,20 @@ class MixUnlearn:
 
     Under ``torchrun`` (a process group of several ranks) the loop runs data-parallel
     (fastmix.mixunlearn.distributed), with the same result as one process at the same batch.
+    Batch norm in the model computes in the fast step what the paper step's separate
+    forwards compute: each part of the one forward (mixes, retain, forget) is normalised
+    with its own statistics, over all ranks under torchrun
+    (:mod:`fastmix.mixunlearn.batchnorm`).
     ``log`` is a callable for the set-up's report lines (the cache's size; default:
     stderr unless ``quiet``).
 
     After :meth:`unlearn`: ``seconds`` (wall time, including the precomputation),
     ``history`` (``{"unlearner": [...], "generator": [...]}`` losses), ``mixblock``
     (the trained generator, or None for the Beta ablation), ``cache_info`` and
-    ``timings`` (``setup_s``, the teacher cache included; ``loop_s``; ``steps``).
+    ``timings`` (``setup_s``, the teacher cache included; ``loop_s``; ``steps``),
+    ``mask_stats`` (the unlearner step's mean mask against lambda in 10 bins of lambda:
+    ``{"bins": [[lo, hi], ...], "count": [...], "mean_lambda": [...], "mean_mask": [...]}``,
+    None without a MixBlock; :class:`~fastmix.mixunlearn.state.MaskStats`).
     """
 
     def __init__(self, model: nn.Module, feature_layer: str | None = None, *, seed: int = 0,

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from mixunlearn.bn_net import bn_model
 from torch import nn
 
 from fastmix import MixUnlearn
@@ -11,33 +12,6 @@ from fastmix.mixunlearn import steps
 from fastmix.mixunlearn.batchnorm import GroupBatchNorm, RowGroups, group_batchnorm, plain_batchnorm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-class BNNet(nn.Module):
-    """A small CNN with 2-d and 1-d batch norm; ``block`` feeds the MixBlock."""
-
-    feature_layer = "block"
-
-    def __init__(self, classes=10):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
-        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 4 * 4, 16), nn.BatchNorm1d(16), nn.ReLU(),
-                                  nn.Linear(16, classes))
-
-    def forward(self, x):
-        return self.head(self.block(self.stem(x)))
-
-
-def bn_model(seed=0):
-    torch.manual_seed(seed)
-    model = BNNet()
-    with torch.no_grad():  # running statistics of a trained model, not the initial 0 and 1
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    return model
 
 
 def shifted_data(n_f=8, n_r=8):
@@ -62,7 +36,7 @@ def fast_and_separate(**kw):
     the fast step's and the reference's (gradient, batch-norm buffers); ``union=True``
     runs the fast step's old single pass over the union."""
     union = kw.pop("union", False)
-    mu = MixUnlearn(bn_model(), seed=0, batch_size=8, lr=1e-3, channels_last=False, **kw)
+    mu = MixUnlearn(bn_model(), seed=0, batch_size=8, lr=1e-3, **{"channels_last": False, **kw})
     forget, retain = shifted_data()
     run = mu.prepare(forget, retain)
     state = run.state
@@ -102,8 +76,9 @@ def fast_and_separate(**kw):
     return fast, ref
 
 
-def test_fast_step_computes_what_separate_forwards_compute():
-    (grad, buffers), (ref_grad, ref_buffers) = fast_and_separate()
+@pytest.mark.parametrize("kw", [{}, dict(channels_last=True), dict(labels="agnostic", lambda_per="batch")])
+def test_fast_step_computes_what_separate_forwards_compute(kw):
+    (grad, buffers), (ref_grad, ref_buffers) = fast_and_separate(**kw)
     assert cosine(grad, ref_grad) > 0.99999
     torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-5)
     for k, v in ref_buffers.items():

@@ -8,32 +8,15 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
+from mixunlearn.bn_net import bn_model
 
 from fastmix import MixUnlearn
 from fastmix.harness.models import build_model
 
 
-class BNNet(nn.Module):
-    """A small CNN with batch norm after bias-free convolutions, as in the bench's ResNet-18 (a bias
-    before batch norm gets a zero gradient, whose rounding noise Adam would scale up)."""
-
-    feature_layer = "block"
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
-        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
-
-    def forward(self, x):
-        return self.head(self.block(self.stem(x)))
-
-
 def make_model(kind="cnn"):
     if kind == "bn":
-        torch.manual_seed(0)
-        return BNNet()
+        return bn_model()
     return build_model("digits-cnn", 10, 1, seed=0)
 
 
