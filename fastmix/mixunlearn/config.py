@@ -28,6 +28,7 @@ from fastmix.settings import (
 from .augment import AUGMENTATIONS
 
 STEPS = ("fast", "paper")
+LAGGED_MOMENTUM = 0.999  # generator_opponent="lagged": the EMA's momentum in the authors' code
 AMPS = ("off", "bf16", "fp16")
 
 
@@ -40,6 +41,15 @@ class MixUnlearnConfig:
     ``mask="beta"`` is the plain Beta-mixup ablation (``M = lambda``, no MixBlock),
     ``use_mix=False`` drops ``L_mix``, ``omega=0`` drops ``L_real`` and
     ``sharpen_T=1`` turns sharpening off in the label-agnostic setting.
+
+    Where the authors' released code differs from fastmix's defaults, the difference is
+    an option (default: fastmix's choice): ``lambda_per="batch"`` draws one lambda per
+    batch (Beta(0.75, 0.75) is U-shaped, so whole batches come out nearly pure keep or
+    nearly pure forget); ``generator_opponent="lagged"`` scores the generator's mixes with
+    a copy of f_U whose weights follow f_U's by an EMA (``LAGGED_MOMENTUM``, updated after
+    every unlearner step; the copy runs in train mode, with batch statistics, and its
+    buffers are not averaged); ``mixblock_init="paper"`` and ``mask_upsample="nearest"``
+    are the MixBlock's initialisation and upsampling of the authors' and AdAutoMix's code.
     """
 
     alpha: float = setting(0.75, "Beta(alpha, alpha) of lambda", POSITIVE, flag="--alpha")
@@ -62,6 +72,18 @@ class MixUnlearnConfig:
     use_mix: bool = setting(True, "keep L_mix; False is the ablation without it", BOOL,
                             flag=Flag("--no-mix", form="const", const=False, help="the ablation without L_mix"))
     reduction: str = setting("sum", "sum (the paper) or mean over the batch", choice("sum", "mean"))
+    lambda_per: str = setting("sample", "one lambda per sample (fastmix) or one per batch (the authors' code, also "
+                              "for the MixBlock's lambda channel)", choice("sample", "batch"), flag="--lambda-per")
+    generator_opponent: str = setting(
+        "live", "the model the generator's mixes are scored by: the live unlearner in eval mode (fastmix), or "
+        f"'lagged', an EMA of its weights (momentum {LAGGED_MOMENTUM}) in train mode (the authors' code)",
+        choice("live", "lagged"), flag="--generator-opponent")
+    mixblock_init: str = setting("torch", "the MixBlock's initialisation: torch's default for its 1x1 convolutions, "
+                                 "or 'paper': weights normal(0, 0.01) and zero biases (the authors' code)",
+                                 choice("torch", "paper"), flag="--mixblock-init")
+    mask_upsample: str = setting("bilinear", "how the MixBlock's mask is upsampled to the image: bilinear (SPEC 5) "
+                                 "or nearest (AdAutoMix's code)", choice("bilinear", "nearest"),
+                                 flag="--mask-upsample")
 
     def validate(self) -> "MixUnlearnConfig":
         validate(self)

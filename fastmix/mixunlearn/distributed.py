@@ -58,16 +58,25 @@ class RowShard:
     def __init__(self, rank: int, world_size: int):
         self.rank, self.world = rank, world_size
 
+    def per(self, n: int) -> int:
+        """Each rank's rows of a global batch of ``n``."""
+        return -(-n // self.world)
+
     def rows(self, n: int, device) -> torch.Tensor:
-        per = -(-n // self.world)
+        per = self.per(n)
         return (torch.arange(per, device=device) + self.rank * per).clamp_(max=n - 1)
+
+    def valid(self, n: int, device) -> torch.Tensor:
+        """``(per,)``: 1 for this rank's rows of the batch, 0 for its padding rows."""
+        per = self.per(n)
+        return (torch.arange(per, device=device) + self.rank * per < n).float()
 
     def gather(self, local: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
         """``local`` is this rank's logits of several row groups stacked (``ceil(n/world)``
         rows of each group of ``n`` in ``sizes``); returns each group's full ``(n, ...)``."""
         from torch.distributed.nn.functional import all_gather
 
-        per = [-(-n // self.world) for n in sizes]
+        per = [self.per(n) for n in sizes]
         with warnings.catch_warnings():  # deprecated for a private successor; still the public autograd gather
             warnings.simplefilter("ignore", FutureWarning)
             parts = all_gather(local.contiguous())  # one tensor per rank, autograd-aware

@@ -23,12 +23,13 @@ from fastmix.ops.sampling import sample_lambda
 from . import engine
 from .augment import get_augmentation
 from .batches import BatchReader, RunData
+from .batchnorm import RowGroups, group_batchnorm, has_batchnorm, plain_batchnorm
 from .config import EngineOptions, MixUnlearnConfig, split_settings
 from .distributed import RowShard, world
 from .features import FrozenOriginal
 from .loop import LoopPlan, Losses, fast_loop
 from .mixblock import MixBlock
-from .state import Batch, StepState
+from .state import Batch, MaskStats, StepState
 from .teacher_cache import TeacherCache
 
 
@@ -134,13 +135,20 @@ class MixUnlearn:
 
     Under ``torchrun`` (a process group of several ranks) the loop runs data-parallel
     (fastmix.mixunlearn.distributed), with the same result as one process at the same batch.
+    Batch norm in the model computes in the fast step what the paper step's separate
+    forwards compute: each part of the one forward (mixes, retain, forget) is normalised
+    with its own statistics, over all ranks under torchrun
+    (:mod:`fastmix.mixunlearn.batchnorm`).
     ``log`` is a callable for the set-up's report lines (the cache's size; default:
     stderr unless ``quiet``).
 
     After :meth:`unlearn`: ``seconds`` (wall time, including the precomputation),
     ``history`` (``{"unlearner": [...], "generator": [...]}`` losses), ``mixblock``
     (the trained generator, or None for the Beta ablation), ``cache_info`` and
-    ``timings`` (``setup_s``, the teacher cache included; ``loop_s``; ``steps``).
+    ``timings`` (``setup_s``, the teacher cache included; ``loop_s``; ``steps``),
+    ``mask_stats`` (the unlearner step's mean mask against lambda in 10 bins of lambda:
+    ``{"bins": [[lo, hi], ...], "count": [...], "mean_lambda": [...], "mean_mask": [...]}``,
+    None without a MixBlock; :class:`~fastmix.mixunlearn.state.MaskStats`).
     """
 
     def __init__(self, model: nn.Module, feature_layer: str | None = None, *, seed: int = 0,
@@ -169,6 +177,7 @@ class MixUnlearn:
         self.mixblock: MixBlock | None = None
         self.cache_info: dict = {}
         self.timings: dict = {}
+        self.mask_stats: dict | None = None
         self._preview = None
 
     def _log(self, msg: str) -> None:
@@ -242,13 +251,22 @@ class MixUnlearn:
         if use_mixblock:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
-                mixblock = MixBlock(feat_shape[0]).to(dev, memory_format=fmt)
+                mixblock = MixBlock(feat_shape[0], init=cfg.mixblock_init,
+                                    upsample=cfg.mask_upsample).to(dev, memory_format=fmt)
         self.mixblock = mixblock
+        opponent = None
+        if use_mixblock and cfg.generator_opponent == "lagged":
+            opponent = copy.deepcopy(unlearner).requires_grad_(False).train()
+        groups = None
+        if eng.step == "fast" and has_batchnorm(unlearner):  # the paper step runs its parts separately
+            groups = RowGroups()
+            for model in filter(None, (unlearner, opponent)):
+                group_batchnorm(model, groups)
         adam = dict(capturable=graphs and dev.type == "cuda", fused=eng.use_fused_adam(dev) or None)
         mixblock_opt = torch.optim.Adam(mixblock.parameters(), lr=cfg.gen_lr, **adam) if use_mixblock else None
         unlearner_opt = torch.optim.Adam(unlearner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **adam)
         steps = (x_f.shape[0] + cfg.batch_size - 1) // cfg.batch_size
-        flush = (unlearner, mixblock) if use_mixblock else (unlearner,)
+        flush = tuple(filter(None, (unlearner, mixblock, opponent)))
         flush = flush if eng.step == "fast" and eng.use_flush_subnormals(dev) else ()
         cache = None
         if eng.step == "fast":
@@ -272,7 +290,8 @@ class MixUnlearn:
             mixblock_forward=mixblock_forward, loss_fn=loss_fn, unlearner_opt=unlearner_opt,
             mixblock_opt=mixblock_opt, amp=engine.Amp(eng.amp, dev, graphs=graphs), rng=rng,
             image_size=tuple(x_f.shape[2:4]) if x_f.dim() == 4 else None, backend=self.backend, shard=shard,
-            pairing="argsort" if graphs else "randperm",
+            pairing="argsort" if graphs else "randperm", groups=groups, opponent=opponent,
+            mask_stats=MaskStats(dev) if use_mixblock and cfg.use_mix else None,
         )
         reader = BatchReader(data, original, cache, loss_fn, self._augment, rng)
         if graphs:
@@ -324,6 +343,7 @@ class MixUnlearn:
             losses = paper_loop(run.state, run.data, run.original, run.plan, self.seed)
         else:
             losses = fast_loop(run.state, run.reader, run.cache, run.plan)
+        plain_batchnorm(run.state.unlearner)
         self._finish(run, losses)
         return run.state.unlearner.eval().requires_grad_(False)
 
@@ -342,6 +362,8 @@ class MixUnlearn:
             "unlearner": torch.stack(losses.unlearner).tolist() if losses.unlearner else [],
             "generator": torch.stack(losses.generator).tolist() if losses.generator else [],
         }
+        stats = run.state.mask_stats
+        self.mask_stats = stats.read(distributed=run.state.shard is not None) if stats is not None else None
         x_f, x_r = run.data.x_f, run.data.x_r
         with torch.no_grad():
             hf8, hr8 = run.original(x_f[:8])[1], run.original(x_r[:8])[1]

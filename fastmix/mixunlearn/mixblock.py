@@ -35,17 +35,30 @@ class MixBlock(nn.Module):
     ``v``'s bias adds the same constant to ``m_f`` and ``m_r``, which the two-channel
     softmax cancels: its gradient is zero but for rounding. It is kept so that the
     parameters are SPEC 5's 1x1 convolutions.
+
+    ``init="torch"`` keeps torch's default initialisation of the convolutions;
+    ``"paper"`` draws the weights from normal(0, 0.01) and zeroes the biases, as the
+    authors' code does. ``upsample`` is ``"bilinear"`` (SPEC 5) or ``"nearest"`` (AdAutoMix's
+    code: each feature position's mask value covers its block of pixels).
     """
 
-    def __init__(self, in_channels: int, reduction: int = 2):
+    def __init__(self, in_channels: int, reduction: int = 2, init: str = "torch", upsample: str = "bilinear"):
         super().__init__()
         if in_channels < 1 or reduction < 1:
             raise ValueError(f"in_channels and reduction must be >= 1, got {in_channels} and {reduction}")
+        if init not in ("torch", "paper") or upsample not in ("bilinear", "nearest"):
+            raise ValueError(f"init must be 'torch' or 'paper' and upsample 'bilinear' or 'nearest', got {init!r} "
+                             f"and {upsample!r}")
         self.in_channels = in_channels
         self.dim = max(1, in_channels // reduction)
+        self.upsample = upsample
         self.q = nn.Conv2d(in_channels + 1, self.dim, 1)
         self.k = nn.Conv2d(in_channels + 1, self.dim, 1)
         self.v = nn.Conv2d(in_channels + 1, 1, 1)
+        if init == "paper":
+            for conv in (self.q, self.k, self.v):
+                nn.init.normal_(conv.weight, 0.0, 0.01)
+                nn.init.zeros_(conv.bias)
 
     def _check(self, h_f: torch.Tensor, h_r: torch.Tensor) -> None:
         if h_f.dim() != 4 or h_f.shape != h_r.shape or h_f.shape[1] != self.in_channels:
@@ -72,8 +85,11 @@ class MixBlock(nn.Module):
     def mask(self, h_f, h_r, lam, size) -> torch.Tensor:
         """``(B, 1, H, W)``: the weight of the forget sample in each mix."""
         self._check(h_f, h_r)
-        diff = F.interpolate(self._logit_difference(h_f, h_r, lam), size=tuple(size), mode="bilinear",
-                             align_corners=False)
+        diff = self._logit_difference(h_f, h_r, lam)
+        if self.upsample == "nearest":
+            diff = F.interpolate(diff, size=tuple(size), mode="nearest")
+        else:
+            diff = F.interpolate(diff, size=tuple(size), mode="bilinear", align_corners=False)
         return torch.sigmoid(diff)
 
     def forward(self, h_f: torch.Tensor, h_r: torch.Tensor, lam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -81,4 +97,4 @@ class MixBlock(nn.Module):
         return torch.cat([m, 1 - m], dim=1)
 
     def extra_repr(self) -> str:
-        return f"in_channels={self.in_channels}, dim={self.dim}"
+        return f"in_channels={self.in_channels}, dim={self.dim}, upsample={self.upsample}"

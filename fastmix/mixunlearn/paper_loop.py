@@ -6,6 +6,9 @@ batches, lambdas and pairings drawn on the host (a numpy Generator seeded from t
 seed), separate forward passes of the unlearner over the mixes, the retain and the
 forget batch, the losses in plain torch ops (fastmix.ops.eager) with autograd, and each
 step's loss read back with ``.item()`` for logging.
+
+The options that follow the authors' code (``lambda_per``, ``generator_opponent``, the
+MixBlock's) compute here what they compute in the fast step.
 """
 from __future__ import annotations
 
@@ -34,6 +37,12 @@ def paper_loop(state: StepState, data: RunData, original: FrozenOriginal, plan: 
     rng = np.random.default_rng(seed)
     gen_params = list(mixblock.parameters()) if mixblock is not None else None
     omega = cfg.omega
+    opponent = state.opponent
+
+    def draw_lambda(b):
+        if cfg.lambda_per == "batch":
+            return eager.sample_beta_host(rng, 1, cfg.alpha, dev).expand(b).contiguous()
+        return eager.sample_beta_host(rng, b, cfg.alpha, dev)
 
     def f_D(x, y):
         """f_D's targets and features for a batch, recomputed every time."""
@@ -61,11 +70,14 @@ def paper_loop(state: StepState, data: RunData, original: FrozenOriginal, plan: 
                 qf, hf = f_D(xf, y_f[fidx] if aware else None)
                 qr, hr = f_D(xr, y_r[ridx] if aware else None)
                 if mixblock is not None and t % cfg.gen_interval == 0:
-                    lam = eager.sample_beta_host(rng, b, cfg.alpha, dev)
+                    lam = draw_lambda(b)
                     mask = mixblock.mask(hf, hr[:b], lam, size)
-                    student.eval()
-                    logits = student(eager.mixup(xf, xr[:b], mask))
-                    student.train()
+                    if opponent is not None:  # the lagged copy, in train mode
+                        logits = opponent(eager.mixup(xf, xr[:b], mask))
+                    else:
+                        student.eval()
+                        logits = student(eager.mixup(xf, xr[:b], mask))
+                        student.train()
                     loss = -eager.contrastive_loss(logits, qf, qr[:b], lam, cfg.tau_gen)
                     grads = torch.autograd.grad(loss, gen_params)
                     for p, g in zip(gen_params, grads):
@@ -75,9 +87,11 @@ def paper_loop(state: StepState, data: RunData, original: FrozenOriginal, plan: 
                 perm = torch.from_numpy(rng.permutation(B)[:b]).to(dev)
                 loss = 0.0
                 if cfg.use_mix:
-                    lam = eager.sample_beta_host(rng, b, cfg.alpha, dev)
+                    lam = draw_lambda(b)
                     with torch.no_grad():
                         weight = lam if mixblock is None else mixblock.mask(hf, hr[perm], lam, size)
+                    if state.mask_stats is not None:
+                        state.mask_stats.add(lam, weight)
                     mix_logits = student(eager.mixup(xf, xr, weight, perm))
                     loss = eager.contrastive_loss(mix_logits, qf, qr, lam, cfg.tau_mix, perm)
                 if omega > 0:
@@ -85,6 +99,7 @@ def paper_loop(state: StepState, data: RunData, original: FrozenOriginal, plan: 
                 opt_u.zero_grad(set_to_none=True)
                 loss.backward()
                 opt_u.step()
+                state.update_opponent()
                 losses_u.append(torch.tensor(loss.item()))
                 t += 1
                 bar.update(1)

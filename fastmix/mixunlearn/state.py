@@ -13,7 +13,8 @@ from torch import nn
 
 from fastmix.ops.loss import MixUnlearnLoss
 
-from .config import MixUnlearnConfig
+from .batchnorm import RowGroups
+from .config import LAGGED_MOMENTUM, MixUnlearnConfig
 from .distributed import RowShard
 from .engine import Amp
 from .mixblock import MixBlock
@@ -49,6 +50,12 @@ class StepState:
     each global batch (None in one process). ``pairing`` is how the unlearner step
     draws its random pairing: ``"randperm"``, or ``"argsort"`` of uniform draws, which
     a CUDA graph can capture.
+
+    ``groups`` is set when f_U has batch norm (fast step): the unlearner step names the
+    parts of its one forward with it, so that each is normalised on its own
+    (:mod:`fastmix.mixunlearn.batchnorm`). ``opponent`` is the lagged copy of f_U that
+    scores the generator's mixes (``generator_opponent="lagged"``), its parameters an EMA
+    of f_U's. ``mask_stats`` gathers the unlearner step's masks against lambda.
     """
 
     config: MixUnlearnConfig
@@ -65,3 +72,48 @@ class StepState:
     backend: str | None = None
     shard: RowShard | None = None
     pairing: str = "randperm"
+    groups: RowGroups | None = None
+    opponent: nn.Module | None = None
+    mask_stats: "MaskStats | None" = None
+
+    def update_opponent(self) -> None:
+        """The lagged opponent's EMA step after an unlearner step, on the device."""
+        if self.opponent is None:
+            return
+        pairs = [(o, u.detach()) for o, u in zip(self.opponent.parameters(), self.unlearner.parameters())
+                 if u.is_floating_point()]
+        with torch.no_grad():
+            torch._foreach_lerp_([o for o, _ in pairs], [u for _, u in pairs], 1.0 - LAGGED_MOMENTUM)
+
+
+class MaskStats:
+    """The mean mask against lambda, over every mix of the unlearner step, in ``bins``
+    equal bins of lambda over [0, 1]: per bin the number of mixes, their mean lambda and
+    their mean mask (the forget image's mean weight). Accumulated on the device;
+    :meth:`read` reads it once (summed over the ranks under torchrun)."""
+
+    def __init__(self, device: torch.device, bins: int = 10):
+        self.bins = bins
+        self.acc = torch.zeros(bins, 3, device=device)
+
+    def add(self, lam: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        m = mask.float().flatten(1).mean(1) if mask.dim() > 1 else mask.float()
+        w = torch.ones_like(m) if valid is None else valid
+        idx = (lam * self.bins).long().clamp_(0, self.bins - 1)
+        self.acc.index_add_(0, idx, torch.stack([w, lam * w, m * w], 1))
+
+    def read(self, distributed: bool = False) -> dict:
+        """``{"bins": [[lo, hi], ...], "count": [...], "mean_lambda": [...], "mean_mask": [...]}``
+        (lists of ``bins`` numbers; the means of an empty bin are None)."""
+        acc = self.acc.clone()
+        if distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(acc)
+        rows = acc.double().cpu().tolist()
+        return {
+            "bins": [[i / self.bins, (i + 1) / self.bins] for i in range(self.bins)],
+            "count": [int(round(c)) for c, _, _ in rows],
+            "mean_lambda": [s / c if c > 0 else None for c, s, _ in rows],
+            "mean_mask": [m / c if c > 0 else None for c, _, m in rows],
+        }

@@ -29,6 +29,11 @@ RUNS = {
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+# Settings added after the golden files were written (issue 13), left out of the
+# comparison at their defaults only: any other value still fails it.
+ADDED_SETTINGS = {"lambda_per": "sample", "generator_opponent": "live", "mixblock_init": "torch",
+                  "mask_upsample": "bilinear"}
+
 
 def comparable(doc: dict) -> dict:
     """results.json without what may change from run to run: timings, versions, paths."""
@@ -39,6 +44,9 @@ def comparable(doc: dict) -> dict:
     settings = dict(doc["settings"])
     for key in ("out", "models_dir"):
         settings.pop(key, None)
+    if "options" in settings:
+        settings["options"] = {k: v for k, v in settings["options"].items()
+                               if not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])}
     doc["settings"] = settings
     return doc
 

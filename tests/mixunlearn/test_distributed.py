@@ -1,5 +1,6 @@
 """Data-parallel unlearning (torch.distributed, gloo on the CPU): two processes at a
-global batch B give the model one process gives at B."""
+global batch B give the model one process gives at B, with batch norm too: its
+statistics are the whole part's, not each rank's."""
 import os
 import socket
 
@@ -7,9 +8,17 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from mixunlearn.bn_net import bn_model
 
 from fastmix import MixUnlearn
 from fastmix.harness.models import build_model
+
+
+def make_model(kind="cnn"):
+    if kind == "bn":
+        return bn_model()
+    return build_model("digits-cnn", 10, 1, seed=0)
+
 
 # B = 7 does not split evenly over 2 ranks, and 20 forget samples leave a short last
 # batch: both exercise the row padding of fastmix.mixunlearn.distributed.RowShard.
@@ -17,18 +26,21 @@ CASES = {
     "mixblock": dict(batch_size=7),
     "agnostic-beta": dict(batch_size=7, labels="agnostic", mask="beta"),
     "no-mix": dict(batch_size=8, use_mix=False),
+    "bn": dict(batch_size=7, model="bn"),
+    "bn-lagged": dict(batch_size=7, model="bn", generator_opponent="lagged", lambda_per="batch"),
 }
 
 
 def data():
     g = torch.Generator().manual_seed(1)
-    xf, yf = torch.randn(20, 1, 8, 8, generator=g), torch.randint(0, 10, (20,), generator=g)
+    xf, yf = 1.0 + 2.0 * torch.randn(20, 1, 8, 8, generator=g), torch.randint(0, 10, (20,), generator=g)
     xr, yr = torch.randn(40, 1, 8, 8, generator=g), torch.randint(0, 10, (40,), generator=g)
     return (xf, yf), (xr, yr)
 
 
 def unlearn(kw):
-    model = build_model("digits-cnn", 10, 1, seed=0)
+    kw = dict(kw)
+    model = make_model(kw.pop("model", "cnn"))
     mu = MixUnlearn(model, seed=0, epochs=2, lr=1e-3, **kw)
     (xf, yf), (xr, yr) = data()
     if kw.get("labels") == "agnostic":
@@ -38,13 +50,13 @@ def unlearn(kw):
     return out, mu
 
 
-def one_step_with_sgd():
+def one_step_with_sgd(kind="cnn"):
     """One generator and one unlearner step of the trainer with SGD(lr=1): the weights'
     change is minus the gradient itself (Adam, scale-free, would hide a gradient that is
     off by a constant factor). Data-parallel when a process group is initialised."""
     from fastmix.mixunlearn import steps
 
-    model = build_model("digits-cnn", 10, 1, seed=0)
+    model = make_model(kind)
     mu = MixUnlearn(model, seed=0, batch_size=7)
     (xf, yf), (xr, yr) = data()
     run = mu.prepare((xf[:7], yf[:7]), (xr[:7], yr[:7]))
@@ -63,7 +75,8 @@ def worker(rank, world_size, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        torch.save(one_step_with_sgd(), os.path.join(out_dir, f"sgd-{rank}.pt"))
+        for kind in ("cnn", "bn"):
+            torch.save(one_step_with_sgd(kind), os.path.join(out_dir, f"sgd-{kind}-{rank}.pt"))
         for name, kw in CASES.items():
             model, mu = unlearn(kw)
             torch.save({"state": model.state_dict(), "history": mu.history,
@@ -86,13 +99,16 @@ def two_ranks(tmp_path_factory):
     return out
 
 
-def test_two_processes_give_one_process_gradients(two_ranks):
+@pytest.mark.parametrize("kind", ["cnn", "bn"])
+def test_two_processes_give_one_process_gradients(two_ranks, kind):
     """With SGD(lr=1) one step moves each weight by minus its gradient: the data-parallel
-    gradients are the one-process gradients, not N times or 1/N of them."""
-    one = one_step_with_sgd()
-    fresh = build_model("digits-cnn", 10, 1, seed=0).state_dict()
+    gradients are the one-process gradients, not N times or 1/N of them; with batch norm,
+    the running statistics are the one process's too (the statistics span both ranks'
+    rows, and rank 1's padding row counts nowhere)."""
+    one = one_step_with_sgd(kind)
+    fresh = make_model(kind).state_dict()
     for r in (0, 1):
-        got = torch.load(two_ranks / f"sgd-{r}.pt")
+        got = torch.load(two_ranks / f"sgd-{kind}-{r}.pt")
         for part in ("student", "mixblock"):
             for k, v in one[part].items():
                 torch.testing.assert_close(got[part][k], v, rtol=1e-4, atol=1e-6, msg=f"rank {r}: {part} {k}")
@@ -116,11 +132,18 @@ def test_two_processes_equal_one_at_the_same_global_batch(two_ranks, name):
         torch.testing.assert_close(torch.tensor(ranks[0]["history"][part]), torch.tensor(mu.history[part]),
                                    rtol=1e-4, atol=1e-4)
     if mu.mixblock is not None:
-        for k, v in mu.mixblock.state_dict().items():
-            # v's bias shifts both attention outputs alike, which the 2-way softmax cancels:
-            # its gradient is rounding noise, which Adam scales up to steps of gen_lr.
-            tol = dict(rtol=0, atol=2 * 2 * mu.config.gen_lr) if k == "v.bias" else dict(rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(ranks[1]["mixblock"][k], v, msg=f"{name}: mixblock {k}", **tol)
+        # Parameters whose gradient is zero but for rounding, which Adam scales up to steps of
+        # gen_lr: v's bias shifts both attention outputs alike, which the 2-way softmax cancels;
+        # k's bias and k's weight on the lambda channel shift every key of a sample alike, which
+        # the attention's softmax over the keys cancels.
+        noise = dict(rtol=0, atol=2 * 2 * mu.config.gen_lr)
+        got = dict(ranks[1]["mixblock"])
+        want = dict(mu.mixblock.state_dict())
+        for d in (got, want):
+            d["k.weight"], d["k.weight.lambda"] = d["k.weight"][:, :-1], d["k.weight"][:, -1:]
+        for k, v in want.items():
+            tol = noise if k in ("v.bias", "k.bias", "k.weight.lambda") else dict(rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(got[k], v, msg=f"{name}: mixblock {k}", **tol)
 
 
 def test_torchrun_cli_writes_one_result_equal_to_one_process(tmp_path):

@@ -2,6 +2,7 @@
 cache (its report and its refusal), on-device augmentation, mixed precision, options."""
 import pytest
 import torch
+from mixunlearn.bn_net import bn_model
 
 from fastmix import MixUnlearn
 from fastmix.harness.models import build_model
@@ -17,8 +18,8 @@ def digits_like(n, seed):
     return torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
-def run(seed=0, n_f=20, n_r=40, epochs=2, **kw):
-    model = build_model("digits-cnn", 10, 1, seed=0)
+def run(seed=0, n_f=20, n_r=40, epochs=2, model="cnn", **kw):
+    model = bn_model() if model == "bn" else build_model("digits-cnn", 10, 1, seed=0)
     xf, yf = digits_like(n_f, 1)
     xr, yr = digits_like(n_r, 2)
     mu = MixUnlearn(model, seed=seed, batch_size=8, epochs=epochs, lr=1e-3, **kw)
@@ -88,8 +89,8 @@ def test_paper_step_is_seeded_and_trains(kw):
 def test_paper_and_fast_steps_compute_the_same_objective():
     """Different random draws, the same loss: over full batches (the last batch of an
     epoch is short, and the sum reduction makes its loss smaller) the two steps' mean
-    losses agree, with and without L_real."""
-    for kw in (dict(mask="beta"), dict(mask="beta", omega=0.0)):
+    losses agree, with and without L_real, and with batch norm."""
+    for kw in (dict(mask="beta"), dict(mask="beta", omega=0.0), dict(mask="beta", model="bn")):
         f = run(epochs=6, **kw)[1].history["unlearner"]
         r = run(epochs=6, step="paper", **kw)[1].history["unlearner"]
         full_f = [v for i, v in enumerate(f) if i % 3 != 2]

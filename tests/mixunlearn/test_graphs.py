@@ -2,6 +2,7 @@
 is the plain fast loop (on the CPU); captured, it matches itself uncaptured (GPU only)."""
 import pytest
 import torch
+from mixunlearn.bn_net import bn_model
 
 from fastmix import MixUnlearn
 from fastmix.harness.models import build_model
@@ -20,9 +21,10 @@ def data(device, n_f=50, n_r=120):
     return (xf.to(device), yf.to(device)), (xr.to(device), yr.to(device))
 
 
-def unlearn(device, graph_mode: bool, capture: bool, argsort: bool = True, **kw):
+def unlearn(device, graph_mode: bool, capture: bool, argsort: bool = True, model: str = "cnn", **kw):
     # B = 8 and 50 forget samples: 6 full batches an epoch (3 warm-up, then replays) and a short one
-    mu = MixUnlearn(build_model("digits-cnn", 10, 1, seed=0).to(device), seed=0, batch_size=8, epochs=3, lr=1e-3,
+    model = bn_model() if model == "bn" else build_model("digits-cnn", 10, 1, seed=0)
+    mu = MixUnlearn(model.to(device), seed=0, batch_size=8, epochs=3, lr=1e-3,
                     device=device, cuda_graphs=graph_mode if device.type == "cuda" else None, **kw)
     forget, retain = data(device)
     if kw.get("labels") == "agnostic":
@@ -33,7 +35,7 @@ def unlearn(device, graph_mode: bool, capture: bool, argsort: bool = True, **kw)
     return mu.run(run), mu
 
 
-CASES = [{}, dict(labels="agnostic"), dict(mask="beta")]
+CASES = [{}, dict(labels="agnostic"), dict(mask="beta"), dict(model="bn", generator_opponent="lagged")]
 
 
 @pytest.mark.parametrize("kw", CASES)
