@@ -29,7 +29,7 @@ RUNS = {
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-# Settings added after the golden files were written (issue 13), left out of the
+# Settings added after the golden files were written, left out of the
 # comparison at their defaults only: any other value still fails it.
 ADDED_SETTINGS = {"lambda_per": "sample", "generator_opponent": "live", "mixblock_init": "torch",
                   "mask_upsample": "bilinear"}

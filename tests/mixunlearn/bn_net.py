@@ -1,4 +1,4 @@
-"""A small CNN with batch norm for the tests of issue 13 (the bench's ResNet-18 has it too)."""
+"""A small CNN with batch norm for the trainer's tests (the bench's ResNet-18 has batch norm too)."""
 import torch
 from torch import nn
 

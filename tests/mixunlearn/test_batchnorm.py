@@ -1,4 +1,4 @@
-"""Batch norm in the fast step (issue 13): its one forward over [mixes; x_r; x_f] computes
+"""Batch norm in the fast step: its one forward over [mixes; x_r; x_f] computes
 what the paper step's three separate forwards compute, gradients and running statistics."""
 import copy
 
@@ -87,7 +87,7 @@ def test_fast_step_computes_what_separate_forwards_compute(kw):
 
 
 def test_the_union_form_fails_the_same_check():
-    """The single pass over the union (the fast step before issue 13): what the check above catches."""
+    """The single pass over the union (the old fast step): what the check above catches."""
     (grad, buffers), (ref_grad, ref_buffers) = fast_and_separate(union=True)
     assert cosine(grad, ref_grad) < 0.99
     assert not torch.allclose(buffers["stem.1.running_mean"], ref_buffers["stem.1.running_mean"], atol=1e-3)

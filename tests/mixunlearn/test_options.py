@@ -1,4 +1,4 @@
-"""The authors' choices as options (issue 13): each changes what it should, and the
+"""The authors' choices as options: each changes what it should, and the
 mask-against-lambda diagnostic."""
 import pytest
 import torch
