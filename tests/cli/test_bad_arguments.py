@@ -184,3 +184,25 @@ def test_gzip_row_is_really_corrupt(tmp_path):
     corrupt_gzip(tmp_path)
     with pytest.raises(zlib.error):
         gzip.decompress((tmp_path / "train-images-idx3-ubyte.gz").read_bytes())
+
+
+TRAIN_ROWS = {
+    "device_unknown": (["--device", "tpu0"], "--device"),
+    "seed_negative": (["--seed", "-3"], "--seed"),
+    "forget_classes_in_class_setting": (["--forget-classes", "1-2"], "--forget-classes"),
+    "forget_every_class": (["--forget-class", "0-9"], "--forget-class"),
+    "models_dir_not_writable": (not_a_folder("--models-dir"), "--models-dir"),
+}
+
+
+@pytest.mark.parametrize("row", sorted(TRAIN_ROWS))
+def test_fastmix_train_checks_the_same_before_training(row, tmp_path, capsys):
+    make, names = TRAIN_ROWS[row]
+    argv = make(tmp_path) if callable(make) else list(make)
+    try:
+        rc = main(["train", *argv, "--out", str(tmp_path / "out"), "--quiet"])
+    except SystemExit as e:
+        rc = e.code
+    cap = capsys.readouterr()
+    assert rc == 2 and names in cap.out + cap.err, cap.out + cap.err
+    assert not list(tmp_path.rglob("*.pt"))
