@@ -11,7 +11,9 @@ import re
 import tempfile
 from pathlib import Path
 
-_TMP = re.compile(r"^.+\.(\d+)\.[^.]+\.tmp$")
+# atomic_write's temporary names (mkstemp's random part is 8 characters); older versions had no pid.
+_TMP = re.compile(r"^(?P<target>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp$")
+_TARGETS = re.compile(r"^(.+\.pt|results\.json|results\.png)$")  # what fastmix writes into its folders
 
 
 def _umask() -> int:
@@ -51,14 +53,15 @@ def _alive(pid: int) -> bool:
 def remove_stale_tmp(folder: Path) -> list[Path]:
     """Remove the temporary files of interrupted :func:`atomic_write` calls in ``folder``
     (those whose writing process no longer runs, and the older ``<target>.<random>.tmp``
-    files without a process id); returns what was removed."""
+    files without a process id) for the files fastmix writes there (checkpoints,
+    results.json, results.png); any other file is left alone. Returns what was removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
     for p in folder.glob("*.tmp"):
         m = _TMP.match(p.name)
-        if m is not None and _alive(int(m.group(1))):
+        if m is None or not _TARGETS.match(m["target"]) or (m["pid"] is not None and _alive(int(m["pid"]))):
             continue
         try:
             p.unlink()

@@ -42,7 +42,8 @@ DEFAULTS = {
 @dataclass
 class Experiment:
     """Everything :func:`run_experiment` needs; ``options`` holds the method options
-    (``None`` values fall back to :data:`DEFAULTS`)."""
+    (``None`` values fall back to :data:`DEFAULTS`). Checked as a whole by
+    :func:`validate_experiment` before any work."""
 
     dataset: str = "digits"
     data_root: str | None = None

@@ -169,7 +169,7 @@ def test_a_stale_temporary_file_is_removed_at_start(tmp_path, capsys):
     (here the run stops at a bad argument found after the folders are prepared)."""
     models = tmp_path / "out" / "models"
     models.mkdir(parents=True)
-    stale = [models / "x.pt.999999999.abc.tmp", tmp_path / "out" / "results.json.k3j4h5.tmp"]
+    stale = [models / "x.pt.999999999.abc_1234.tmp", tmp_path / "out" / "results.json.k3j4h5ab.tmp"]
     for p in stale:
         p.write_bytes(b"half")
     rc, _ = run(["--feature-layer", "block9", "--out", str(tmp_path / "out"), "--quiet"], capsys)

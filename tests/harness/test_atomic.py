@@ -15,14 +15,14 @@ def dead_pid() -> int:
 
 
 def test_stale_temporary_files_are_removed_and_live_ones_kept(tmp_path):
-    live = tmp_path / f"a.pt.{os.getpid()}.x1y2.tmp"
-    stale = tmp_path / f"b.pt.{dead_pid()}.x1y2.tmp"
-    legacy = tmp_path / "results.json.k3j4h5.tmp"  # an older run's name, without a process id
-    other = tmp_path / "notes.txt"
-    for p in (live, stale, legacy, other):
+    live = tmp_path / f"a.pt.{os.getpid()}.x1y2z3_4.tmp"
+    stale = tmp_path / f"b.pt.{dead_pid()}.x1y2z3_4.tmp"
+    legacy = tmp_path / "results.json.k3j4h5ab.tmp"  # an older run's name, without a process id
+    others = [tmp_path / "notes.txt", tmp_path / "notes.tmp", tmp_path / f"mine.csv.{dead_pid()}.x1y2z3_4.tmp"]
+    for p in (live, stale, legacy, *others):
         p.write_text("x")
     assert sorted(remove_stale_tmp(tmp_path)) == sorted([stale, legacy])
-    assert live.exists() and other.exists()
+    assert live.exists() and all(p.exists() for p in others)  # a user's own files are never touched
     assert remove_stale_tmp(tmp_path / "missing") == []
 
 
