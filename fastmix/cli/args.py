@@ -29,7 +29,10 @@ def _checked_number(convert, accept, what: str):
 positive_int = _checked_number(int, lambda v: v >= 1, "a positive integer")
 positive_float = _checked_number(float, lambda v: 0 < v < float("inf"), "a finite positive number")
 nonneg_float = _checked_number(float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
-open_fraction = _checked_number(float, lambda v: 0 < v < 1, "a number between 0 and 1")
+nonneg_int = _checked_number(int, lambda v: v >= 0, "an integer >= 0")
+seed_int = _checked_number(int, lambda v: 0 <= v < 2**63, "an integer seed in 0..2**63-1")
+open_fraction = _checked_number(float, lambda v: 0 < v < 1, "a fraction strictly between 0 and 1")
+
 
 
 def model_name(text: str) -> str:
@@ -37,6 +40,10 @@ def model_name(text: str) -> str:
         return check_model_name(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+# The split flags of each --setting (default values: Experiment's); a flag of the other setting is refused.
+SPLIT_FLAGS = {"class": ("forget_class",), "data": ("forget_classes", "forget_fraction")}
 
 
 def default_device() -> str:
@@ -50,11 +57,11 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", default="digits", choices=DATASETS, help="default: digits (embedded in scikit-learn)")
     g.add_argument("--data-root", help="folder with the data set's files (never downloaded)")
     g.add_argument("--setting", default="class", choices=("class", "data"), help="class-level or data-level forgetting")
-    g.add_argument("--forget-class", default="0",
-                   help="class-level: the class(es) to forget, e.g. 0 or 1,3 (default 0)")
-    g.add_argument("--forget-classes", default="5-9", help="data-level: the classes to draw D_f from (default 5-9)")
-    g.add_argument("--forget-fraction", type=float, default=0.4, help="data-level: share of those samples to forget")
-    g.add_argument("--val-size", type=int, default=0,
+    g.add_argument("--forget-class", help="class-level: the class(es) to forget, e.g. 0 or 1,3 (default 0)")
+    g.add_argument("--forget-classes", help="data-level: the classes to draw D_f from (default 5-9)")
+    g.add_argument("--forget-fraction", type=open_fraction,
+                   help="data-level: share of those samples to forget (default 0.4)")
+    g.add_argument("--val-size", type=nonneg_int, default=0,
                    help="carve this many training samples out as a validation split (models never train on it)")
     g.add_argument("--eval-split", default="test", choices=("test", "val"),
                    help="score on the test set or the validation split")
@@ -82,7 +89,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--train-epochs", type=positive_int, help="epochs of the original/retrained models (default: 20)")
     m.add_argument("--train-lr", type=positive_float, help="their learning rate (default: 1e-4, digits 1e-3)")
     r = p.add_argument_group("run")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=seed_int, default=0)
     r.add_argument("--out", default="fastmix-out", help="output folder (default fastmix-out)")
     r.add_argument("--models-dir", help="where trained original/retrained models are cached (default OUT/models)")
     r.add_argument("--device", default=None, help="default: cuda when present, else cpu")
@@ -92,12 +99,33 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
 
 
+def effective_setting(args) -> str:
+    """``--setting``, or ``data`` under ``--protocol paper-imagenet`` (a data-level protocol)."""
+    return "data" if getattr(args, "protocol", None) == "paper-imagenet" else args.setting
+
+
+def check_args(args) -> None:
+    """Refuse flags that do not apply to the run (rather than ignore them), before any work:
+    a split flag of the other ``--setting``, ``--data-root`` for the embedded digits."""
+    setting = effective_setting(args)
+    given = [name for name in SPLIT_FLAGS["class" if setting == "data" else "data"]
+             if getattr(args, name) is not None]
+    if given:
+        flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+        raise ValueError(f"{', '.join(map(flag, given))} applies to --setting "
+                         f"{'class' if setting == 'data' else 'data'}, not to --setting {setting}; "
+                         f"use {' and '.join(map(flag, SPLIT_FLAGS[setting]))}")
+    if args.dataset == "digits" and args.data_root is not None:
+        raise ValueError("--data-root does not apply to --dataset digits (embedded in scikit-learn); leave it out")
+
+
 def experiment_from_args(args, methods=(), options=None) -> Experiment:
-    setting = "data" if args.protocol == "paper-imagenet" else args.setting  # the protocol is data-level
+    defaults = Experiment()
+    split = {name: getattr(defaults, name) if getattr(args, name) is None else getattr(args, name)
+             for names in SPLIT_FLAGS.values() for name in names}
     return Experiment(
-        dataset=args.dataset, data_root=args.data_root, setting=setting,
-        labels=getattr(args, "labels", "aware"), methods=tuple(methods),
-        forget_class=args.forget_class, forget_classes=args.forget_classes, forget_fraction=args.forget_fraction,
+        dataset=args.dataset, data_root=args.data_root, setting=effective_setting(args),
+        labels=getattr(args, "labels", "aware"), methods=tuple(methods), **split,
         checkpoint=args.checkpoint, image_size=args.image_size, normalize=args.normalize,
         test_fraction=args.test_fraction, protocol=args.protocol,
         model=args.model, train_epochs=args.train_epochs, train_lr=args.train_lr,

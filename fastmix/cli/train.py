@@ -1,7 +1,7 @@
 """`fastmix train`: train (or reuse) the original and the retrained model."""
 from __future__ import annotations
 
-from .args import add_data_args, apply_threads, experiment_from_args
+from .args import add_data_args, apply_threads, check_args, experiment_from_args
 
 
 def add_parser(subparsers) -> None:
@@ -20,9 +20,10 @@ def run(args) -> int:
     from fastmix.harness.experiment import prepare_data, train_original_and_retrained
 
     apply_threads(args)
-    exp = experiment_from_args(args)
     log = (lambda *a: None) if args.quiet else print
     try:
+        check_args(args)
+        exp = experiment_from_args(args)
         ds, split = prepare_data(exp, log)
         train_original_and_retrained(exp, ds, split, log=log)
     except (DataError, ValueError) as e:

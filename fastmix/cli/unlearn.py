@@ -12,6 +12,7 @@ from .args import (
     add_data_args,
     add_setting_flags,
     apply_threads,
+    check_args,
     experiment_from_args,
     positive_float,
     positive_int,
@@ -58,27 +59,44 @@ def options_from_args(args) -> dict:
             "feature_layer": args.feature_layer, "ft_epochs": args.ft_epochs, "ft_lr": args.ft_lr, **baselines}
 
 
-def run(args) -> int:
+def results_settings(exp, result) -> dict:
+    """The ``settings`` record of results.json."""
     from dataclasses import asdict
 
+    from fastmix.harness.experiment import OWN_MODEL_AND_DATA
+
+    settings = {k: v for k, v in asdict(exp).items()
+                if k not in ("options", "quiet") and not (k in OWN_MODEL_AND_DATA and v is None)}
+    settings.update(options=result["options"], n_forget=int(result["split"].forget.numel()),
+                    n_retain=int(result["split"].retain.numel()), n_eval=int(result["dataset"].x_test.shape[0]))
+    return settings
+
+
+def run(args) -> int:
     from fastmix.harness.data import DataError
-    from fastmix.harness.experiment import OWN_MODEL_AND_DATA, run_experiment
+    from fastmix.harness.experiment import run_experiment
     from fastmix.harness.report import format_table, write_png, write_results
     from fastmix.mixunlearn.distributed import init_from_env, launched_by_torchrun, world
 
     apply_threads(args)
     try:
         methods = expand_method_names(args.method)
+        check_args(args)
+        exp = experiment_from_args(args, methods, options_from_args(args))
     except ValueError as e:
-        print(f"fastmix unlearn: error: --method: {e}")
+        print(f"fastmix unlearn: error: {e}")
         return 2
-    exp = experiment_from_args(args, methods, options_from_args(args))
     if launched_by_torchrun():  # data-parallel: one process per device, results from rank 0
         exp.device = str(init_from_env(exp.device))
         exp.quiet = exp.quiet or world()[0] != 0
     log = (lambda *a: None) if exp.quiet else (lambda *a: print(*a, file=sys.stderr))
+    out = Path(args.out)
+
+    def write(result):  # results.json after each method: a stopped run keeps what it finished
+        write_results(out / "results.json", result["rows"], results_settings(exp, result), pending=result["pending"])
+
     try:
-        result = run_experiment(exp, log=log)
+        result = run_experiment(exp, log=log, write=write)
     except (DataError, ValueError) as e:
         print(f"fastmix unlearn: error: {e}")
         return 2
@@ -92,12 +110,6 @@ def run(args) -> int:
         return 0
     rows, metrics = result["rows"], result["metrics"]
     print(format_table(rows, metrics))
-    out = Path(args.out)
-    settings = {k: v for k, v in asdict(exp).items()
-                if k not in ("options", "quiet") and not (k in OWN_MODEL_AND_DATA and v is None)}
-    settings.update(options=result["options"], n_forget=int(result["split"].forget.numel()),
-                    n_retain=int(result["split"].retain.numel()), n_eval=int(result["dataset"].x_test.shape[0]))
-    write_results(out / "results.json", rows, settings)
     if not args.no_png:
         mu = result["extras"].get("mixunlearn", {}).get("mixunlearn")
         preview = mu.preview(seed=exp.seed) if mu is not None else None

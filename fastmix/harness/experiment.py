@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from fastmix.mixunlearn.config import MixUnlearnConfig
+from fastmix.mixunlearn.config import CONFIG_FIELDS, ENGINE_FIELDS, EngineOptions, MixUnlearnConfig
 from fastmix.mixunlearn.distributed import barrier, world
 from fastmix.settings import command_line_defaults
 
+from .atomic import check_writable, remove_stale_tmp
 from .data import ImageDataset, load_dataset, make_split, parse_classes
 from .evaluation import avg_gap, evaluate, metric_names
 from .methods import MethodContext, get_method
 from .models import build_model, default_model_name, file_digest, input_config, load_weights
-from .training import Recipe, cache_key, train_or_load
+from .training import Recipe, cache_key, check_cached, fingerprint, train_or_load
 
 # Per data set: the recipe of the original/retrained models and the unlearning
 # defaults. MNIST-type and 32x32 data follow the paper (SPEC 7, 8); the temperatures
@@ -48,7 +49,8 @@ OWN_MODEL_AND_DATA = ("checkpoint", "image_size", "normalize", "test_fraction", 
 @dataclass
 class Experiment:
     """Everything :func:`run_experiment` needs; ``options`` holds the method options
-    (``None`` values fall back to :data:`DEFAULTS`)."""
+    (``None`` values fall back to :data:`DEFAULTS`). Checked as a whole by
+    :func:`validate_experiment` before any work."""
 
     dataset: str = "digits"
     data_root: str | None = None
@@ -68,12 +70,12 @@ class Experiment:
     models_dir: str | None = None  # default: out/models
     device: str = "cpu"
     quiet: bool = False
-    options: dict = field(default_factory=dict)
     checkpoint: str | None = None  # initial weights of the original and retrained models (then fine-tuned)
     image_size: int | None = None  # imagefolder: the side images are scaled and cropped to
     normalize: str | None = None  # imagefolder: imagenet, dataset or none (default: the model's, else dataset)
     test_fraction: float | None = None  # imagefolder, single folder: the share kept for evaluation
     protocol: str | None = None  # "paper-imagenet": the paper's ViT experiment on an image folder
+    options: dict = field(default_factory=dict)
 
 
 def resolve_options(dataset: str, options: dict) -> dict:
@@ -121,15 +123,79 @@ def dataset_options(exp: Experiment, log) -> dict:
                 protocol=exp.protocol, seed=exp.seed, model_input=model_input, log=log)
 
 
-def prepare_data(exp: Experiment, log=lambda *a: None) -> tuple[ImageDataset, object]:
-    """The data set (evaluated on its test set or a carved validation set) and the split."""
-    check_protocol(exp)
-    options = dataset_options(exp, log)
+SEED_LIMIT = 2**63  # MixUnlearn's range of seeds (torch generators take 64-bit seeds)
+
+
+def check_device(name: str) -> torch.device:
+    """``name`` as a device this machine has: ``cpu``, ``cuda``/``cuda:N`` with a GPU
+    present, ``mps`` where available; anything else is refused with the reason."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device (--device) {name!r} is not a device name; expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device (--device) {name!r}: no CUDA GPU is visible here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device (--device) {name!r}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device (--device) {name!r}: MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise ValueError(f"device (--device) {name!r}: fastmix runs on cpu, cuda or mps, not {dev.type}")
+    return dev
+
+
+def validate_experiment(exp: Experiment) -> dict:
+    """Check every setting of ``exp`` that needs no data, before any work: data set,
+    device, seed, evaluation split, methods and their options (MixUnlearn's
+    :class:`MixUnlearnConfig` and :class:`EngineOptions` are built and validated here,
+    not after the models are trained). Returns the resolved options."""
+    if exp.dataset not in DEFAULTS:
+        raise ValueError(f"dataset must be one of {', '.join(DEFAULTS)}, got {exp.dataset!r}")
+    if isinstance(exp.seed, bool) or not isinstance(exp.seed, int) or not 0 <= exp.seed < SEED_LIMIT:
+        raise ValueError(f"seed (--seed) must be an integer in 0..2**63-1, got {exp.seed!r}")
     if exp.eval_split not in ("test", "val"):
         raise ValueError(f"eval_split must be 'test' or 'val', got {exp.eval_split!r}")
+    if isinstance(exp.val_size, bool) or not isinstance(exp.val_size, int) or exp.val_size < 0:
+        raise ValueError(f"val_size (--val-size) must be an integer >= 0, got {exp.val_size!r}")
     if exp.eval_split == "val" and exp.val_size <= 0:
-        raise ValueError("eval_split 'val' needs val_size > 0 (a validation split carved from the training data)")
-    ds = load_dataset(exp.dataset, exp.data_root, **options)
+        raise ValueError("eval_split 'val' (--eval-split val) needs val_size > 0 (--val-size: a validation split "
+                         "carved from the training data)")
+    if exp.labels not in ("aware", "agnostic"):
+        raise ValueError(f"labels must be 'aware' or 'agnostic', got {exp.labels!r}")
+    device = check_device(exp.device)
+    for name in exp.methods:
+        get_method(name)  # an unknown name fails here, before any training
+    options = resolve_options(exp.dataset, exp.options)
+    if "mixunlearn" in exp.methods:
+        config = MixUnlearnConfig(**{k: v for k, v in options.items() if k in CONFIG_FIELDS and k != "labels"},
+                                  labels=exp.labels).validate()
+        EngineOptions(**{k: v for k, v in options.items() if k in ENGINE_FIELDS}).validate(device, config)
+    return options
+
+
+def prepare_outputs(exp: Experiment, results: bool) -> None:
+    """Before any work: the models folder (and ``out`` when ``results`` are written)
+    must be writable (a probe file is created and removed), and the temporary files of
+    interrupted writes there are removed."""
+    folders = [(models_dir_of(exp), "models folder (--models-dir)")]
+    if results:
+        folders.insert(0, (Path(exp.out), "output folder (--out)"))
+    for folder, what in folders:
+        check_writable(folder, what)
+        remove_stale_tmp(folder)
+
+
+def models_dir_of(exp: Experiment) -> Path:
+    return Path(exp.models_dir) if exp.models_dir else Path(exp.out) / "models"
+
+
+def prepare_data(exp: Experiment, log=lambda *a: None) -> tuple[ImageDataset, object]:
+    """The data set (evaluated on its test set or a carved validation set) and the split."""
+    validate_experiment(exp)
+    check_protocol(exp)
+    ds = load_dataset(exp.dataset, exp.data_root, **dataset_options(exp, log))
     if exp.val_size > 0:
         with_test, with_val = ds.carve_validation(exp.val_size, seed=exp.seed)
         ds = with_val if exp.eval_split == "val" else with_test
@@ -140,12 +206,48 @@ def prepare_data(exp: Experiment, log=lambda *a: None) -> tuple[ImageDataset, ob
     return ds, split
 
 
+def check_model(model, ds: ImageDataset, model_name: str, feature_layer: str | None) -> None:
+    """One forward pass on two training images before any training: a model that cannot
+    take the data set's images (or lacks the named feature layer) is found now."""
+    if feature_layer and feature_layer not in dict(model.named_modules()):
+        raise ValueError(f"feature layer (--feature-layer) {feature_layer!r} is not a module of {model_name}; "
+                         f"its modules: {', '.join(n for n, _ in model.named_modules() if n)}")
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(ds.x_train[:2].to(next(model.parameters()).device))
+    except Exception as e:
+        raise ValueError(f"model (--model) {model_name} cannot take {ds.name}'s images of shape "
+                         f"{tuple(ds.image_shape)}: {e}") from None
+    finally:
+        model.train(was_training)
+    if out.shape[-1] != ds.num_classes:
+        raise ValueError(f"model (--model) {model_name} gives {out.shape[-1]} outputs, {ds.name} has "
+                         f"{ds.num_classes} classes")
+
+
+def model_meta(exp: Experiment, ds: ImageDataset, split, model_name: str, recipe: Recipe) -> tuple[dict, dict]:
+    """What determines the original and the retrained model, as stored with each and
+    hashed into its file name: the training data's content (a fingerprint of its
+    tensors), the split (the retained indices), seed, model, recipe and fastmix version."""
+    from fastmix import __version__
+
+    base = dict(dataset=exp.dataset, model=model_name, recipe=asdict(recipe), seed=exp.seed, val_size=exp.val_size,
+                n_train=int(ds.x_train.shape[0]), data=fingerprint(ds.x_train, ds.y_train), fastmix=__version__,
+                **own_model_and_data_key(exp, ds))
+    split_fields = dict(setting=split.setting, forget_classes=split.forget_classes,
+                        forget_fraction=exp.forget_fraction if split.setting == "data" else None,
+                        retain=fingerprint(split.retain))
+    return {**base, "role": "original"}, {**base, **split_fields, "role": "retrain"}
+
+
 def train_original_and_retrained(exp: Experiment, ds: ImageDataset, split, log=print):
     """The original model (all training data) and the retrained one (D_r only), trained
     with the data set's recipe or loaded from ``out/models`` when trained before with
-    the same data set, split, recipe and seed (``models_dir``, default ``out/models``).
-    With a ``checkpoint`` both start from its weights (fine-tuning); else from the seed's.
-    Returns ``(original, retrain, seconds)``."""
+    the same data, split, recipe, model, seed and fastmix version (``models_dir``,
+    default ``out/models``; :func:`model_meta`). A cached file whose stored metadata
+    differ is refused before anything is trained. With a ``checkpoint`` both start from
+    its weights (fine-tuning); else from the seed's. Returns ``(original, retrain, seconds)``."""
     d = DEFAULTS[exp.dataset]["train"]
     recipe = Recipe(exp.train_epochs or d.epochs, d.batch_size, exp.train_lr or d.lr, d.weight_decay)
     model_name = exp.model or default_model_name(ds.image_shape)
@@ -155,26 +257,30 @@ def train_original_and_retrained(exp: Experiment, ds: ImageDataset, split, log=p
         return load_weights(model, exp.checkpoint) if exp.checkpoint else model
 
     first = make()  # a bad checkpoint or feature layer fails here, before any training
-    check_feature_layer(first, exp)
     dev = torch.device(exp.device)
-    base = dict(dataset=exp.dataset, model=model_name, recipe=recipe, seed=exp.seed, val_size=exp.val_size,
-                n_train=int(ds.x_train.shape[0]), **own_model_and_data_key(exp, ds))
-    split_fields = dict(setting=split.setting, forget_classes=split.forget_classes,
-                        forget_fraction=exp.forget_fraction if split.setting == "data" else None)
-    models_dir = Path(exp.models_dir) if exp.models_dir else Path(exp.out) / "models"
-    x, y = ds.x_train.to(dev), ds.y_train.to(dev)
     rank, world_size = world()
+    if rank == 0:
+        prepare_outputs(exp, results=False)
+    check_model(first.to(dev), ds, model_name, exp.options.get("feature_layer"))
+    check_feature_layer(first, exp)
+    meta_orig, meta_ret = model_meta(exp, ds, split, model_name, recipe)
+    models_dir = models_dir_of(exp)
+    path_orig = models_dir / f"{exp.dataset}-original-{cache_key(**meta_orig)}.pt"
+    path_ret = models_dir / f"{exp.dataset}-retrain-{split.setting}-{cache_key(**meta_ret)}.pt"
+    if rank == 0:
+        check_cached(path_orig, meta_orig)
+        check_cached(path_ret, meta_ret)
+    x, y = ds.x_train.to(dev), ds.y_train.to(dev)
     if rank != 0:
         barrier()  # under torchrun rank 0 trains (or finds) the models first; the others load them
     original, t_orig, _ = train_or_load(
-        models_dir / f"{exp.dataset}-original-{cache_key(**base)}.pt", lambda: first, x, y, recipe,
-        seed=exp.seed, meta={**base, "role": "original"}, desc="original", quiet=exp.quiet, log=log,
+        path_orig, lambda: first, x, y, recipe, seed=exp.seed, meta=meta_orig, desc="original", quiet=exp.quiet,
+        log=log,
     )
     retain = split.retain.to(dev)
-    name = f"{exp.dataset}-retrain-{split.setting}-{cache_key(**base, **split_fields)}.pt"
     retrained, t_ret, _ = train_or_load(
-        models_dir / name, make, x[retain], y[retain], recipe,
-        seed=exp.seed, meta={**base, **split_fields, "role": "retrain"}, desc="retrain", quiet=exp.quiet, log=log,
+        path_ret, make, x[retain], y[retain], recipe, seed=exp.seed, meta=meta_ret, desc="retrain",
+        quiet=exp.quiet, log=log,
     )
     if rank == 0 and world_size > 1:
         barrier()
@@ -225,7 +331,7 @@ def method_context(exp: Experiment, ds: ImageDataset, split, original, options: 
     )
 
 
-def run_experiment(exp: Experiment, log=print) -> dict | None:
+def run_experiment(exp: Experiment, log=print, write=None) -> dict | None:
     """Run every method of ``exp`` and evaluate it with the original and retrain.
 
     Returns ``{"rows": {name: metrics}, "metrics": names, "extras": {...},
@@ -235,11 +341,18 @@ def run_experiment(exp: Experiment, log=print) -> dict | None:
     Under torchrun (a process group of several ranks) every rank runs the
     data-parallel methods (:data:`DATA_PARALLEL_METHODS`) together; rank 0 alone runs
     the others and the evaluation, and the other ranks return None.
+
+    Every setting is checked before any work (:func:`validate_experiment`, then the
+    data, the split and the output folders). ``write``, when given, is called on rank 0
+    with the result so far as soon as the original and retrain are evaluated and again
+    after each method, so a run stopped half-way keeps what it finished;
+    ``result["pending"]`` lists the methods not yet run (empty in the last call). With
+    ``write``, ``exp.out`` must be writable before anything is trained.
     """
-    for name in exp.methods:
-        get_method(name)  # fail before any training on an unknown name
-    options = resolve_options(exp.dataset, exp.options)
+    options = validate_experiment(exp)
     ds, split = prepare_data(exp, log)
+    if write is not None and world()[0] == 0:
+        prepare_outputs(exp, results=True)
     log(f"{exp.dataset}: {ds.x_train.shape[0]} training images ({split.forget.numel()} to forget), "
         f"{ds.x_test.shape[0]} {ds.eval_split} images; {split.setting}-level, label-{exp.labels}")
     original, retrained, train_seconds = train_original_and_retrained(exp, ds, split, log)
@@ -251,14 +364,22 @@ def run_experiment(exp: Experiment, log=print) -> dict | None:
             if name in DATA_PARALLEL_METHODS:
                 get_method(name)(method_context(exp, ds, split, original, options))
         return None
+    result = {"rows": rows, "metrics": names, "extras": extras, "options": options, "split": split, "dataset": ds}
+
+    def finished(pending):
+        for row in rows.values():
+            row["avg_gap"] = avg_gap(row, rows["retrain"], names)
+        if write is not None:
+            write({**result, "pending": list(pending)})
+
     rows["original"] = {**evaluate(original, ds, split, exp.seed), "seconds": train_seconds["original"]}
     rows["retrain"] = {**evaluate(retrained, ds, split, exp.seed), "seconds": train_seconds["retrain"]}
-    for name in exp.methods:
-        result = get_method(name)(method_context(exp, ds, split, original, options))
-        rows[name] = {**evaluate(result.model, ds, split, exp.seed), "seconds": result.seconds}
-        extras[name] = result.extras
-        log(f"{name}: {result.seconds:.1f}s")
-    for row in rows.values():
-        row["avg_gap"] = avg_gap(row, rows["retrain"], names)
+    finished(exp.methods)
+    for i, name in enumerate(exp.methods):
+        method_result = get_method(name)(method_context(exp, ds, split, original, options))
+        rows[name] = {**evaluate(method_result.model, ds, split, exp.seed), "seconds": method_result.seconds}
+        extras[name] = method_result.extras
+        log(f"{name}: {method_result.seconds:.1f}s")
+        finished(exp.methods[i + 1:])
     log(f"evaluation and methods took {time.perf_counter() - start:.1f}s")
-    return {"rows": rows, "metrics": names, "extras": extras, "options": options, "split": split, "dataset": ds}
+    return result

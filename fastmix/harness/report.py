@@ -32,11 +32,14 @@ def versions() -> dict:
             "python": platform.python_version(), "machine": platform.machine(), "cpu_threads": torch.get_num_threads()}
 
 
-def write_results(path: Path, rows: dict[str, dict], settings: dict) -> dict:
+def write_results(path: Path, rows: dict[str, dict], settings: dict, pending=()) -> dict:
     """results.json: one record per row keyed by method name (``original``, ``retrain``,
     then each method) with the metrics in percent, ``avg_gap`` and ``seconds``; plus
-    ``settings`` and ``versions``."""
+    ``settings`` and ``versions``. Written atomically; while methods are still to run it
+    also lists them under ``pending`` (absent once the run is complete)."""
     doc = {name: {k: float(v) for k, v in row.items()} for name, row in rows.items()}
+    if pending:
+        doc["pending"] = list(pending)
     doc["settings"] = settings
     doc["versions"] = versions()
 

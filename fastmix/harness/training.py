@@ -74,10 +74,25 @@ def train_classifier(
     return model.to(memory_format=torch.contiguous_format).eval()
 
 
+def fingerprint(*tensors: torch.Tensor) -> str:
+    """A short sha256 of the tensors' dtypes, shapes and bytes: what a cached model was
+    trained on, so that other data under the same name and size is never mistaken for it."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
 def cache_key(**fields) -> str:
     """A short stable hash of what determines a trained model."""
     text = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _comparable(meta: dict) -> dict:
+    return json.loads(json.dumps(meta, sort_keys=True, default=str))  # tuples -> lists, as stored
 
 
 def save_checkpoint(path: Path, model: nn.Module, meta: dict) -> None:
@@ -85,14 +100,47 @@ def save_checkpoint(path: Path, model: nn.Module, meta: dict) -> None:
     atomic_write(path, lambda tmp: torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp))
 
 
-def load_checkpoint(path: Path, model: nn.Module) -> dict:
-    """Load weights into ``model``; returns the stored metadata."""
+def _read(path: Path, what: str) -> dict:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a fastmix checkpoint{what} ({e})") from None
+    if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict) or \
+            not isinstance(blob.get("meta"), dict):
+        raise ValueError(f"{path}: not a fastmix checkpoint{what} (expected the keys state_dict and meta)")
+    return blob
+
+
+def load_checkpoint(path: Path, model: nn.Module) -> dict:
+    """Load weights into ``model``; returns the stored metadata."""
+    blob = _read(path, f" for {type(model).__name__}")
+    try:
         model.load_state_dict(blob["state_dict"])
     except Exception as e:
         raise ValueError(f"{path}: not a fastmix checkpoint for {type(model).__name__} ({e})") from None
     return blob["meta"]
+
+
+def check_meta(path: Path, stored: dict, expected: dict) -> None:
+    """Refuse a cached model whose recorded training differs from what the run needs,
+    naming the first field that differs (``seconds`` is not compared)."""
+    stored, expected = _comparable(stored), _comparable(expected)
+    for name, want in expected.items():
+        if name == "seconds":
+            continue
+        have = stored.get(name, "<not recorded>")
+        if have != want:
+            raise ValueError(
+                f"{path}: this cached model was trained with {name}={have!r}, but this run needs {name}={want!r}; "
+                "it was copied or renamed from another run: delete it (it is retrained) or pass another --models-dir"
+            )
+
+
+def check_cached(path: Path, meta: dict) -> None:
+    """If ``path`` exists, check that it is a readable checkpoint made for ``meta``
+    (:func:`check_meta`); lets a run refuse a bad cache entry before it trains anything."""
+    if Path(path).is_file():
+        check_meta(path, _read(path, "")["meta"], meta)
 
 
 def train_or_load(
@@ -110,12 +158,17 @@ def train_or_load(
 ) -> tuple[nn.Module, float, bool]:
     """The model cached at ``path``, or a new one trained and saved there.
 
+    ``meta`` is what determines the model (data fingerprint, split, seed, model, recipe,
+    fastmix version: :func:`fastmix.harness.experiment.model_meta`); a cached model
+    whose stored metadata differ from it is refused (:func:`check_meta`), never reused.
+
     Returns ``(model, training_seconds, reused)``; a reused model reports the
     seconds its training took when it was made.
     """
     model = make_model().to(x.device)
     if path.is_file():
         stored = load_checkpoint(path, model)
+        check_meta(path, stored, {**meta, "recipe": asdict(recipe)})
         log(f"reusing {path} (trained in {stored.get('seconds', float('nan')):.1f}s)")
         return model.eval(), float(stored.get("seconds", float("nan"))), True
     start = time.perf_counter()

@@ -113,7 +113,7 @@ def test_errors_come_before_any_training(colour_folder, tmp_path, monkeypatch, c
     assert "imagenet_head.pt does not fit" in msg and "fc.weight: checkpoint (1000, 32), model (10, 32)" in msg
     assert not list(out.glob("models/*.pt"))
     assert main([*base, "--model", "torchvision:resnet18", "--feature-layer", "layer9"]) == 2
-    assert "feature_layer 'layer9' is not a module" in capsys.readouterr().out
+    assert "feature layer (--feature-layer) 'layer9' is not a module" in capsys.readouterr().out
     monkeypatch.setitem(sys.modules, "timm", None)
     assert main([*base, "--model", "timm:vit_base_patch16_224"]) == 2
     assert 'pip install "fastmix[models]"' in capsys.readouterr().out

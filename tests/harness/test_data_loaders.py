@@ -178,3 +178,77 @@ def test_digits_and_unknown_name():
     assert sorted(ds.y_test.unique().tolist()) == list(range(10))
     with pytest.raises(ValueError, match="dataset must be one of"):
         load_dataset("imagenet")
+
+
+# --- Bad files are refused, never read as garbage ----------------------------------------
+
+
+def test_idx_corrupt_gzip_names_file(tmp_path):
+    write_idx_set(tmp_path)
+    p = tmp_path / "train-images-idx3-ubyte.gz"
+    raw = bytearray(p.read_bytes())
+    raw[10] = 0xFF  # the first deflate block's type is the reserved one: zlib.error
+    p.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz.*corrupt"):
+        load_dataset("mnist", str(tmp_path))
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8bnot gzip at all")  # gzip.BadGzipFile
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz"):
+        read_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", 1)
+
+
+def test_idx_test_images_of_another_size(tmp_path):
+    write_idx_set(tmp_path, gz=False)
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((6, 32, 32), np.uint8)))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.*32x32.*28x28"):
+        load_dataset("mnist", str(tmp_path))
+
+
+def test_fashion_mnist_named_root_is_never_swapped_for_debians_copy(tmp_path, monkeypatch):
+    (tmp_path / "debian").mkdir()
+    write_idx_set(tmp_path / "debian")
+    monkeypatch.setattr("fastmix.harness.data.idx.DEBIAN_FASHION_MNIST", str(tmp_path / "debian"))
+    assert load_dataset("fashion-mnist").x_train.shape[0] == 12  # no --data-root: Debian's copy
+    with pytest.raises(DataError, match="typo") as err:
+        load_dataset("fashion-mnist", str(tmp_path / "typo"))
+    assert "debian" not in str(err.value)
+
+
+@pytest.mark.parametrize("bad", ["cat", 2.5, None])
+def test_cifar_labels_that_are_not_integers(tmp_path, bad):
+    d = write_cifar(tmp_path)
+    with open(d / "test_batch", "rb") as f:
+        batch = pickle.load(f)
+    batch[b"labels"][0] = bad
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump(batch, f)
+    with pytest.raises(DataError, match="test_batch.*integer labels"):
+        load_dataset("cifar10", str(tmp_path))
+
+
+def test_svhn_float_pixels_in_0_1_load_as_the_uint8_pixels(tmp_path):
+    from scipy.io import loadmat, savemat
+
+    write_svhn(tmp_path)
+    want = load_dataset("svhn", str(tmp_path))
+    for name in ("train_32x32.mat", "test_32x32.mat"):
+        mat = loadmat(tmp_path / name)
+        savemat(tmp_path / name, {"X": mat["X"].astype(np.float32) / 255, "y": mat["y"].astype(np.float64)})
+    got = load_dataset("svhn", str(tmp_path))
+    assert got.x_train.abs().max() > 0.5  # not zeros
+    torch.testing.assert_close(got.x_train, want.x_train, atol=1e-4, rtol=1e-4)
+    assert torch.equal(got.y_train, want.y_train)  # whole-number doubles are labels
+
+
+def test_svhn_refuses_fractional_labels_and_out_of_range_pixels(tmp_path):
+    from scipy.io import savemat
+
+    write_svhn(tmp_path)
+    y = (np.arange(5) % 10 + 1.0).reshape(-1, 1)
+    y[2, 0] = 3.5
+    x = np.random.default_rng(0).integers(0, 256, (32, 32, 3, 5)).astype(np.uint8)
+    savemat(tmp_path / "train_32x32.mat", {"X": x, "y": y})
+    with pytest.raises(DataError, match=r"train_32x32.mat.*3\.5"):
+        load_dataset("svhn", str(tmp_path))
+    savemat(tmp_path / "train_32x32.mat", {"X": x.astype(np.float64) * 2, "y": y.round()})
+    with pytest.raises(DataError, match=r"train_32x32.mat.*0\.\.255"):
+        load_dataset("svhn", str(tmp_path))

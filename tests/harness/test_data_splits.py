@@ -40,3 +40,9 @@ def test_validation_carve_keeps_test_set_apart():
     assert torch.equal(with_test.x_test, ds.x_test)
     assert with_test.x_train.shape[0] == ds.x_train.shape[0] - 100
     assert torch.equal(with_test.x_train, with_val.x_train)
+
+
+def test_forgetting_every_class_is_refused():
+    labels = torch.arange(20) % 10
+    with pytest.raises(ValueError, match="--forget-class 0-9.*D_r empty"):
+        make_split(labels, 10, "class", forget_class="0-9")

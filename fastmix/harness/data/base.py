@@ -41,7 +41,7 @@ class ImageDataset:
         """
         n = self.x_train.shape[0]
         if not 0 < size < n:
-            raise ValueError(f"val_size must be in 1..{n - 1} for {self.name}, got {size}")
+            raise ValueError(f"val_size (--val-size) must be in 1..{n - 1} for {self.name}, got {size}")
         g = torch.Generator().manual_seed(seed)
         order = torch.randperm(n, generator=g)
         val, keep = order[:size].sort().values, order[size:].sort().values
@@ -59,7 +59,14 @@ def from_uint8(
     num_classes: int,
     scale: float = 255.0,
 ) -> ImageDataset:
-    """Build an :class:`ImageDataset` from ``(N, C, H, W)`` pixel arrays in ``[0, scale]``."""
+    """Build an :class:`ImageDataset` from ``(N, C, H, W)`` pixel arrays in ``[0, scale]``.
+
+    Refuses test images of another shape than the training images (the model would
+    meet them only at evaluation, after training)."""
+    if tuple(np.shape(test_images)[1:]) != tuple(np.shape(train_images)[1:]):
+        raise DataError(f"{name}: the test images are {'x'.join(map(str, np.shape(test_images)[1:]))} (C x H x W) "
+                        f"but the training images are {'x'.join(map(str, np.shape(train_images)[1:]))}; "
+                        "both sets must hold images of one size")
     x_train = torch.from_numpy(np.array(train_images, dtype=np.float32)) / scale
     x_test = torch.from_numpy(np.array(test_images, dtype=np.float32)) / scale
     mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
@@ -75,12 +82,36 @@ def from_uint8(
 
 
 def check_labels(path, labels: np.ndarray, num_classes: int, count: int | None = None) -> np.ndarray:
-    """Labels must be integers in ``[0, num_classes)``, ``count`` of them when given."""
-    labels = np.asarray(labels).reshape(-1)
+    """Labels must be integers in ``[0, num_classes)``, ``count`` of them when given.
+
+    Numbers of a float type are accepted when whole (MATLAB stores labels as doubles);
+    fractional labels, strings and other objects are refused, never truncated."""
+    try:
+        labels = np.asarray(labels).reshape(-1)
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{path}: expected a flat list of integer labels ({e})") from None
     if count is not None and labels.shape[0] != count:
         raise DataError(f"{path}: expected {count} labels (one per image), found {labels.shape[0]}")
+    numeric = np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)
+    if labels.dtype == bool or not numeric:
+        raise DataError(f"{path}: expected integer labels, found {labels.dtype} values such as "
+                        f"{_first_non_integer(labels.tolist())!r}")
+    if np.issubdtype(labels.dtype, np.floating) and labels.size:
+        bad = ~np.isfinite(labels) | (labels != np.round(labels))
+        if bad.any():
+            raise DataError(f"{path}: expected integer labels, found {float(labels[bad][0])!r} "
+                            f"(label {int(np.argmax(bad))}); fractional labels are not truncated")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise DataError(
             f"{path}: labels must be in 0..{num_classes - 1}, found values from {labels.min()} to {labels.max()}"
         )
     return labels.astype(np.int64)
+
+
+def _first_non_integer(values: list):
+    for v in values:
+        try:
+            int(v)
+        except (TypeError, ValueError):
+            return v
+    return values[0] if values else None

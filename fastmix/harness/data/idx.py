@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ def read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
             raise DataError(f"{path}: a truncated or corrupt gzip file ({e})") from None
     if len(raw) < 4 + 4 * ndim:
         raise DataError(f"{path}: too short for an IDX header of {ndim} dimensions ({len(raw)} bytes)")
@@ -59,13 +60,12 @@ def find_file(root: Path, stems: tuple[str, ...]) -> Path:
 
 
 def search_roots(name: str, data_root: str | None) -> list[Path]:
-    """``data_root`` and ``data_root/<name>``; for fashion-mnist also Debian's location."""
-    roots = []
+    """``data_root`` and ``data_root/<name>``; for fashion-mnist without a ``data_root``,
+    Debian's location. A folder the user names is used or refused, never swapped for
+    another copy."""
     if data_root:
-        roots += [Path(data_root), Path(data_root) / name]
-    if name == "fashion-mnist":
-        roots.append(Path(DEBIAN_FASHION_MNIST))
-    return roots
+        return [Path(data_root), Path(data_root) / name]
+    return [Path(DEBIAN_FASHION_MNIST)] if name == "fashion-mnist" else []
 
 
 def load_idx_dataset(name: str, data_root: str | None) -> ImageDataset:
@@ -74,17 +74,22 @@ def load_idx_dataset(name: str, data_root: str | None) -> ImageDataset:
                                                           for s in FILES["train_images"])), None)
     if root is None:
         tried = ", ".join(str(r) for r in roots) or "nowhere (no --data-root given)"
-        hint = " (or install Debian's dataset-fashion-mnist)" if name == "fashion-mnist" else ""
+        hint = " (or install Debian's dataset-fashion-mnist)" if name == "fashion-mnist" and not data_root else ""
         raise DataError(
             f"{name}: no IDX files (train-images-idx3-ubyte[.gz] ...) found; looked in {tried}. "
             f"Pass --data-root DIR{hint}"
         )
-    arrays = {}
+    arrays, paths = {}, {}
     for key, stems in FILES.items():
-        arrays[key] = read_idx(find_file(root, stems), 3 if key.endswith("images") else 1)
+        paths[key] = find_file(root, stems)
+        arrays[key] = read_idx(paths[key], 3 if key.endswith("images") else 1)
+    train_hw, test_hw = arrays["train_images"].shape[1:], arrays["test_images"].shape[1:]
+    if train_hw != test_hw:
+        raise DataError(f"{paths['test_images']}: test images of {test_hw[0]}x{test_hw[1]} pixels, but the training "
+                        f"images ({paths['train_images'].name}) are {train_hw[0]}x{train_hw[1]}")
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        arrays[f"{split}_labels"] = check_labels(find_file(root, FILES[f"{split}_labels"]), labels, 10, images.shape[0])
+        arrays[f"{split}_labels"] = check_labels(paths[f"{split}_labels"], labels, 10, images.shape[0])
     return from_uint8(
         name,
         arrays["train_images"][:, None],

@@ -47,6 +47,9 @@ def class_split(labels: torch.Tensor, classes, num_classes: int) -> ForgetSplit:
     mask = torch.isin(labels, torch.tensor(classes, dtype=labels.dtype))
     if not mask.any():
         raise ValueError(f"no training sample has a label in {classes}")
+    if mask.all():
+        raise ValueError(f"forgetting classes {classes} forgets every training sample and leaves D_r empty: there "
+                         "would be no retrained model to compare with; forget fewer classes")
     return ForgetSplit("class", mask.nonzero().squeeze(1), (~mask).nonzero().squeeze(1), classes)
 
 
@@ -69,9 +72,15 @@ def data_split(labels: torch.Tensor, fraction: float, classes, num_classes: int,
 def make_split(labels, num_classes, setting, *, forget_class=0, forget_classes="5-9", forget_fraction=0.4, seed=0):
     """The split the CLI asks for: ``setting`` is ``"class"`` or ``"data"``."""
     if setting == "class":
-        classes = parse_classes(forget_class) if isinstance(forget_class, str) else (forget_class,)
-        return class_split(labels, classes, num_classes)
+        try:
+            classes = parse_classes(forget_class) if isinstance(forget_class, str) else (forget_class,)
+            return class_split(labels, classes, num_classes)
+        except ValueError as e:
+            raise ValueError(f"--forget-class {forget_class}: {e}") from None
     if setting == "data":
-        classes = parse_classes(forget_classes) if isinstance(forget_classes, str) else tuple(forget_classes)
-        return data_split(labels, forget_fraction, classes, num_classes, seed)
+        try:
+            classes = parse_classes(forget_classes) if isinstance(forget_classes, str) else tuple(forget_classes)
+            return data_split(labels, forget_fraction, classes, num_classes, seed)
+        except ValueError as e:
+            raise ValueError(f"--forget-classes {forget_classes} --forget-fraction {forget_fraction}: {e}") from None
     raise ValueError(f"setting must be 'class' or 'data', got {setting!r}")

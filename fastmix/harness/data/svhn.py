@@ -9,7 +9,11 @@ from .base import DataError, ImageDataset, check_labels, from_uint8
 
 
 def read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(N, 3, 32, 32)`` uint8 images and labels 0..9 (the file stores digit 0 as 10)."""
+    """``(N, 3, 32, 32)`` float32 pixels in 0..255 and labels 0..9 (the file stores digit 0 as 10).
+
+    ``X`` is uint8 in the official files. Other numeric types are read by their range:
+    floats in [0, 1] are scaled by 255 (a copy saved from a normalising pipeline), values
+    in [0, 255] are kept; anything else (negative, above 255, NaN) is refused."""
     from scipy.io import loadmat
 
     if not path.is_file():
@@ -24,9 +28,27 @@ def read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     x, y = mat["X"], np.asarray(mat["y"]).reshape(-1)
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3):
         raise DataError(f"{path}: expected X of shape (32, 32, 3, N), found {x.shape}")
+    y = check_labels(path, y, 11, x.shape[3])  # 1..10 in the file; 0 is accepted too
     y = np.where(y == 10, 0, y)
-    y = check_labels(path, y, 10, x.shape[3])
-    return np.transpose(x, (3, 2, 0, 1)).astype(np.uint8), y
+    return np.transpose(_pixels(path, x), (3, 2, 0, 1)), y
+
+
+def _pixels(path: Path, x: np.ndarray) -> np.ndarray:
+    """``x`` as float32 in [0, 255] (see :func:`read_mat`)."""
+    if x.dtype == np.uint8:
+        return x.astype(np.float32)
+    if x.dtype == bool or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise DataError(f"{path}: expected X as uint8 pixels, found {x.dtype}")
+    floating = np.issubdtype(x.dtype, np.floating)
+    x = x.astype(np.float64)
+    if x.size and not np.isfinite(x).all():
+        raise DataError(f"{path}: X holds NaN or infinite pixels")
+    lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+    if lo < 0 or hi > 255:
+        raise DataError(f"{path}: expected X pixels in 0..255 (or 0..1 as floats), found values from {lo} to {hi}")
+    if floating and hi <= 1.0:
+        x = x * 255.0
+    return x.astype(np.float32)
 
 
 def load_svhn(data_root: str | None) -> ImageDataset:
