@@ -72,6 +72,15 @@ def results_settings(exp, result) -> dict:
     return settings
 
 
+def diagnostics(result) -> dict | None:
+    """What results.json records beside the metrics: the MixBlock's mean mask per lambda
+    bin (``MixUnlearn.mask_stats``; its masks tend to saturate near 1 whatever lambda is)."""
+    mu = result["extras"].get("mixunlearn", {}).get("mixunlearn")
+    if mu is None or getattr(mu, "mask_stats", None) is None:
+        return None
+    return {"mixunlearn": {"mask_stats": mu.mask_stats}}
+
+
 def run(args) -> int:
     from fastmix.harness.data import DataError
     from fastmix.harness.experiment import run_experiment
@@ -93,7 +102,8 @@ def run(args) -> int:
     out = Path(args.out)
 
     def write(result):  # results.json after each method: a stopped run keeps what it finished
-        write_results(out / "results.json", result["rows"], results_settings(exp, result), pending=result["pending"])
+        write_results(out / "results.json", result["rows"], results_settings(exp, result), pending=result["pending"],
+                      diagnostics=diagnostics(result))
 
     try:
         result = run_experiment(exp, log=log, write=write)
@@ -114,7 +124,8 @@ def run(args) -> int:
         mu = result["extras"].get("mixunlearn", {}).get("mixunlearn")
         preview = mu.preview(seed=exp.seed) if mu is not None else None
         title = f"{exp.dataset}, {exp.setting}-level, label-{exp.labels}, seed {exp.seed}"
-        write_png(out / "results.png", rows, metrics, preview, title)
+        write_png(out / "results.png", rows, metrics, preview, title,
+                  mask_stats=mu.mask_stats if mu is not None else None)
     if not args.quiet:
         print(f"wrote {out / 'results.json'}" + ("" if args.no_png else f" and {out / 'results.png'}"))
     return 0

@@ -32,7 +32,7 @@ def versions() -> dict:
             "python": platform.python_version(), "machine": platform.machine(), "cpu_threads": torch.get_num_threads()}
 
 
-def write_results(path: Path, rows: dict[str, dict], settings: dict, pending=()) -> dict:
+def write_results(path: Path, rows: dict[str, dict], settings: dict, pending=(), diagnostics=None) -> dict:
     """results.json: one record per row keyed by method name (``original``, ``retrain``,
     then each method) with the metrics in percent, ``avg_gap`` and ``seconds``; plus
     ``settings`` and ``versions``. Written atomically; while methods are still to run it
@@ -40,6 +40,8 @@ def write_results(path: Path, rows: dict[str, dict], settings: dict, pending=())
     doc = {name: {k: float(v) for k, v in row.items()} for name, row in rows.items()}
     if pending:
         doc["pending"] = list(pending)
+    if diagnostics:
+        doc["diagnostics"] = diagnostics
     doc["settings"] = settings
     doc["versions"] = versions()
 
@@ -66,10 +68,28 @@ def _show(ax, img, title=None, cmap="gray", vmin=None, vmax=None):
         ax.set_title(title, fontsize=8)
 
 
-def write_png(path: Path, rows: dict[str, dict], metrics, preview=None, title: str = "") -> None:
-    """Left: each metric of every method beside retrain. Right (when ``preview`` is
-    ``(x_f, x_r, mask, x_mix, lam)`` from :meth:`MixUnlearn.preview`): mixup samples
-    with their masks, one row per pair."""
+def _plot_mask_stats(ax, stats) -> None:
+    """Mean mask per lambda bin (bars, labelled with the bin's count) beside the bin's mean lambda (dots)."""
+    centres = [(lo + hi) / 2 for lo, hi in stats["bins"]]
+    width = 0.8 * (stats["bins"][0][1] - stats["bins"][0][0])
+    masks = [m if m is not None else 0.0 for m in stats["mean_mask"]]
+    ax.bar(centres, masks, width, color="tab:purple", label="mean mask")
+    ax.plot(centres, [lam if lam is not None else float("nan") for lam in stats["mean_lambda"]], "k.",
+            label="mean lambda")
+    for x, m, n in zip(centres, masks, stats["count"]):
+        ax.text(x, m + 0.02, str(n), ha="center", fontsize=6)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.15)
+    ax.set_xlabel("lambda bin (unlearner's mixes)", fontsize=7)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6, loc="upper left")
+
+
+def write_png(path: Path, rows: dict[str, dict], metrics, preview=None, title: str = "", mask_stats=None) -> None:
+    """Left: each metric of every method beside retrain and, below it when ``mask_stats``
+    is given (``MixUnlearn.mask_stats``), the MixBlock's mean mask in each bin of lambda
+    against lambda itself. Right (when ``preview`` is ``(x_f, x_r, mask, x_mix, lam)``
+    from :meth:`MixUnlearn.preview`): mixup samples with their masks, one row per pair."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,7 +98,12 @@ def write_png(path: Path, rows: dict[str, dict], metrics, preview=None, title: s
     n_prev = 0 if preview is None else min(6, preview[0].shape[0])
     fig = plt.figure(figsize=(12 if n_prev else 8, max(4.5, 1.3 * n_prev)))
     grid = fig.add_gridspec(max(n_prev, 1), 5 if n_prev else 1, width_ratios=[6, 1, 1, 1, 1] if n_prev else [1])
-    ax = fig.add_subplot(grid[:, 0])
+    if mask_stats:
+        left = grid[:, 0].subgridspec(2, 1, height_ratios=[3, 1.3], hspace=0.45)
+        ax = fig.add_subplot(left[0])
+        _plot_mask_stats(fig.add_subplot(left[1]), mask_stats)
+    else:
+        ax = fig.add_subplot(grid[:, 0])
     names = list(rows)
     width = 0.8 / len(names)
     xs = np.arange(len(metrics))

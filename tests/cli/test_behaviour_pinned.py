@@ -36,8 +36,9 @@ ADDED_SETTINGS = {"lambda_per": "sample", "generator_opponent": "live", "mixbloc
 
 
 def comparable(doc: dict) -> dict:
-    """results.json without what may change from run to run: timings, versions, paths."""
-    doc = {k: v for k, v in doc.items() if k != "versions"}
+    """results.json without what may change from run to run (timings, versions, paths) and
+    without the diagnostics added after the golden files were written."""
+    doc = {k: v for k, v in doc.items() if k not in ("versions", "diagnostics")}
     for name, row in doc.items():
         if name != "settings":
             row.pop("seconds", None)
