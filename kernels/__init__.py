@@ -9,6 +9,6 @@ __all__ = ["sharpen_forward", "sharpen_backward"]
 from .mixup import mixup_backward, mixup_forward  # noqa: E402
 
 __all__ += ["mixup_forward", "mixup_backward"]
-from .contrastive import contrastive_forward, real_forward  # noqa: E402
+from .contrastive import contrastive_forward, loss_forward, real_forward  # noqa: E402
 
-__all__ += ["contrastive_forward", "real_forward"]
+__all__ += ["contrastive_forward", "real_forward", "loss_forward"]
