@@ -58,7 +58,7 @@ def new_output_like(t: torch.Tensor, memory_format=torch.preserve_format) -> tor
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 

@@ -175,7 +175,7 @@ def _tile_set(rs, ROLE: tl.constexpr, HAS_PERM: tl.constexpr, LABELS: tl.constex
     """One set as a BLOCK_R x BLOCK_C tile: writes its gradient and returns its share of the loss."""
     (z_ptr, stride_zr, stride_zc, n_rows, n_cols, kt_ptr, stride_ktr, stride_ktc, keep_pool,
      ft_ptr, stride_ftr, stride_ftc, perm_ptr, stride_perm, lam_ptr, stride_lam,
-     grad_ptr, stride_gr, stats_ptr, n_keep, inv_tau, scale) = _unpack(rs)
+     grad_ptr, stride_gr, _stats, n_keep, inv_tau, scale) = _unpack(rs)
     HAS_KEEP: tl.constexpr = ROLE != FORGET
     HAS_FORGET: tl.constexpr = ROLE != KEEP
     rows = tl.arange(0, BLOCK_R)
@@ -284,7 +284,7 @@ def _row_terms(i, rs, ROLE: tl.constexpr, HAS_PERM: tl.constexpr, LABELS: tl.con
     """Writes the stats of logits row i (int64) of a set."""
     (z_ptr, stride_zr, stride_zc, n_rows, n_cols, kt_ptr, stride_ktr, stride_ktc, keep_pool,
      ft_ptr, stride_ftr, stride_ftc, perm_ptr, stride_perm, lam_ptr, stride_lam,
-     grad_ptr, stride_gr, stats_ptr, n_keep, inv_tau, scale) = _unpack(rs)
+     _grad, _stride_gr, stats_ptr, _n_keep, inv_tau, _scale) = _unpack(rs)
     HAS_KEEP: tl.constexpr = ROLE != FORGET
     HAS_FORGET: tl.constexpr = ROLE != KEEP
     z_row = z_ptr + i * stride_zr
@@ -321,7 +321,7 @@ def _row_terms(i, rs, ROLE: tl.constexpr, HAS_PERM: tl.constexpr, LABELS: tl.con
                 df = df * rescale + e * qf
                 qf2 += qf * qf
         m = m_new
-        poison += tl.where(z != z, z, 0.0)
+        poison += tl.where(z != z, z, 0.0)  # noqa: PLR0124 (true for NaN only)
 
     row_max = tl.max(m, 0)
     lane = tl.where(m != float("-inf"), tl.exp(m - row_max), 0.0)
@@ -411,7 +411,7 @@ def _grad_rows(pid, n_prog, rs, lse, ROLE: tl.constexpr, HAS_PERM: tl.constexpr,
                BLOCK: tl.constexpr):
     """The gradient rows pid, pid + n_prog, ... of a set from its stats."""
     (z_ptr, stride_zr, stride_zc, n_rows, n_cols, kt_ptr, stride_ktr, stride_ktc, keep_pool,
-     ft_ptr, stride_ftr, stride_ftc, perm_ptr, stride_perm, lam_ptr, stride_lam,
+     ft_ptr, stride_ftr, stride_ftc, perm_ptr, stride_perm, _lam, _stride_lam,
      grad_ptr, stride_gr, stats_ptr, n_keep, inv_tau, scale) = _unpack(rs)
     HAS_KEEP: tl.constexpr = ROLE != FORGET
     HAS_FORGET: tl.constexpr = ROLE != KEEP
@@ -430,7 +430,7 @@ def _grad_rows(pid, n_prog, rs, lse, ROLE: tl.constexpr, HAS_PERM: tl.constexpr,
             coef_q_k = alpha * tl.load(row + S_A_K * n_rows)
             coef_p = -alpha * tl.load(row + S_BP_K * n_rows)
             gp = alpha * tl.load(row + S_DP_K * n_rows)
-            k_row, k_ok = _keep_row(perm_ptr, stride_perm, i, keep_pool, True, HAS_PERM)
+            k_row, _ = _keep_row(perm_ptr, stride_perm, i, keep_pool, True, HAS_PERM)
             if LABELS:
                 label_k = tl.load(kt_ptr + k_row * stride_ktr)
         if HAS_FORGET:
@@ -501,10 +501,10 @@ def _launch(mix: RowSet | None, retain: RowSet | None, forget: RowSet | None, wi
     sets = [s for s in (mix, retain, forget) if s is not None]
     first = sets[0]
     loss = new_output((), torch.float32, first.logits.device)
-    flags = dict(
-        HAS_MIX=mix is not None, HAS_REAL=retain is not None, HAS_PERM=mix is not None and mix.perm is not None,
-        LABELS=first.labels,
-    )
+    flags = {
+        "HAS_MIX": mix is not None, "HAS_REAL": retain is not None,
+        "HAS_PERM": mix is not None and mix.perm is not None, "LABELS": first.labels,
+    }
     if all(s.fits_tile() for s in sets):
         args = [(s or first).kernel_args() for s in (mix, retain, forget)]
         rows = [(s or first).tile_shape()[0] for s in (mix, retain, forget)]
