@@ -1,10 +1,16 @@
-"""Shared helpers of the Triton kernels: launch guards and block sizes."""
+"""Shared helpers of the Triton kernels: launch guards, block sizes and constants."""
 from __future__ import annotations
 
 import functools
 
 import torch
 import triton
+import triton.language as tl
+
+from fastmix.backends.torch_backend import EPS as _EPS
+
+# the clamp of d(p, q) = 1 - <p, q> / max(|p| |q|, EPS): one definition for Python and Triton
+EPS = tl.constexpr(_EPS)
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -52,7 +58,7 @@ def new_output_like(t: torch.Tensor, memory_format=torch.preserve_format) -> tor
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 

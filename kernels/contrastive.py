@@ -1,52 +1,141 @@
-"""The contrastive family C_tau (SPEC 4): loss and logits gradient in one forward.
+"""The contrastive family C_tau (SPEC 4): loss and logits gradients in one forward.
 
-A small batch (up to ``FUSED_MAX_ELEMENTS`` logits, the trainer's case) runs in
-one launch: ``_fused_kernel`` is a single program that does both steps below in
-turn. A larger batch takes two kernels per set of rows, since a single kernel
-would need a grid-wide barrier (a hang risk wherever programs are not co-resident):
-1. ``_row_terms_kernel`` (a program per row) reads the logits and targets once,
-   with an online softmax, and writes ``STATS`` floats for it: the softmax
-   statistics, the coefficients of dc/dp (see ``fastmix.backends.torch_backend.cosine_parts``)
-   and the row's keep and forget terms. The buffer is (STATS, rows), so that
-   each kind of term lies contiguous for the batch-wide reductions.
-2. ``_grad_kernel`` (a persistent grid) computes the batch-wide log-sum-exp of
-   the forget terms in every program, from the small stats buffer, and writes
-   the gradient rows (and, in program 0, the loss). No value goes to the host.
+A call covers up to three sets of logits rows, each in a fixed slot of the kernels:
+the mixed rows (``L_mix``: keep and forget terms, lambda-weighted, keep target
+through ``perm``), the real retain rows (keep terms only) and the real forget rows
+(forget terms only; the last two make ``L_real``). ``loss_forward`` fills all
+three, ``contrastive_forward`` the first, ``real_forward`` the last two.
 
-The backward of the op only scales the saved gradient by grad_output.
+The batch couples only through the log-sum-exp of a set's forget terms. So:
+- small sets (each a tile of at most ``TILE_ELEMENTS`` padded logits, the
+  trainer's case): ``_tile_kernel``, one launch of one program that holds each
+  set as a 2-D block of rows x classes in registers, every row in parallel;
+- larger sets: two launches, both with a grid over the rows of all sets
+  (one kernel on a grid would need a grid-wide barrier, a hang risk wherever
+  programs are not co-resident):
+  1. ``_terms_kernel``, a program per row: reads the logits and targets once with
+     an online softmax and writes ``N_STATS`` floats for it (slots ``S_*``).
+  2. ``_grad_kernel``, a persistent grid: every program reduces the small stats
+     buffer to the log-sum-exps, program 0 writes the loss, all write gradient rows.
+No value goes to the host. The backward of the op only scales the saved gradients.
+
 A label or ``perm`` index out of range is never dereferenced: the row's terms
 become NaN, and so does the loss.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
 
-from ._common import check_dtype, new_output, persistent_programs, row_block, warps_for
+from ._common import EPS, check_dtype, new_output, persistent_programs, row_block, warps_for
 from .sharpen import softmax_stats
 
 MAX_BLOCK = 2048
 BLOCK_ROWS = 1024
-# up to this many logits (rows x classes) a loss runs in one launch of one program
-FUSED_MAX_ELEMENTS = 1 << 16
-EPS = 1e-8
+# a set runs in the one-program tile kernel when rows x classes, each padded to a power of two, fit this
+TILE_ELEMENTS = 2048
 
-# per-row stats, in this order: row max, 1 / sum exp, A_keep, Bp_keep, Dp_keep,
-# A_forget, Bp_forget, Dp_forget, keep weight kappa, forget weight mu,
-# keep term, forget term
-STATS = 12
+# Per-row stats of the two-kernel path, one slot each, as ``enum Stat`` in csrc/loss.cu:
+# softmax max and 1 / sum exp; dc/dp = A q - Bp p with <dc/dp, p> = Dp for the keep (_K)
+# and forget (_F) target; the keep term; X = the forget term / tau (-inf for a row without
+# one); the keep weight kappa and forget weight mu.
+S_M = tl.constexpr(0)
+S_INV_S = tl.constexpr(1)
+S_A_K = tl.constexpr(2)
+S_BP_K = tl.constexpr(3)
+S_DP_K = tl.constexpr(4)
+S_A_F = tl.constexpr(5)
+S_BP_F = tl.constexpr(6)
+S_DP_F = tl.constexpr(7)
+S_KEEP = tl.constexpr(8)
+S_X = tl.constexpr(9)
+S_KW = tl.constexpr(10)
+S_FW = tl.constexpr(11)
+N_STATS = 12
 
-# which terms a row set contributes (SPEC 4): mixed rows both, real retain rows
-# only keep terms, real forget rows only forget terms
-MIX, KEEP, FORGET = 0, 1, 2
+# the role of a row set (SPEC 4): mixed rows have both terms, real retain rows only keep
+# terms, real forget rows only forget terms
+MIX = tl.constexpr(0)
+KEEP = tl.constexpr(1)
+FORGET = tl.constexpr(2)
+
+
+@dataclass
+class RowSet:
+    """One set of logits rows with its targets and its share of the loss, as the kernels see it.
+
+    ``n_keep`` is the keep-row count that multiplies this set's log-sum-exp (SPEC 4);
+    ``scale`` is this set's factor in the loss (1 / n_keep for "mean", times omega for L_real).
+    """
+
+    role: int
+    logits: torch.Tensor
+    keep_target: torch.Tensor | None
+    forget_target: torch.Tensor | None
+    lam: torch.Tensor | None
+    perm: torch.Tensor | None
+    n_keep: int
+    tau: float
+    scale: float
+    with_grad: bool
+
+    def __post_init__(self):
+        check_dtype("logits", self.logits)
+        self.n_rows, self.n_cols = self.logits.shape
+        self.labels = (self.keep_target if self.keep_target is not None else self.forget_target).dtype == torch.int64
+        z = self.logits
+        self.grad = new_output(z.shape, z.dtype, z.device) if self.with_grad else z.new_empty(0)
+        self.stats = None
+
+    def tile_shape(self) -> tuple[int, int]:
+        return max(triton.next_power_of_2(self.n_rows), 2), max(triton.next_power_of_2(self.n_cols), 2)
+
+    def fits_tile(self) -> bool:
+        rows, cols = self.tile_shape()
+        return rows * cols <= TILE_ELEMENTS
+
+    def new_stats(self) -> None:
+        self.stats = new_output((N_STATS, self.n_rows), torch.float32, self.logits.device)
+
+    def kernel_args(self) -> tuple:
+        """The set as one tuple argument of the kernels (unpacked by ``_unpack``)."""
+        z = self.logits
+        kt = self.keep_target if self.keep_target is not None else self.forget_target
+        ft = self.forget_target if self.forget_target is not None else kt
+        perm = self.perm if self.perm is not None else kt  # an unused pointer without perm
+        lam = self.lam if self.lam is not None else z
+        stats = self.stats if self.stats is not None else z
+        return (
+            z, z.stride(0), z.stride(1), self.n_rows, self.n_cols,
+            kt, kt.stride(0), kt.stride(1) if kt.dim() == 2 else 0, kt.shape[0],
+            ft, ft.stride(0), ft.stride(1) if ft.dim() == 2 else 0,
+            perm, perm.stride(0) if self.perm is not None else 0,
+            lam, lam.stride(0) if (self.lam is not None and lam.dim() == 1) else 0,
+            self.grad, self.grad.stride(0) if self.with_grad else 0,
+            stats, self.n_keep, 1.0 / self.tau, self.scale,
+        )
 
 
 @triton.jit
-def _target_row(t_ptr, perm_ptr, i, pool, HAS_PERM: tl.constexpr):
-    """Row of a target tensor for logits row i (through perm), and whether it is in range."""
+def _unpack(rs):
+    (z_ptr, stride_zr, stride_zc, n_rows, n_cols,
+     kt_ptr, stride_ktr, stride_ktc, keep_pool,
+     ft_ptr, stride_ftr, stride_ftc,
+     perm_ptr, stride_perm, lam_ptr, stride_lam,
+     grad_ptr, stride_gr, stats_ptr, n_keep, inv_tau, scale) = rs
+    return (z_ptr, stride_zr, stride_zc, n_rows, n_cols, kt_ptr, stride_ktr, stride_ktc, keep_pool,
+            ft_ptr, stride_ftr, stride_ftc, perm_ptr, stride_perm, lam_ptr, stride_lam,
+            grad_ptr, stride_gr, stats_ptr, n_keep, inv_tau, scale)
+
+
+@triton.jit
+def _keep_row(perm_ptr, stride_perm, i, pool, mask, HAS_PERM: tl.constexpr):
+    """Row of the keep target for logits row(s) i (through perm), and whether it is in range."""
     if HAS_PERM:
-        r = tl.load(perm_ptr + i)
+        r = tl.load(perm_ptr + i * stride_perm, mask=mask, other=0)
     else:
         r = i
     ok = (r >= 0) & (r < pool)
@@ -54,15 +143,132 @@ def _target_row(t_ptr, perm_ptr, i, pool, HAS_PERM: tl.constexpr):
 
 
 @triton.jit
+def _weights(lam_ptr, stride_lam, i, mask, ROLE: tl.constexpr):
+    """Keep weight kappa and forget weight mu of row(s) i."""
+    if ROLE == MIX:
+        lam = tl.load(lam_ptr + i * stride_lam, mask=mask, other=0.0).to(tl.float32)
+        return 1.0 - lam, lam
+    elif ROLE == KEEP:
+        return tl.where(mask, 1.0, 0.0), tl.where(mask, 0.0, 0.0)
+    else:
+        return tl.where(mask, 0.0, 0.0), tl.where(mask, 1.0, 0.0)
+
+
+@triton.jit
 def _cosine_coefs(dot, pp, qq):
     """c = <p,q>/max(|p||q|, EPS) and dc/dp = A q - Bp p with <dc/dp, p> = Dp."""
     den = tl.sqrt(pp) * tl.sqrt(qq)
-    clamped = den <= 1e-8
-    A = 1.0 / tl.maximum(den, 1e-8)
+    clamped = den <= EPS
+    A = 1.0 / tl.maximum(den, EPS)
     c = dot * A
     Bp = tl.where(clamped, 0.0, c / pp)
     Dp = tl.where(clamped, c, 0.0)
     return c, A, Bp, Dp
+
+
+# --- small sets: one program, a set at a time, its rows in parallel ---------------------------------
+
+
+@triton.jit
+def _tile_set(rs, ROLE: tl.constexpr, HAS_PERM: tl.constexpr, LABELS: tl.constexpr, WRITE_GRAD: tl.constexpr,
+              BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One set as a BLOCK_R x BLOCK_C tile: writes its gradient and returns its share of the loss."""
+    (z_ptr, stride_zr, stride_zc, n_rows, n_cols, kt_ptr, stride_ktr, stride_ktc, keep_pool,
+     ft_ptr, stride_ftr, stride_ftc, perm_ptr, stride_perm, lam_ptr, stride_lam,
+     grad_ptr, stride_gr, _stats, n_keep, inv_tau, scale) = _unpack(rs)
+    HAS_KEEP: tl.constexpr = ROLE != FORGET
+    HAS_FORGET: tl.constexpr = ROLE != KEEP
+    rows = tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, BLOCK_C)
+    row_ok = rows < n_rows
+    tile = row_ok[:, None] & (cols < n_cols)[None, :]
+    r64 = rows.to(tl.int64)
+    c64 = cols.to(tl.int64)
+
+    z = tl.load(z_ptr + r64[:, None] * stride_zr + c64[None, :] * stride_zc, mask=tile, other=float("-inf"))
+    z = z.to(tl.float32)
+    row_max = tl.where(row_ok, tl.max(z, 1), 0.0)  # padding rows stay finite
+    e = tl.where(tile, tl.exp(z - row_max[:, None]), 0.0)  # a NaN logit makes its row NaN
+    inv_s = tl.where(row_ok, 1.0 / tl.sum(e, 1), 0.0)
+    p = e * inv_s[:, None]
+    pp = tl.sum(p * p, 1)
+    kappa, mu = _weights(lam_ptr, stride_lam, r64, row_ok, ROLE)
+
+    loss = 0.0
+    coef_p = tl.zeros([BLOCK_R], tl.float32)
+    gp = tl.zeros([BLOCK_R], tl.float32)
+    g = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
+    if HAS_KEEP:
+        k_row, k_ok = _keep_row(perm_ptr, stride_perm, r64, keep_pool, row_ok, HAS_PERM)
+        if LABELS:
+            label_k = tl.load(kt_ptr + k_row * stride_ktr, mask=row_ok, other=0)
+            onehot_k = cols[None, :] == label_k[:, None]
+            dot_k = tl.sum(tl.where(onehot_k, p, 0.0), 1)
+            k_ok = k_ok & (label_k >= 0) & (label_k < n_cols)
+            qq_k = tl.where(row_ok, 1.0, 1.0)
+        else:
+            q_k = tl.load(kt_ptr + k_row[:, None] * stride_ktr + c64[None, :] * stride_ktc, mask=tile, other=0.0)
+            q_k = q_k.to(tl.float32)
+            dot_k = tl.sum(p * q_k, 1)
+            qq_k = tl.sum(q_k * q_k, 1)
+        dot_k = tl.where(k_ok, dot_k, float("nan"))
+        c_k, A_k, Bp_k, Dp_k = _cosine_coefs(dot_k, pp, qq_k)
+        loss += tl.sum(tl.where(row_ok, kappa * (1.0 - c_k), 0.0), 0) * scale
+        alpha = -kappa * scale  # dC/dc_keep
+        coef_p -= alpha * Bp_k
+        gp += alpha * Dp_k
+        if LABELS:
+            g += tl.where(onehot_k, (alpha * A_k)[:, None], 0.0)
+        else:
+            g += (alpha * A_k)[:, None] * q_k
+    if HAS_FORGET:
+        if LABELS:
+            label_f = tl.load(ft_ptr + r64 * stride_ftr, mask=row_ok, other=0)
+            onehot_f = cols[None, :] == label_f[:, None]
+            dot_f = tl.sum(tl.where(onehot_f, p, 0.0), 1)
+            dot_f = tl.where((label_f >= 0) & (label_f < n_cols), dot_f, float("nan"))
+            qq_f = tl.where(row_ok, 1.0, 1.0)
+        else:
+            q_f = tl.load(ft_ptr + r64[:, None] * stride_ftr + c64[None, :] * stride_ftc, mask=tile, other=0.0)
+            q_f = q_f.to(tl.float32)
+            dot_f = tl.sum(p * q_f, 1)
+            qq_f = tl.sum(q_f * q_f, 1)
+        c_f, A_f, Bp_f, Dp_f = _cosine_coefs(dot_f, pp, qq_f)
+        x = tl.where(row_ok, mu * (1.0 - c_f) * inv_tau, float("-inf"))
+        x_max = tl.max(x, 0)
+        lse = x_max + tl.log(tl.sum(tl.exp(x - x_max), 0))  # NaN in x reaches the sum
+        loss -= n_keep * lse * scale
+        beta = n_keep * inv_tau * tl.exp(x - lse) * mu * scale  # dC/dc_forget
+        coef_p -= beta * Bp_f
+        gp += beta * Dp_f
+        if LABELS:
+            g += tl.where(onehot_f, (beta * A_f)[:, None], 0.0)
+        else:
+            g += (beta * A_f)[:, None] * q_f
+    if WRITE_GRAD:
+        g = p * (g + coef_p[:, None] * p - gp[:, None])
+        tl.store(grad_ptr + r64[:, None] * stride_gr + c64[None, :], g.to(grad_ptr.dtype.element_ty), mask=tile)
+    return loss
+
+
+@triton.jit
+def _tile_kernel(
+    mix, retain, forget, loss_ptr,
+    HAS_MIX: tl.constexpr, HAS_REAL: tl.constexpr, HAS_PERM: tl.constexpr, LABELS: tl.constexpr,
+    WRITE_GRAD: tl.constexpr, ROWS_MIX: tl.constexpr, ROWS_RETAIN: tl.constexpr, ROWS_FORGET: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Every set of a small call in one program: the loss and all gradients in one launch."""
+    loss = 0.0
+    if HAS_MIX:
+        loss += _tile_set(mix, MIX, HAS_PERM, LABELS, WRITE_GRAD, ROWS_MIX, BLOCK_C)
+    if HAS_REAL:
+        loss += _tile_set(retain, KEEP, False, LABELS, WRITE_GRAD, ROWS_RETAIN, BLOCK_C)
+        loss += _tile_set(forget, FORGET, False, LABELS, WRITE_GRAD, ROWS_FORGET, BLOCK_C)
+    tl.store(loss_ptr, loss)
+
+
+# --- larger sets: a program per row, then a persistent grid ------------------------------------------
 
 
 @triton.jit
@@ -74,18 +280,15 @@ def _label_prob(z_row, stride_zc, label, n_cols, row_max, inv_s):
 
 
 @triton.jit
-def _row_terms(
-    i,
-    z_ptr, stride_zr, stride_zc,
-    kt_ptr, stride_ktr, stride_ktc, keep_pool,
-    ft_ptr, stride_ftr, stride_ftc,
-    perm_ptr, lam_ptr, stride_lam, stats_ptr, n_rows, n_cols,
-    MODE: tl.constexpr, HAS_KEEP: tl.constexpr, HAS_FORGET: tl.constexpr,
-    LABELS: tl.constexpr, HAS_PERM: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """Writes the STATS of logits row i (int64)."""
+def _row_terms(i, rs, ROLE: tl.constexpr, HAS_PERM: tl.constexpr, LABELS: tl.constexpr, BLOCK: tl.constexpr):
+    """Writes the stats of logits row i (int64) of a set."""
+    (z_ptr, stride_zr, stride_zc, n_rows, n_cols, kt_ptr, stride_ktr, stride_ktc, keep_pool,
+     ft_ptr, stride_ftr, stride_ftc, perm_ptr, stride_perm, lam_ptr, stride_lam,
+     _grad, _stride_gr, stats_ptr, _n_keep, inv_tau, _scale) = _unpack(rs)
+    HAS_KEEP: tl.constexpr = ROLE != FORGET
+    HAS_FORGET: tl.constexpr = ROLE != KEEP
     z_row = z_ptr + i * stride_zr
-    k_row, k_ok = _target_row(kt_ptr, perm_ptr, i, keep_pool, HAS_PERM)
+    k_row, k_ok = _keep_row(perm_ptr, stride_perm, i, keep_pool, True, HAS_PERM)
     cols = tl.arange(0, BLOCK)
 
     # one online pass: softmax stats, |p|^2 and <p, q> rescaled as the max moves
@@ -96,7 +299,7 @@ def _row_terms(
     df = tl.zeros([BLOCK], tl.float32)
     qk2 = tl.zeros([BLOCK], tl.float32)
     qf2 = tl.zeros([BLOCK], tl.float32)
-    poison = tl.zeros([BLOCK], tl.float32)
+    poison = tl.zeros([BLOCK], tl.float32)  # NaN once a NaN was read: max() may skip NaN
     for start in range(0, n_cols, BLOCK):
         c = start + cols
         cmask = c < n_cols
@@ -118,338 +321,248 @@ def _row_terms(
                 df = df * rescale + e * qf
                 qf2 += qf * qf
         m = m_new
-        poison += tl.where(z != z, z, 0.0)
+        poison += tl.where(z != z, z, 0.0)  # noqa: PLR0124 (true for NaN only)
 
     row_max = tl.max(m, 0)
     lane = tl.where(m != float("-inf"), tl.exp(m - row_max), 0.0)
-    total = tl.sum(s * lane, 0) + tl.sum(poison, 0)  # a NaN logit makes the row NaN
-    inv_s = 1.0 / total
+    inv_s = 1.0 / (tl.sum(s * lane, 0) + tl.sum(poison, 0))
     pp = tl.sum(s2 * lane * lane, 0) * inv_s * inv_s
+    kappa, mu = _weights(lam_ptr, stride_lam, i, True, ROLE)
 
     row = stats_ptr + i
     keep_term = 0.0
-    forget_term = 0.0
-    kappa = 0.0
-    mu = 0.0
-    if MODE == 0:
-        lam = tl.load(lam_ptr + i * stride_lam).to(tl.float32)
-        kappa = 1.0 - lam
-        mu = lam
-    elif MODE == 1:
-        kappa = 1.0
-    else:
-        mu = 1.0
+    x = float("-inf")
+    A_k, Bp_k, Dp_k = 0.0, 0.0, 0.0
+    A_f, Bp_f, Dp_f = 0.0, 0.0, 0.0
     if HAS_KEEP:
         if LABELS:
-            label = tl.load(kt_ptr + k_row * stride_ktr)
-            dot_k = _label_prob(z_row, stride_zc, label, n_cols, row_max, inv_s)
-            qq_k = pp * 0.0 + 1.0  # |onehot| = 1, kept a tensor for tl.sqrt
+            dot_k = _label_prob(z_row, stride_zc, tl.load(kt_ptr + k_row * stride_ktr), n_cols, row_max, inv_s)
+            qq_k = 1.0
         else:
             dot_k = tl.sum(dk * lane, 0) * inv_s
             qq_k = tl.sum(qk2, 0)
         dot_k = tl.where(k_ok, dot_k, float("nan"))
         c_k, A_k, Bp_k, Dp_k = _cosine_coefs(dot_k, pp, qq_k)
         keep_term = kappa * (1.0 - c_k)
-        tl.store(row + 2 * n_rows, A_k)
-        tl.store(row + 3 * n_rows, Bp_k)
-        tl.store(row + 4 * n_rows, Dp_k)
-    else:
-        tl.store(row + 2 * n_rows, 0.0)
-        tl.store(row + 3 * n_rows, 0.0)
-        tl.store(row + 4 * n_rows, 0.0)
     if HAS_FORGET:
         if LABELS:
-            label = tl.load(ft_ptr + i * stride_ftr)
-            dot_f = _label_prob(z_row, stride_zc, label, n_cols, row_max, inv_s)
-            qq_f = pp * 0.0 + 1.0
+            dot_f = _label_prob(z_row, stride_zc, tl.load(ft_ptr + i * stride_ftr), n_cols, row_max, inv_s)
+            qq_f = 1.0
         else:
             dot_f = tl.sum(df * lane, 0) * inv_s
             qq_f = tl.sum(qf2, 0)
         c_f, A_f, Bp_f, Dp_f = _cosine_coefs(dot_f, pp, qq_f)
-        forget_term = mu * (1.0 - c_f)
-        tl.store(row + 5 * n_rows, A_f)
-        tl.store(row + 6 * n_rows, Bp_f)
-        tl.store(row + 7 * n_rows, Dp_f)
-    else:
-        tl.store(row + 5 * n_rows, 0.0)
-        tl.store(row + 6 * n_rows, 0.0)
-        tl.store(row + 7 * n_rows, 0.0)
-    tl.store(row + 0 * n_rows, row_max)
-    tl.store(row + 1 * n_rows, inv_s)
-    tl.store(row + 8 * n_rows, kappa)
-    tl.store(row + 9 * n_rows, mu)
-    tl.store(row + 10 * n_rows, keep_term)
-    tl.store(row + 11 * n_rows, forget_term)
+        x = mu * (1.0 - c_f) * inv_tau
+    tl.store(row + S_M * n_rows, row_max)
+    tl.store(row + S_INV_S * n_rows, inv_s)
+    tl.store(row + S_A_K * n_rows, A_k)
+    tl.store(row + S_BP_K * n_rows, Bp_k)
+    tl.store(row + S_DP_K * n_rows, Dp_k)
+    tl.store(row + S_A_F * n_rows, A_f)
+    tl.store(row + S_BP_F * n_rows, Bp_f)
+    tl.store(row + S_DP_F * n_rows, Dp_f)
+    tl.store(row + S_KEEP * n_rows, keep_term)
+    tl.store(row + S_X * n_rows, x)
+    tl.store(row + S_KW * n_rows, kappa)
+    tl.store(row + S_FW * n_rows, mu)
 
 
 @triton.jit
-def _row_terms_kernel(
-    z_ptr, stride_zr, stride_zc,
-    kt_ptr, stride_ktr, stride_ktc, keep_pool,
-    ft_ptr, stride_ftr, stride_ftc,
-    perm_ptr, lam_ptr, stride_lam, stats_ptr, n_rows, n_cols,
-    MODE: tl.constexpr, HAS_KEEP: tl.constexpr, HAS_FORGET: tl.constexpr,
-    LABELS: tl.constexpr, HAS_PERM: tl.constexpr, BLOCK: tl.constexpr,
-):
-    _row_terms(
-        tl.program_id(0).to(tl.int64), z_ptr, stride_zr, stride_zc, kt_ptr, stride_ktr, stride_ktc, keep_pool,
-        ft_ptr, stride_ftr, stride_ftc, perm_ptr, lam_ptr, stride_lam, stats_ptr, n_rows, n_cols,
-        MODE, HAS_KEEP, HAS_FORGET, LABELS, HAS_PERM, BLOCK,
-    )
+def _terms_kernel(mix, retain, forget, HAS_MIX: tl.constexpr, HAS_REAL: tl.constexpr,
+                  HAS_PERM: tl.constexpr, LABELS: tl.constexpr, BLOCK: tl.constexpr):
+    """Program i: the stats of row i of the sets laid end to end (mix, retain, forget)."""
+    i = tl.program_id(0).to(tl.int64)
+    if HAS_MIX:
+        n_mix = _unpack(mix)[3]
+        if i < n_mix:
+            _row_terms(i, mix, MIX, HAS_PERM, LABELS, BLOCK)
+        i -= n_mix
+    if HAS_REAL:
+        n_retain = _unpack(retain)[3]
+        if (i >= 0) & (i < n_retain):
+            _row_terms(i, retain, KEEP, False, LABELS, BLOCK)
+        i -= n_retain
+        if i >= 0:
+            _row_terms(i, forget, FORGET, False, LABELS, BLOCK)
 
 
 @triton.jit
-def _grad_rows(
-    pid, n_prog,
-    z_ptr, stride_zr, stride_zc,
-    kt_ptr, stride_ktr, stride_ktc, keep_pool,
-    ft_ptr, stride_ftr, stride_ftc,
-    perm_ptr, stats_ptr, grad_ptr, stride_gr,
-    keep_stats_ptr, n_keep, forget_stats_ptr, n_forget, loss_ptr,
-    n_rows, n_cols, inv_tau, scale,
-    MODE: tl.constexpr, HAS_KEEP: tl.constexpr, HAS_FORGET: tl.constexpr,
-    LABELS: tl.constexpr, HAS_PERM: tl.constexpr,
-    WRITE_GRAD: tl.constexpr, WRITE_LOSS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_R: tl.constexpr,
-):
-    """Program pid of n_prog: the loss (program 0) and the gradient rows pid, pid + n_prog, ..."""
-    # the batch couples through log sum exp(b / tau) only: every program recomputes it
-    lse_max, lse_sum = softmax_stats(forget_stats_ptr + 11 * n_forget, 1, n_forget, inv_tau, BLOCK_R)
-    lse = lse_max + tl.log(lse_sum)
-    if WRITE_LOSS:
-        if pid == 0:
-            acc = tl.zeros([BLOCK_R], tl.float32)
-            for start in range(0, n_keep, BLOCK_R):
-                r = start + tl.arange(0, BLOCK_R)
-                acc += tl.load(keep_stats_ptr + 10 * n_keep + r, mask=r < n_keep, other=0.0)
-            loss = (tl.sum(acc, 0) - n_keep * lse) * scale
-            tl.store(loss_ptr, loss)
-    if WRITE_GRAD:
-        cols = tl.arange(0, BLOCK)
-        for i32 in range(pid, n_rows, n_prog):
-            i = tl.cast(i32, tl.int64)
-            row = stats_ptr + i
-            row_max = tl.load(row + 0 * n_rows)
-            inv_s = tl.load(row + 1 * n_rows)
-            alpha = -tl.load(row + 8 * n_rows) * scale  # dC/dc_keep
-            coef_q_k = alpha * tl.load(row + 2 * n_rows)
-            coef_p = -alpha * tl.load(row + 3 * n_rows)
-            gp = alpha * tl.load(row + 4 * n_rows)
-            coef_q_f = 0.0
-            if HAS_FORGET:
-                w = tl.exp(tl.load(row + 11 * n_rows) * inv_tau - lse)
-                beta = n_keep * inv_tau * w * tl.load(row + 9 * n_rows) * scale  # dC/dc_forget
-                coef_q_f = beta * tl.load(row + 5 * n_rows)
-                coef_p -= beta * tl.load(row + 6 * n_rows)
-                gp += beta * tl.load(row + 7 * n_rows)
-            k_row, k_ok = _target_row(kt_ptr, perm_ptr, i, keep_pool, HAS_PERM)
+def _set_lse(rs, BLOCK_R: tl.constexpr):
+    """log sum exp of the set's X slot (forget terms / tau) over its rows."""
+    stats_ptr = _unpack(rs)[18]
+    n_rows = _unpack(rs)[3]
+    x_max, total = softmax_stats(stats_ptr + S_X * n_rows, 1, n_rows, 1.0, BLOCK_R)
+    return x_max + tl.log(total)
+
+
+@triton.jit
+def _set_keep_sum(rs, BLOCK_R: tl.constexpr):
+    stats_ptr = _unpack(rs)[18]
+    n_rows = _unpack(rs)[3]
+    acc = tl.zeros([BLOCK_R], tl.float32)
+    for start in range(0, n_rows, BLOCK_R):
+        r = start + tl.arange(0, BLOCK_R)
+        acc += tl.load(stats_ptr + S_KEEP * n_rows + r, mask=r < n_rows, other=0.0)
+    return tl.sum(acc, 0)
+
+
+@triton.jit
+def _grad_rows(pid, n_prog, rs, lse, ROLE: tl.constexpr, HAS_PERM: tl.constexpr, LABELS: tl.constexpr,
+               BLOCK: tl.constexpr):
+    """The gradient rows pid, pid + n_prog, ... of a set from its stats."""
+    (z_ptr, stride_zr, stride_zc, n_rows, n_cols, kt_ptr, stride_ktr, stride_ktc, keep_pool,
+     ft_ptr, stride_ftr, stride_ftc, perm_ptr, stride_perm, _lam, _stride_lam,
+     grad_ptr, stride_gr, stats_ptr, n_keep, inv_tau, scale) = _unpack(rs)
+    HAS_KEEP: tl.constexpr = ROLE != FORGET
+    HAS_FORGET: tl.constexpr = ROLE != KEEP
+    cols = tl.arange(0, BLOCK)
+    for i32 in range(pid, n_rows, n_prog):
+        i = tl.cast(i32, tl.int64)
+        row = stats_ptr + i
+        row_max = tl.load(row + S_M * n_rows)
+        inv_s = tl.load(row + S_INV_S * n_rows)
+        coef_p = 0.0
+        gp = 0.0
+        coef_q_k = 0.0
+        coef_q_f = 0.0
+        if HAS_KEEP:
+            alpha = -tl.load(row + S_KW * n_rows) * scale  # dC/dc_keep
+            coef_q_k = alpha * tl.load(row + S_A_K * n_rows)
+            coef_p = -alpha * tl.load(row + S_BP_K * n_rows)
+            gp = alpha * tl.load(row + S_DP_K * n_rows)
+            k_row, _ = _keep_row(perm_ptr, stride_perm, i, keep_pool, True, HAS_PERM)
             if LABELS:
-                label_k = -1
-                label_f = -1
-                if HAS_KEEP:
-                    label_k = tl.load(kt_ptr + k_row * stride_ktr)
-                if HAS_FORGET:
-                    label_f = tl.load(ft_ptr + i * stride_ftr)
-            z_row = z_ptr + i * stride_zr
-            g_row = grad_ptr + i * stride_gr
-            for start in range(0, n_cols, BLOCK):
-                c = start + cols
-                cmask = c < n_cols
-                c64 = c.to(tl.int64)
-                z = tl.load(z_row + c64 * stride_zc, mask=cmask, other=0.0).to(tl.float32)
-                p = tl.exp(z - row_max) * inv_s
-                g = coef_p * p - gp
+                label_k = tl.load(kt_ptr + k_row * stride_ktr)
+        if HAS_FORGET:
+            w = tl.exp(tl.load(row + S_X * n_rows) - lse)
+            beta = n_keep * inv_tau * w * tl.load(row + S_FW * n_rows) * scale  # dC/dc_forget
+            coef_q_f = beta * tl.load(row + S_A_F * n_rows)
+            coef_p -= beta * tl.load(row + S_BP_F * n_rows)
+            gp += beta * tl.load(row + S_DP_F * n_rows)
+            if LABELS:
+                label_f = tl.load(ft_ptr + i * stride_ftr)
+        z_row = z_ptr + i * stride_zr
+        g_row = grad_ptr + i * stride_gr
+        for start in range(0, n_cols, BLOCK):
+            c = start + cols
+            cmask = c < n_cols
+            c64 = c.to(tl.int64)
+            z = tl.load(z_row + c64 * stride_zc, mask=cmask, other=0.0).to(tl.float32)
+            p = tl.exp(z - row_max) * inv_s
+            g = coef_p * p - gp
+            if HAS_KEEP:
                 if LABELS:
-                    if HAS_KEEP:
-                        g += tl.where(c == label_k, coef_q_k, 0.0)
-                    if HAS_FORGET:
-                        g += tl.where(c == label_f, coef_q_f, 0.0)
+                    g += tl.where(c == label_k, coef_q_k, 0.0)
                 else:
-                    if HAS_KEEP:
-                        qk = tl.load(kt_ptr + k_row * stride_ktr + c64 * stride_ktc, mask=cmask, other=0.0)
-                        g += coef_q_k * qk.to(tl.float32)
-                    if HAS_FORGET:
-                        qf = tl.load(ft_ptr + i * stride_ftr + c64 * stride_ftc, mask=cmask, other=0.0)
-                        g += coef_q_f * qf.to(tl.float32)
-                tl.store(g_row + c, (p * g).to(grad_ptr.dtype.element_ty), mask=cmask)
+                    qk = tl.load(kt_ptr + k_row * stride_ktr + c64 * stride_ktc, mask=cmask, other=0.0)
+                    g += coef_q_k * qk.to(tl.float32)
+            if HAS_FORGET:
+                if LABELS:
+                    g += tl.where(c == label_f, coef_q_f, 0.0)
+                else:
+                    qf = tl.load(ft_ptr + i * stride_ftr + c64 * stride_ftc, mask=cmask, other=0.0)
+                    g += coef_q_f * qf.to(tl.float32)
+            tl.store(g_row + c, (p * g).to(grad_ptr.dtype.element_ty), mask=cmask)
 
 
 @triton.jit
 def _grad_kernel(
-    z_ptr, stride_zr, stride_zc,
-    kt_ptr, stride_ktr, stride_ktc, keep_pool,
-    ft_ptr, stride_ftr, stride_ftc,
-    perm_ptr, stats_ptr, grad_ptr, stride_gr,
-    keep_stats_ptr, n_keep, forget_stats_ptr, n_forget, loss_ptr,
-    n_rows, n_cols, inv_tau, scale,
-    MODE: tl.constexpr, HAS_KEEP: tl.constexpr, HAS_FORGET: tl.constexpr,
-    LABELS: tl.constexpr, HAS_PERM: tl.constexpr,
-    WRITE_GRAD: tl.constexpr, WRITE_LOSS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_R: tl.constexpr,
+    mix, retain, forget, loss_ptr,
+    HAS_MIX: tl.constexpr, HAS_REAL: tl.constexpr, HAS_PERM: tl.constexpr, LABELS: tl.constexpr,
+    WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    _grad_rows(
-        tl.program_id(0), tl.num_programs(0), z_ptr, stride_zr, stride_zc, kt_ptr, stride_ktr, stride_ktc, keep_pool,
-        ft_ptr, stride_ftr, stride_ftc, perm_ptr, stats_ptr, grad_ptr, stride_gr,
-        keep_stats_ptr, n_keep, forget_stats_ptr, n_forget, loss_ptr, n_rows, n_cols, inv_tau, scale,
-        MODE, HAS_KEEP, HAS_FORGET, LABELS, HAS_PERM, WRITE_GRAD, WRITE_LOSS, BLOCK, BLOCK_R,
+    """Program pid of n_prog: the loss (program 0) and the gradient rows pid, pid + n_prog, ... of each set."""
+    pid = tl.program_id(0)
+    n_prog = tl.num_programs(0)
+    # each set's batch coupling: every program reduces the stats to its log-sum-exp
+    loss = 0.0
+    if HAS_MIX:
+        lse_mix = _set_lse(mix, BLOCK_R)
+        scale = _unpack(mix)[21]
+        loss += (_set_keep_sum(mix, BLOCK_R) - _unpack(mix)[19] * lse_mix) * scale
+        if WRITE_GRAD:
+            _grad_rows(pid, n_prog, mix, lse_mix, MIX, HAS_PERM, LABELS, BLOCK)
+    if HAS_REAL:
+        lse_real = _set_lse(forget, BLOCK_R)
+        loss += _set_keep_sum(retain, BLOCK_R) * _unpack(retain)[21]
+        loss -= _unpack(forget)[19] * lse_real * _unpack(forget)[21]
+        if WRITE_GRAD:
+            _grad_rows(pid, n_prog, retain, 0.0, KEEP, False, LABELS, BLOCK)
+            _grad_rows(pid, n_prog, forget, lse_real, FORGET, False, LABELS, BLOCK)
+    if pid == 0:
+        tl.store(loss_ptr, loss)
+
+
+# --- launchers ---------------------------------------------------------------------------------------
+
+
+def _launch(mix: RowSet | None, retain: RowSet | None, forget: RowSet | None, with_grad: bool) -> torch.Tensor:
+    """Runs the sets present (mix, or retain and forget, or all three); returns the 0-d float32 loss."""
+    sets = [s for s in (mix, retain, forget) if s is not None]
+    first = sets[0]
+    loss = new_output((), torch.float32, first.logits.device)
+    flags = {
+        "HAS_MIX": mix is not None, "HAS_REAL": retain is not None,
+        "HAS_PERM": mix is not None and mix.perm is not None, "LABELS": first.labels,
+    }
+    if all(s.fits_tile() for s in sets):
+        args = [(s or first).kernel_args() for s in (mix, retain, forget)]
+        rows = [(s or first).tile_shape()[0] for s in (mix, retain, forget)]
+        block_c = first.tile_shape()[1]
+        _tile_kernel[(1,)](
+            *args, loss, WRITE_GRAD=with_grad, ROWS_MIX=rows[0], ROWS_RETAIN=rows[1], ROWS_FORGET=rows[2],
+            BLOCK_C=block_c, num_warps=4, **flags,
+        )
+        return loss
+    for s in sets:
+        s.new_stats()
+    args = [(s or first).kernel_args() for s in (mix, retain, forget)]
+    block = row_block(first.n_cols, MAX_BLOCK)
+    n_rows = sum(s.n_rows for s in sets)
+    _terms_kernel[(n_rows,)](*args, BLOCK=block, num_warps=warps_for(block), **flags)
+    n_prog = persistent_programs(first.logits.device, n_rows) if with_grad else 1
+    _grad_kernel[(n_prog,)](
+        *args, loss, WRITE_GRAD=with_grad, BLOCK=block, BLOCK_R=BLOCK_ROWS, num_warps=warps_for(block), **flags,
     )
+    return loss
 
 
-@triton.jit
-def _fused_kernel(
-    z0, sz0r, sz0c, kt0, skt0r, skt0c, kpool0, ft0, sft0r, sft0c, perm0, lam0, slam0, stats0, grad0, sg0r, n0,
-    z1, sz1r, sz1c, kt1, skt1r, skt1c, kpool1, ft1, sft1r, sft1c, perm1, lam1, slam1, stats1, grad1, sg1r, n1,
-    keep_stats_ptr, n_keep, forget_stats_ptr, n_forget, loss_ptr, n_cols, inv_tau, scale,
-    MODE0: tl.constexpr, HAS_KEEP0: tl.constexpr, HAS_FORGET0: tl.constexpr, HAS_PERM0: tl.constexpr,
-    MODE1: tl.constexpr, HAS_KEEP1: tl.constexpr, HAS_FORGET1: tl.constexpr, HAS_SET1: tl.constexpr,
-    LABELS: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr, BLOCK_R: tl.constexpr,
-):
-    """A small batch in one launch and one program: every row's terms (of one or two
-    row sets), then the log-sum-exp, the loss and the gradient rows."""
-    for i in range(0, n0):
-        _row_terms(
-            tl.cast(i, tl.int64), z0, sz0r, sz0c, kt0, skt0r, skt0c, kpool0, ft0, sft0r, sft0c, perm0, lam0, slam0,
-            stats0, n0, n_cols, MODE0, HAS_KEEP0, HAS_FORGET0, LABELS, HAS_PERM0, BLOCK,
-        )
-    if HAS_SET1:
-        for i in range(0, n1):
-            _row_terms(
-                tl.cast(i, tl.int64), z1, sz1r, sz1c, kt1, skt1r, skt1c, kpool1, ft1, sft1r, sft1c, perm1, lam1, slam1,
-                stats1, n1, n_cols, MODE1, HAS_KEEP1, HAS_FORGET1, LABELS, False, BLOCK,
-            )
-    tl.debug_barrier()  # the terms written by every thread are read by every thread below
-    _grad_rows(
-        0, 1, z0, sz0r, sz0c, kt0, skt0r, skt0c, kpool0, ft0, sft0r, sft0c, perm0, stats0, grad0, sg0r,
-        keep_stats_ptr, n_keep, forget_stats_ptr, n_forget, loss_ptr, n0, n_cols, inv_tau, scale,
-        MODE0, HAS_KEEP0, HAS_FORGET0, LABELS, HAS_PERM0, WRITE_GRAD, True, BLOCK, BLOCK_R,
-    )
-    if HAS_SET1:
-        _grad_rows(
-            0, 1, z1, sz1r, sz1c, kt1, skt1r, skt1c, kpool1, ft1, sft1r, sft1c, perm1, stats1, grad1, sg1r,
-            keep_stats_ptr, n_keep, forget_stats_ptr, n_forget, loss_ptr, n1, n_cols, inv_tau, scale,
-            MODE1, HAS_KEEP1, HAS_FORGET1, LABELS, False, WRITE_GRAD, False, BLOCK, BLOCK_R,
-        )
+def _mix_set(logits, forget_target, retain_target, lam, perm, tau, reduction, with_grad) -> RowSet:
+    n = logits.shape[0]
+    return RowSet(MIX, logits, retain_target, forget_target, lam, perm, n, tau,
+                  1.0 / n if reduction == "mean" else 1.0, with_grad)
 
 
-class _RowSet:
-    """One set of logits rows with its targets, as the kernels address it."""
-
-    def __init__(self, logits, keep_target, forget_target, perm, lam, mode):
-        check_dtype("logits", logits)
-        self.logits, self.mode, self.perm, self.lam = logits, mode, perm, lam
-        self.keep_target = keep_target if keep_target is not None else forget_target
-        self.forget_target = forget_target if forget_target is not None else keep_target
-        self.labels = self.keep_target.dtype == torch.int64
-        self.n_rows, self.n_cols = logits.shape
-        self.block = row_block(self.n_cols, MAX_BLOCK)
-        self.stats = new_output((STATS, self.n_rows), torch.float32, logits.device)
-
-    def _target_args(self):
-        kt, ft = self.keep_target, self.forget_target
-        k_strides = (kt.stride(0), 0) if self.labels else (kt.stride(0), kt.stride(1))
-        f_strides = (ft.stride(0), 0) if self.labels else (ft.stride(0), ft.stride(1))
-        perm = self.perm if self.perm is not None else kt
-        return (kt, *k_strides, kt.shape[0], ft, *f_strides, perm)
-
-    def _flags(self):
-        return dict(
-            MODE=self.mode, HAS_KEEP=self.mode != FORGET, HAS_FORGET=self.mode != KEEP,
-            LABELS=self.labels, HAS_PERM=self.perm is not None, BLOCK=self.block,
-        )
-
-    def _lam_args(self):
-        lam = self.lam if self.lam is not None else self.stats
-        stride_lam = lam.stride(0) if (self.lam is not None and lam.dim() == 1) else 0
-        return lam, stride_lam
-
-    def new_grad(self, with_grad):
-        z = self.logits
-        return new_output(z.shape, z.dtype, z.device) if with_grad else z.new_empty(0)
-
-    def fused_args(self, grad):
-        """This set's arguments of ``_fused_kernel``."""
-        z = self.logits
-        return (
-            z, z.stride(0), z.stride(1), *self._target_args(), *self._lam_args(), self.stats, grad,
-            grad.stride(0) if grad.numel() else 0, self.n_rows,
-        )
-
-    def compute_terms(self):
-        z = self.logits
-        _row_terms_kernel[(self.n_rows,)](
-            z, z.stride(0), z.stride(1), *self._target_args(), *self._lam_args(), self.stats, self.n_rows, self.n_cols,
-            num_warps=warps_for(self.block), **self._flags(),
-        )
-
-    def write_grad(self, keep_set, forget_set, tau, scale, loss, with_grad):
-        z = self.logits
-        grad = self.new_grad(with_grad)
-        write_loss = loss is not None
-        n_prog = persistent_programs(z.device, self.n_rows) if with_grad else 1
-        _grad_kernel[(n_prog,)](
-            z, z.stride(0), z.stride(1), *self._target_args(), self.stats, grad,
-            grad.stride(0) if with_grad else 0,
-            keep_set.stats, keep_set.n_rows, forget_set.stats, forget_set.n_rows,
-            loss if write_loss else self.stats, self.n_rows, self.n_cols, 1.0 / tau, scale,
-            WRITE_GRAD=with_grad, WRITE_LOSS=write_loss, BLOCK_R=BLOCK_ROWS,
-            num_warps=warps_for(self.block), **self._flags(),
-        )
-        return grad
-
-
-def _new_loss(device):
-    return new_output((), torch.float32, device)
-
-
-def _fits_one_program(*row_sets) -> bool:
-    return sum(r.n_rows for r in row_sets) * row_sets[0].n_cols <= FUSED_MAX_ELEMENTS
-
-
-def _fused(first, second, keep_set, forget_set, tau, scale, with_grad):
-    """Launch ``_fused_kernel`` on one or two row sets; returns the loss and their gradients."""
-    loss = _new_loss(first.logits.device)
-    grads = [first.new_grad(with_grad)]
-    args = first.fused_args(grads[0])
-    flags = dict(MODE0=first.mode, HAS_KEEP0=first.mode != FORGET, HAS_FORGET0=first.mode != KEEP,
-                 HAS_PERM0=first.perm is not None)
-    if second is not None:
-        grads.append(second.new_grad(with_grad))
-        args += second.fused_args(grads[1])
-        flags.update(MODE1=second.mode, HAS_KEEP1=second.mode != FORGET, HAS_FORGET1=second.mode != KEEP, HAS_SET1=True)
-    else:
-        args += first.fused_args(grads[0])  # unused: HAS_SET1 is False
-        flags.update(MODE1=first.mode, HAS_KEEP1=False, HAS_FORGET1=False, HAS_SET1=False)
-    block = max(first.block, second.block) if second is not None else first.block
-    _fused_kernel[(1,)](
-        *args, keep_set.stats, keep_set.n_rows, forget_set.stats, forget_set.n_rows, loss, first.n_cols,
-        1.0 / tau, scale, LABELS=first.labels, WRITE_GRAD=with_grad, BLOCK=block, BLOCK_R=BLOCK_ROWS,
-        num_warps=warps_for(block), **flags,
-    )
-    return loss, grads
+def _real_sets(retain_logits, forget_logits, retain_target, forget_target, tau, reduction, weight, with_grad):
+    n_keep = retain_logits.shape[0]
+    scale = weight / n_keep if reduction == "mean" else weight
+    retain = RowSet(KEEP, retain_logits, retain_target, None, None, None, n_keep, tau, scale, with_grad)
+    forget = RowSet(FORGET, forget_logits, None, forget_target, None, None, n_keep, tau, scale, with_grad)
+    return retain, forget
 
 
 def contrastive_forward(logits, forget_target, retain_target, lam, perm, tau, reduction, with_grad):
-    rows = _RowSet(logits, retain_target, forget_target, perm, lam, MIX)
-    scale = 1.0 / rows.n_rows if reduction == "mean" else 1.0
-    if _fits_one_program(rows):
-        loss, (grad,) = _fused(rows, None, rows, rows, tau, scale, with_grad)
-        return loss, grad
-    rows.compute_terms()
-    loss = _new_loss(logits.device)
-    grad = rows.write_grad(rows, rows, tau, scale, loss, with_grad)
-    return loss, grad
+    mix = _mix_set(logits, forget_target, retain_target, lam, perm, tau, reduction, with_grad)
+    return _launch(mix, None, None, with_grad), mix.grad
 
 
 def real_forward(retain_logits, forget_logits, retain_target, forget_target, tau, reduction, with_grad):
-    keep = _RowSet(retain_logits, retain_target, None, None, None, KEEP)
-    forget = _RowSet(forget_logits, None, forget_target, None, None, FORGET)
-    scale = 1.0 / keep.n_rows if reduction == "mean" else 1.0
-    if _fits_one_program(keep, forget):
-        loss, (grad_r, grad_f) = _fused(keep, forget, keep, forget, tau, scale, with_grad)
-        return loss, grad_r, grad_f
-    keep.compute_terms()
-    forget.compute_terms()
-    loss = _new_loss(retain_logits.device)
-    grad_f = forget.write_grad(keep, forget, tau, scale, loss, with_grad)
-    if not with_grad:
-        return loss, retain_logits.new_empty(0), grad_f
-    grad_r = keep.write_grad(keep, forget, tau, scale, None, with_grad)
-    return loss, grad_r, grad_f
+    retain, forget = _real_sets(retain_logits, forget_logits, retain_target, forget_target, tau, reduction, 1.0,
+                                with_grad)
+    return _launch(None, retain, forget, with_grad), retain.grad, forget.grad
+
+
+def loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain_target, lam, perm,
+                 tau_mix, tau_real, omega, reduction, with_grad):
+    """L_mix + omega * L_real (SPEC 4, 6) in one call: the mix, retain and forget rows together."""
+    mix = _mix_set(mix_logits, forget_target, retain_target, lam, perm, tau_mix, reduction, with_grad)
+    retain = forget = None
+    if retain_logits is not None and forget_logits is not None:
+        retain, forget = _real_sets(retain_logits, forget_logits, retain_target, forget_target, tau_real,
+                                    reduction, float(omega), with_grad)
+    elif omega != 0:
+        raise ValueError("loss_forward: omega != 0 needs retain_logits and forget_logits")
+    loss = _launch(mix, retain, forget, with_grad)
+    empty = mix_logits.new_empty(0)
+    return (loss, mix.grad, forget.grad if forget is not None else empty,
+            retain.grad if retain is not None else mix_logits.new_empty(0))

@@ -17,128 +17,136 @@ import triton.language as tl
 from ._common import check_dtype, new_output, new_output_like
 
 BLOCK_FLAT = 1024
-BLOCK_PIX = 128
+BLOCK_TILE = 1024  # channels x (sample, pixel) pairs of a mask kernel's tile
 
 
 @triton.jit
-def _retain_row(perm_ptr, b, pool, HAS_PERM: tl.constexpr):
-    """Row of the retain pool paired with forget row b, and whether it is in range."""
+def _retain_rows(perm_ptr, stride_perm, b, valid, pool, HAS_PERM: tl.constexpr):
+    """Rows of the retain pool paired with forget rows b (int64), and whether each is in range."""
     if HAS_PERM:
-        r = tl.load(perm_ptr + b)
+        r = tl.load(perm_ptr + b * stride_perm, mask=valid, other=0)
     else:
         r = b
     ok = (r >= 0) & (r < pool)
-    return tl.where(ok, r, 0), ok
-
-
-@triton.jit
-def _and_row_ok(mask, ok):
-    """mask & ok for a scalar ok, spelled so that the interpreter accepts it too."""
-    return mask & ((mask.to(tl.int32) * 0 + ok.to(tl.int32)) != 0)
+    return tl.where(ok, r, 0).to(tl.int64), ok
 
 
 @triton.jit
 def _mixup_flat_forward_kernel(
-    xf_ptr, xr_ptr, w_ptr, perm_ptr, out_ptr, n_per_sample, pool, stride_w,
-    HAS_PERM: tl.constexpr, BLOCK: tl.constexpr,
+    xf_ptr, xr_ptr, w_ptr, perm_ptr, stride_perm, out_ptr, n_samples, n_per_sample, n_chunks, pool, stride_w,
+    HAS_PERM: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    chunk = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    r, ok = _retain_row(perm_ptr, b, pool, HAS_PERM)
-    offs = chunk * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n_per_sample
-    w = tl.load(w_ptr + b * stride_w).to(tl.float32)
-    xf = tl.load(xf_ptr + b * n_per_sample + offs, mask=mask, other=0.0).to(tl.float32)
-    xr = tl.load(xr_ptr + r.to(tl.int64) * n_per_sample + offs, mask=_and_row_ok(mask, ok), other=float("nan")).to(tl.float32)
-    tl.store(out_ptr + b * n_per_sample + offs, (w * xf + (1.0 - w) * xr).to(out_ptr.dtype.element_ty), mask=mask)
+    # a 1-d grid of (ROWS samples) x (BLOCK elements of each): the grid's y and z axes stop at
+    # 65,535, so the batch is never one of them, and tiny samples share a program
+    pid = tl.program_id(0).to(tl.int64)
+    b = (pid // n_chunks) * ROWS + tl.arange(0, ROWS).to(tl.int64)
+    offs = (pid % n_chunks) * BLOCK + tl.arange(0, BLOCK)
+    valid = b < n_samples
+    mask = valid[:, None] & (offs < n_per_sample)[None, :]
+    r, ok = _retain_rows(perm_ptr, stride_perm, b, valid, pool, HAS_PERM)
+    w = tl.load(w_ptr + b * stride_w, mask=valid, other=0.0).to(tl.float32)[:, None]
+    base = b[:, None] * n_per_sample + offs[None, :]
+    xf = tl.load(xf_ptr + base, mask=mask, other=0.0).to(tl.float32)
+    xr = tl.load(xr_ptr + r[:, None] * n_per_sample + offs[None, :], mask=mask & ok[:, None], other=float("nan"))
+    tl.store(out_ptr + base, (w * xf + (1.0 - w) * xr.to(tl.float32)).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _mixup_flat_backward_kernel(
-    g_ptr, xf_ptr, xr_ptr, w_ptr, perm_ptr, gf_ptr, grows_ptr, partial_ptr,
-    n_per_sample, pool, stride_w, n_chunks,
+    g_ptr, xf_ptr, xr_ptr, w_ptr, perm_ptr, stride_perm, gf_ptr, grows_ptr, partial_ptr,
+    n_samples, n_per_sample, n_chunks, pool, stride_w,
     HAS_PERM: tl.constexpr, NEED_F: tl.constexpr, NEED_R: tl.constexpr, NEED_W: tl.constexpr,
-    BLOCK: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    chunk = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    r, ok = _retain_row(perm_ptr, b, pool, HAS_PERM)
+    pid = tl.program_id(0).to(tl.int64)
+    chunk = pid % n_chunks
+    b = (pid // n_chunks) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     offs = chunk * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n_per_sample
-    base = b * n_per_sample + offs
-    w = tl.load(w_ptr + b * stride_w).to(tl.float32)
+    valid = b < n_samples
+    mask = valid[:, None] & (offs < n_per_sample)[None, :]
+    r, ok = _retain_rows(perm_ptr, stride_perm, b, valid, pool, HAS_PERM)
+    w = tl.load(w_ptr + b * stride_w, mask=valid, other=0.0).to(tl.float32)[:, None]
+    base = b[:, None] * n_per_sample + offs[None, :]
     g = tl.load(g_ptr + base, mask=mask, other=0.0).to(tl.float32)
     if NEED_F:
         tl.store(gf_ptr + base, (w * g).to(gf_ptr.dtype.element_ty), mask=mask)
     if NEED_R:
-        rows = tl.where(ok, (1.0 - w) * g, float("nan"))
+        rows = tl.where(ok[:, None], (1.0 - w) * g, float("nan"))
         tl.store(grows_ptr + base, rows.to(grows_ptr.dtype.element_ty), mask=mask)
     if NEED_W:
         xf = tl.load(xf_ptr + base, mask=mask, other=0.0).to(tl.float32)
-        xr = tl.load(xr_ptr + r.to(tl.int64) * n_per_sample + offs, mask=_and_row_ok(mask, ok), other=float("nan"))
+        xr = tl.load(xr_ptr + r[:, None] * n_per_sample + offs[None, :], mask=mask & ok[:, None], other=float("nan"))
         diff = tl.where(mask, g * (xf - xr.to(tl.float32)), 0.0)
-        tl.store(partial_ptr + b * n_chunks + chunk, tl.sum(diff, 0))
+        tl.store(partial_ptr + b * n_chunks + chunk, tl.sum(diff, 1), mask=valid)
+
+
+@triton.jit
+def _mask_columns(n_samples, n_pix, perm_ptr, stride_perm, pool, stride_mb, stride_mp,
+                  HAS_PERM: tl.constexpr, BLOCK_P: tl.constexpr):
+    """This program's BLOCK_P (sample, pixel) pairs of the 1-d grid over B * H * W: the grid's
+    y and z axes stop at 65,535, so the batch is never one of them, and small images share a program."""
+    j = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    b = j // n_pix
+    pix = j % n_pix
+    valid = b < n_samples
+    r, ok = _retain_rows(perm_ptr, stride_perm, b, valid, pool, HAS_PERM)
+    return b, pix, valid, r, ok, b * stride_mb + pix * stride_mp
 
 
 @triton.jit
 def _mixup_mask_forward_kernel(
-    xf_ptr, xr_ptr, m_ptr, perm_ptr, out_ptr,
-    n_channels, n_pix, pool, stride_b, stride_c, stride_p, stride_mb, stride_mp,
+    xf_ptr, xr_ptr, m_ptr, perm_ptr, stride_perm, out_ptr,
+    n_samples, n_channels, n_pix, pool, stride_b, stride_c, stride_p, stride_mb, stride_mp,
     HAS_PERM: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    pblk = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    r, ok = _retain_row(perm_ptr, b, pool, HAS_PERM)
-    pix = pblk * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = pix < n_pix
-    m = tl.load(m_ptr + b * stride_mb + pix.to(tl.int64) * stride_mp, mask=pmask, other=0.0).to(tl.float32)
+    b, pix, valid, r, ok, m_off = _mask_columns(n_samples, n_pix, perm_ptr, stride_perm, pool, stride_mb, stride_mp,
+                                                HAS_PERM, BLOCK_P)
+    m = tl.load(m_ptr + m_off, mask=valid, other=0.0).to(tl.float32)[None, :]
+    f_col = (b * stride_b + pix * stride_p)[None, :]
+    r_col = (r * stride_b + pix * stride_p)[None, :]
     chans = tl.arange(0, BLOCK_C)
-    pix_off = pix.to(tl.int64)[None, :] * stride_p
     for c0 in range(0, n_channels, BLOCK_C):
         c = c0 + chans
-        tile = (c[:, None] < n_channels) & pmask[None, :]
-        off = c.to(tl.int64)[:, None] * stride_c + pix_off
-        xf = tl.load(xf_ptr + b * stride_b + off, mask=tile, other=0.0).to(tl.float32)
-        xr = tl.load(xr_ptr + r.to(tl.int64) * stride_b + off, mask=_and_row_ok(tile, ok), other=float("nan")).to(tl.float32)
-        out = m[None, :] * xf + (1.0 - m[None, :]) * xr
-        tl.store(out_ptr + b * stride_b + off, out.to(out_ptr.dtype.element_ty), mask=tile)
+        tile = (c[:, None] < n_channels) & valid[None, :]
+        c_off = c.to(tl.int64)[:, None] * stride_c
+        xf = tl.load(xf_ptr + f_col + c_off, mask=tile, other=0.0).to(tl.float32)
+        xr = tl.load(xr_ptr + r_col + c_off, mask=tile & ok[None, :], other=float("nan")).to(tl.float32)
+        tl.store(out_ptr + f_col + c_off, (m * xf + (1.0 - m) * xr).to(out_ptr.dtype.element_ty), mask=tile)
 
 
 @triton.jit
 def _mixup_mask_backward_kernel(
-    g_ptr, xf_ptr, xr_ptr, m_ptr, perm_ptr, gf_ptr, grows_ptr, gm_ptr,
-    n_channels, n_pix, pool, stride_b, stride_c, stride_p, stride_mb, stride_mp,
+    g_ptr, xf_ptr, xr_ptr, m_ptr, perm_ptr, stride_perm, gf_ptr, grows_ptr, gm_ptr,
+    n_samples, n_channels, n_pix, pool, stride_b, stride_c, stride_p, stride_mb, stride_mp,
     HAS_PERM: tl.constexpr, NEED_F: tl.constexpr, NEED_R: tl.constexpr, NEED_W: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    pblk = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    r, ok = _retain_row(perm_ptr, b, pool, HAS_PERM)
-    pix = pblk * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = pix < n_pix
-    m_off = b * stride_mb + pix.to(tl.int64) * stride_mp
-    m = tl.load(m_ptr + m_off, mask=pmask, other=0.0).to(tl.float32)
+    b, pix, valid, r, ok, m_off = _mask_columns(n_samples, n_pix, perm_ptr, stride_perm, pool, stride_mb, stride_mp,
+                                                HAS_PERM, BLOCK_P)
+    m = tl.load(m_ptr + m_off, mask=valid, other=0.0).to(tl.float32)[None, :]
+    f_col = (b * stride_b + pix * stride_p)[None, :]
+    r_col = (r * stride_b + pix * stride_p)[None, :]
     chans = tl.arange(0, BLOCK_C)
-    pix_off = pix.to(tl.int64)[None, :] * stride_p
     acc = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
     for c0 in range(0, n_channels, BLOCK_C):
         c = c0 + chans
-        tile = (c[:, None] < n_channels) & pmask[None, :]
-        off = b * stride_b + c.to(tl.int64)[:, None] * stride_c + pix_off
+        tile = (c[:, None] < n_channels) & valid[None, :]
+        off = f_col + c.to(tl.int64)[:, None] * stride_c
         g = tl.load(g_ptr + off, mask=tile, other=0.0).to(tl.float32)
         if NEED_F:
-            tl.store(gf_ptr + off, (m[None, :] * g).to(gf_ptr.dtype.element_ty), mask=tile)
+            tl.store(gf_ptr + off, (m * g).to(gf_ptr.dtype.element_ty), mask=tile)
         if NEED_R:
-            rows = tl.where(ok, (1.0 - m[None, :]) * g, float("nan"))
+            rows = tl.where(ok[None, :], (1.0 - m) * g, float("nan"))
             tl.store(grows_ptr + off, rows.to(grows_ptr.dtype.element_ty), mask=tile)
         if NEED_W:
             xf = tl.load(xf_ptr + off, mask=tile, other=0.0).to(tl.float32)
-            r_off = r.to(tl.int64) * stride_b + c.to(tl.int64)[:, None] * stride_c + pix_off
-            xr = tl.load(xr_ptr + r_off, mask=_and_row_ok(tile, ok), other=float("nan")).to(tl.float32)
+            r_off = r_col + c.to(tl.int64)[:, None] * stride_c
+            xr = tl.load(xr_ptr + r_off, mask=tile & ok[None, :], other=float("nan")).to(tl.float32)
             acc += tl.where(tile, g * (xf - xr), 0.0)
     if NEED_W:
-        # the channel reduction of d/dM, fused: one store per pixel
-        tl.store(gm_ptr + m_off, tl.sum(acc, 0).to(gm_ptr.dtype.element_ty), mask=pmask)
+        # the channel reduction of d/dM, fused: one store per pixel, into a fresh contiguous
+        # (B, 1, H, W) tensor (the mask itself may be expanded, stride 0 over the batch)
+        tl.store(gm_ptr + b * n_pix + pix, tl.sum(acc, 0).to(gm_ptr.dtype.element_ty), mask=valid)
 
 
 def _shared_format(x: torch.Tensor) -> torch.memory_format:
@@ -164,8 +172,22 @@ def _mask_rows(mask: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def _block_c(n_channels: int) -> int:
-    return min(triton.next_power_of_2(n_channels), 8)
+def _perm_args(perm, x):
+    """(pointer, stride) of perm; x stands in as an unused pointer without one."""
+    return (perm, perm.stride(0)) if perm is not None else (x, 0)
+
+
+def _flat_tile(n_samples: int, n_per_sample: int) -> tuple[int, int, int]:
+    """(samples per program, elements of each, chunks per sample): BLOCK_FLAT elements a program."""
+    block = min(triton.next_power_of_2(max(n_per_sample, 1)), BLOCK_FLAT)
+    rows = min(BLOCK_FLAT // block, triton.next_power_of_2(max(n_samples, 1)))
+    return rows, block, triton.cdiv(n_per_sample, block)
+
+
+def _mask_tile(n_channels: int) -> tuple[int, int]:
+    """(channels, pixels) of a mask kernel's tile."""
+    block_c = min(triton.next_power_of_2(n_channels), 8)
+    return block_c, BLOCK_TILE // block_c
 
 
 def mixup_forward(x_forget, x_retain, weight, perm):
@@ -175,22 +197,22 @@ def mixup_forward(x_forget, x_retain, weight, perm):
     B, pool = xf.shape[0], xr.shape[0]
     if out.numel() == 0:
         return out
-    perm_arg = perm if perm is not None else xf  # unused pointer when HAS_PERM is False
+    perm_args = _perm_args(perm, xf)
     if weight.dim() <= 1:
         n = xf[0].numel()
-        grid = (triton.cdiv(n, BLOCK_FLAT), B)
-        _mixup_flat_forward_kernel[grid](
-            xf, xr, weight, perm_arg, out, n, pool, weight.stride(0) if weight.dim() else 0,
-            HAS_PERM=perm is not None, BLOCK=BLOCK_FLAT,
+        rows, block, n_chunks = _flat_tile(B, n)
+        _mixup_flat_forward_kernel[(triton.cdiv(B, rows) * n_chunks,)](
+            xf, xr, weight, *perm_args, out, B, n, n_chunks, pool, weight.stride(0) if weight.dim() else 0,
+            HAS_PERM=perm is not None, ROWS=rows, BLOCK=block,
         )
     else:
         mask = _mask_rows(weight)
         n_pix = xf.shape[2] * xf.shape[3]
-        grid = (triton.cdiv(n_pix, BLOCK_PIX), B)
-        _mixup_mask_forward_kernel[grid](
-            xf, xr, mask, perm_arg, out, xf.shape[1], n_pix, pool, *_pixel_strides(xf),
+        block_c, block_p = _mask_tile(xf.shape[1])
+        _mixup_mask_forward_kernel[(triton.cdiv(B * n_pix, block_p),)](
+            xf, xr, mask, *perm_args, out, B, xf.shape[1], n_pix, pool, *_pixel_strides(xf),
             mask.stride(0), mask.stride(3), HAS_PERM=perm is not None,
-            BLOCK_C=_block_c(xf.shape[1]), BLOCK_P=BLOCK_PIX,
+            BLOCK_C=block_c, BLOCK_P=block_p,
         )
     return out
 
@@ -203,17 +225,18 @@ def mixup_backward(grad, x_forget, x_retain, weight, perm, needs):
     B, pool = xf.shape[0], xr.shape[0]
     grad_f = new_output_like(xf, memory_format=fmt) if need_f else xf.new_empty(0)
     rows = new_output_like(xf, memory_format=fmt) if need_r else xf.new_empty(0)
-    perm_arg = perm if perm is not None else xf
-    flags = dict(HAS_PERM=perm is not None, NEED_F=need_f, NEED_R=need_r, NEED_W=need_w)
+    perm_args = _perm_args(perm, xf)
+    flags = {"HAS_PERM": perm is not None, "NEED_F": need_f, "NEED_R": need_r, "NEED_W": need_w}
     grad_w = weight.new_empty(0)
     if weight.dim() <= 1:
         n = xf[0].numel()
-        n_chunks = max(triton.cdiv(n, BLOCK_FLAT), 1)
+        per_program, block, n_chunks = _flat_tile(B, n)
+        n_chunks = max(n_chunks, 1)
         partial = new_output((B, n_chunks), torch.float32, xf.device) if need_w else xf.new_empty(0)
         if n and B:
-            _mixup_flat_backward_kernel[(n_chunks, B)](
-                g, xf, xr, weight, perm_arg, grad_f, rows, partial, n, pool,
-                weight.stride(0) if weight.dim() else 0, n_chunks, BLOCK=BLOCK_FLAT, **flags,
+            _mixup_flat_backward_kernel[(triton.cdiv(B, per_program) * n_chunks,)](
+                g, xf, xr, weight, *perm_args, grad_f, rows, partial, B, n, n_chunks, pool,
+                weight.stride(0) if weight.dim() else 0, ROWS=per_program, BLOCK=block, **flags,
             )
         elif need_w:
             partial.zero_()
@@ -222,13 +245,14 @@ def mixup_backward(grad, x_forget, x_retain, weight, perm, needs):
     else:
         mask = _mask_rows(weight)
         if need_w:
-            grad_w = new_output_like(mask)
+            grad_w = new_output(mask.shape, mask.dtype, mask.device)  # per sample, even for an expanded mask
         n_pix = xf.shape[2] * xf.shape[3]
+        block_c, block_p = _mask_tile(xf.shape[1])
         if xf.numel():
-            _mixup_mask_backward_kernel[(triton.cdiv(n_pix, BLOCK_PIX), B)](
-                g, xf, xr, mask, perm_arg, grad_f, rows, grad_w, xf.shape[1], n_pix, pool,
+            _mixup_mask_backward_kernel[(triton.cdiv(B * n_pix, block_p),)](
+                g, xf, xr, mask, *perm_args, grad_f, rows, grad_w, B, xf.shape[1], n_pix, pool,
                 *_pixel_strides(xf), mask.stride(0), mask.stride(3),
-                BLOCK_C=_block_c(xf.shape[1]), BLOCK_P=BLOCK_PIX, **flags,
+                BLOCK_C=block_c, BLOCK_P=block_p, **flags,
             )
         elif need_w:
             grad_w.zero_()

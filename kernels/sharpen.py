@@ -25,7 +25,7 @@ def softmax_stats(row_ptr, stride_c, n_cols, scale, BLOCK: tl.constexpr):
         alive = m_new != float("-inf")
         s = tl.where(alive, s * tl.exp(m - m_new) + tl.exp(z - m_new), s)
         m = m_new
-        poison += tl.where(z != z, z, 0.0)
+        poison += tl.where(z != z, z, 0.0)  # noqa: PLR0124 (true for NaN only)
     row_max = tl.max(m, 0)
     total = tl.sum(tl.where(m != float("-inf"), s * tl.exp(m - row_max), 0.0), 0)
     total += tl.sum(poison, 0)

@@ -60,6 +60,8 @@ class Kernels:
     mixup_backward: Callable
     contrastive_forward: Callable
     real_forward: Callable
+    # L_mix + omega * L_real in one call; None where a backend has none yet
+    loss_forward: Callable | None = None
 
 
 _REGISTERED: dict[str, Kernels] = {}

@@ -179,8 +179,25 @@ def real_forward(retain_logits, forget_logits, retain_target, forget_target, tau
     return loss, grad_r.to(retain_logits.dtype), grad_f.to(forget_logits.dtype)
 
 
+def loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain_target, lam, perm,
+                 tau_mix, tau_real, omega, reduction, with_grad):
+    """L_mix + omega * L_real (SPEC 4, 6): ``(loss, grad_mix, grad_forget, grad_retain)``."""
+    loss, grad_mix = contrastive_forward(mix_logits, forget_target, retain_target, lam, perm, tau_mix, reduction,
+                                         with_grad)
+    if retain_logits is None or forget_logits is None:
+        if omega != 0:
+            raise ValueError("loss_forward: omega != 0 needs retain_logits and forget_logits")
+        return loss, grad_mix, mix_logits.new_empty(0), mix_logits.new_empty(0)
+    real, grad_r, grad_f = real_forward(retain_logits, forget_logits, retain_target, forget_target, tau_real,
+                                        reduction, with_grad)
+    if with_grad:
+        grad_r, grad_f = (grad_r * omega).to(grad_r.dtype), (grad_f * omega).to(grad_f.dtype)
+    return loss + omega * real, grad_mix, grad_f, grad_r
+
+
 register("torch", Kernels(
     sharpen_forward=sharpen_forward, sharpen_backward=sharpen_backward,
     mixup_forward=mixup_forward, mixup_backward=mixup_backward,
     contrastive_forward=contrastive_forward, real_forward=real_forward,
+    loss_forward=loss_forward,
 ))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-EPS = 1e-8
+from fastmix.backends.torch_backend import EPS
 
 
 def sharpen(logits: torch.Tensor, T: float) -> torch.Tensor:

@@ -8,13 +8,13 @@ the CUDA source on the CPU.)
 import zlib
 
 import pytest
+import spec64
 import torch
+from conftest import HAS_CUDA, needs_gpu
+from tolerance import assert_as_accurate
 
 import fastmix
-import spec64
-from conftest import HAS_CUDA, needs_gpu
 from fastmix.backends import cuda_backend
-from tolerance import assert_as_accurate
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 DTYPES = [
@@ -147,7 +147,7 @@ def test_contrastive_loss_at_lambda_edges(lam_value, kind, backend):
     q_f, q_r = _targets(kind, B, C, gen), _targets(kind, B, C, gen)
     for lam in (torch.full((B,), lam_value, device=DEVICE), torch.tensor(lam_value, device=DEVICE), lam_value):
 
-        def fn(z, backend):
+        def fn(z, backend, lam=lam):
             return fastmix.contrastive_loss(z, q_f, q_r, lam, 0.1, backend=backend)
 
         _compare(fn, [logits], lambda z: spec64.contrastive(z, q_f, q_r, lam_value, 0.1), torch.float32, "edge", backend)
@@ -354,10 +354,14 @@ def test_cuda_graph_capture_and_replay(backend):
 
 
 @needs_gpu
-@pytest.mark.parametrize("loss", ["contrastive", "real"])
-def test_small_loss_forward_is_one_launch(backend, loss):
+@pytest.mark.parametrize("loss", ["contrastive", "real", "fused"])
+def test_small_loss_forward_is_one_launch(backend, loss, monkeypatch):
     from torch.profiler import ProfilerActivity, profile
 
+    if backend == "triton":
+        from fastmix.kernels import _common
+
+        monkeypatch.setattr(_common, "POISON_OUTPUTS", False)  # the fixture's NaN fills are not the op's launches
     logits = torch.randn(32, 10, device=DEVICE, requires_grad=True)
     labels = torch.randint(0, 10, (32,), device=DEVICE)
     lam = torch.rand(32, device=DEVICE)
@@ -365,8 +369,15 @@ def test_small_loss_forward_is_one_launch(backend, loss):
     def forward():
         if loss == "contrastive":
             return fastmix.contrastive_loss(logits, labels, labels, lam, 1.0, backend=backend)
-        return fastmix.real_loss(logits, logits, labels, labels, 1.0, backend=backend)
+        if loss == "real":
+            return fastmix.real_loss(logits, logits, labels, labels, 1.0, backend=backend)
+        from fastmix.backends import kernels_for
 
+        z = logits.detach()
+        return kernels_for(backend).loss_forward(z, z, z, labels, labels, lam, None, 1.0, 2.0, 0.5, "mean", True)
+
+    if loss == "fused" and _kernels(backend).loss_forward is None:
+        pytest.skip(f"the {backend} backend has no loss_forward yet")
     forward()  # warm-up: compiles and loads the kernels
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -374,3 +385,306 @@ def test_small_loss_forward_is_one_launch(backend, loss):
         torch.cuda.synchronize()
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     assert len(kernels) == 1, [e.name for e in kernels]
+
+
+def _kernels(backend):
+    from fastmix.backends import kernels_for
+
+    return kernels_for(backend)
+
+
+# --- counting launches without a GPU ---------------------------------------------------------------
+
+
+class _LaunchCounter:
+    """Triton launches (under the interpreter) and the aten ops that would be launches on a GPU."""
+
+    ALLOCATIONS = frozenset({"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided"})
+
+    def __init__(self, monkeypatch):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from triton.runtime.interpreter import InterpretedFunction
+
+        self.triton, self.aten = [], []
+        self.in_kernel = False  # the interpreter's own tensor work is the launch, not extra ops
+        counter = self
+        run = InterpretedFunction.run
+
+        def counted_run(kernel, *args, grid, warmup, **kwargs):
+            counter.triton.append((kernel.fn.__name__, grid))
+            counter.in_kernel = True
+            try:
+                return run(kernel, *args, grid=grid, warmup=warmup, **kwargs)
+            finally:
+                counter.in_kernel = False
+
+        monkeypatch.setattr(InterpretedFunction, "run", counted_run)
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                name = func.overloadpacket.__name__
+                if not counter.in_kernel and name not in counter.ALLOCATIONS and not func.is_view:
+                    counter.aten.append(name)
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    if HAS_CUDA:
+        pytest.skip("counts launches under the interpreter")
+    from fastmix.kernels import _common
+
+    monkeypatch.setattr(_common, "POISON_OUTPUTS", False)  # a test's NaN fills are not the op's launches
+    return _LaunchCounter(monkeypatch)
+
+
+@pytest.mark.parametrize("kind", ["labels", "probabilities"])
+@pytest.mark.parametrize("loss", ["contrastive", "real", "fused"])
+def test_small_losses_are_one_triton_launch_and_nothing_else(loss, kind, launches):
+    from fastmix import kernels
+
+    gen = _gen("one launch", loss, kind)
+    z = torch.randn(32, 10, generator=gen)
+    q = _targets(kind, 32, 10, gen)
+    lam = torch.rand(32, generator=gen)
+    perm = torch.randperm(32, generator=gen)
+    with launches.mode:
+        if loss == "contrastive":
+            kernels.contrastive_forward(z, q, q, lam, perm, 0.5, "mean", True)
+        elif loss == "real":
+            kernels.real_forward(z, z, q, q, 0.5, "mean", True)
+        else:
+            kernels.loss_forward(z, z, z, q, q, lam, perm, 0.5, 2.0, 0.3, "mean", True)
+    assert [name for name, _ in launches.triton] == ["_tile_kernel"]
+    assert launches.aten == []
+
+
+def test_large_loss_is_two_launches_over_rows(launches):
+    # past the tile size every set's rows run in parallel: a program per row, then a persistent grid
+    from fastmix import kernels
+
+    gen = _gen("two launches")
+    z = torch.randn(200, 30, generator=gen)
+    labels = torch.randint(0, 30, (200,), generator=gen)
+    lam = torch.rand(200, generator=gen)
+    with launches.mode:
+        kernels.loss_forward(z, z[:150], z[:120], labels, labels, lam, None, 0.5, 2.0, 0.3, "sum", True)
+    assert [name for name, _ in launches.triton] == ["_terms_kernel", "_grad_kernel"]
+    assert launches.triton[0][1] == (200 + 120 + 150,)
+    assert launches.aten == []
+
+
+def test_tile_limit_keeps_programs_small():
+    # no set walks more than TILE_ELEMENTS padded logits in one program
+    from fastmix.kernels import contrastive
+
+    rows = contrastive.RowSet(contrastive.MIX, torch.randn(256, 10), torch.zeros(256, dtype=torch.int64),
+                              torch.zeros(256, dtype=torch.int64), None, None, 256, 1.0, 1.0, False)
+    assert not rows.fits_tile()
+    rows = contrastive.RowSet(contrastive.MIX, torch.randn(128, 10), torch.zeros(128, dtype=torch.int64),
+                              torch.zeros(128, dtype=torch.int64), None, None, 128, 1.0, 1.0, False)
+    assert rows.fits_tile() and rows.tile_shape() == (128, 16)
+
+
+# --- strides the kernels once ignored (issue 11) ------------------------------------------------------
+
+
+def _strided(t, step=4):
+    """The same values, every ``step``-th element of a longer tensor."""
+    big = torch.zeros((t.shape[0] * step, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    big[::step] = t
+    return big[::step]
+
+
+@pytest.mark.parametrize("B,C", [(6, 10), (300, 7)])
+def test_contrastive_strided_perm(B, C, backend):
+    gen = _gen("strided perm", B, C)
+    logits = torch.randn(B, C, generator=gen).to(DEVICE)
+    q_f, q_r = _targets("probabilities", B, C, gen), _targets("probabilities", B + 3, C, gen)
+    perm = _strided(torch.randint(0, B + 3, (B,), generator=gen).to(DEVICE))
+    lam = torch.rand(B, generator=gen).to(DEVICE)
+    assert perm.stride(0) == 4
+    kernel = _kernels(backend).contrastive_forward
+    loss, grad = kernel(logits, q_f, q_r, lam, perm, 0.3, "sum", True)
+    exact, (exact_grad,) = spec64.with_grads(lambda z: spec64.contrastive(z, q_f, q_r, lam, 0.3, perm=perm), logits)
+    ref_loss, ref_grad = _kernels("torch").contrastive_forward(logits, q_f, q_r, lam, perm, 0.3, "sum", True)
+    assert_as_accurate(loss, ref_loss, exact, torch.float32, "loss")
+    assert_as_accurate(grad, ref_grad, exact_grad, torch.float32, "grad")
+
+
+@pytest.mark.parametrize("weight_kind", ["per_sample", "mask"])
+def test_mixup_strided_perm(weight_kind, backend):
+    gen = _gen("mixup strided perm", weight_kind)
+    B, pool = 5, 9
+    x_f = torch.randn(B, 3, 4, 5, generator=gen).to(DEVICE)
+    x_r = torch.randn(pool, 3, 4, 5, generator=gen).to(DEVICE)
+    weight = torch.rand((B,) if weight_kind == "per_sample" else (B, 1, 4, 5), generator=gen).to(DEVICE)
+    perm = _strided(torch.randint(0, pool, (B,), generator=gen).to(DEVICE))
+    grad = torch.randn(B, 3, 4, 5, generator=gen).to(DEVICE)
+    k, ref = _kernels(backend), _kernels("torch")
+    out = k.mixup_forward(x_f, x_r, weight, perm)
+    torch.testing.assert_close(out, spec64.mixup(x_f, x_r, weight, perm).float())
+    for got, want in zip(k.mixup_backward(grad, x_f, x_r, weight, perm, (True, True, True)),
+                         ref.mixup_backward(grad, x_f, x_r, weight, perm, (True, True, True))):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("perm", [False, True])
+def test_mixup_expanded_mask_gradient(perm, backend):
+    # one mask for the whole batch, expanded (stride 0 over the batch): its gradient is per sample
+    gen = _gen("expanded mask", perm)
+    B, pool, Cc, H, W = 6, 8, 3, 5, 7
+    x_f = torch.randn(B, Cc, H, W, generator=gen).to(DEVICE)
+    x_r = torch.randn(pool, Cc, H, W, generator=gen).to(DEVICE)
+    p = torch.randint(0, pool, (B,), generator=gen).to(DEVICE) if perm else None
+    if not perm:
+        x_r = x_r[:B]
+    mask = torch.rand(1, 1, H, W, generator=gen).to(DEVICE)
+    grad_out = torch.randn(B, Cc, H, W, generator=gen).to(DEVICE)
+    leaf = mask.clone().requires_grad_()
+    out = fastmix.mixup(x_f, x_r, leaf.expand(B, 1, H, W), p, backend=backend)
+    out.backward(grad_out)
+    m64 = mask.double().requires_grad_()
+    exact = spec64.mixup(x_f, x_r, m64.expand(B, 1, H, W), p)
+    (exact_grad,) = torch.autograd.grad(exact, m64, grad_out.double())
+    torch.testing.assert_close(leaf.grad.double(), exact_grad, rtol=1e-5, atol=1e-5)
+    # the kernel's own output: a fresh contiguous per-sample gradient, every row written
+    _, _, grad_w = _kernels(backend).mixup_backward(grad_out, x_f, x_r, mask.expand(B, 1, H, W), p,
+                                                     (False, False, True))
+    assert grad_w.shape == (B, 1, H, W) and grad_w.is_contiguous()
+    per_sample = (grad_out.double() * (x_f.double() - (x_r if p is None else x_r[p]).double())).sum(1, keepdim=True)
+    torch.testing.assert_close(grad_w.double(), per_sample, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture
+def cuda_grid_limits(monkeypatch):
+    """Fails a Triton launch whose grid a GPU would refuse (the interpreter runs any grid)."""
+    if HAS_CUDA:
+        yield
+        return
+    from triton.runtime.interpreter import InterpretedFunction
+
+    run = InterpretedFunction.run
+
+    def checked_run(kernel, *args, grid, warmup, **kwargs):
+        grid = tuple(grid) + (1, 1)
+        assert grid[0] < 2**31 and grid[1] <= 65535 and grid[2] <= 65535, (kernel.fn.__name__, grid)
+        return run(kernel, *args, grid=grid[:3], warmup=warmup, **kwargs)
+
+    monkeypatch.setattr(InterpretedFunction, "run", checked_run)
+    yield
+
+
+@pytest.mark.parametrize("weight_kind", ["per_sample", "mask"])
+def test_mixup_batch_beyond_grid_axis_y(weight_kind, backend, cuda_grid_limits):
+    B = 65537  # one more than the grid's y axis holds
+    gen = _gen("big batch", weight_kind)
+    x_f = torch.randn(B, 1, 1, 2, generator=gen).to(DEVICE)
+    x_r = torch.randn(B + 3, 1, 1, 2, generator=gen).to(DEVICE)
+    weight = torch.rand((B,) if weight_kind == "per_sample" else (B, 1, 1, 2), generator=gen).to(DEVICE)
+    perm = torch.randint(0, B + 3, (B,), generator=gen).to(DEVICE)
+    grad = torch.randn(B, 1, 1, 2, generator=gen).to(DEVICE)
+    k, ref = _kernels(backend), _kernels("torch")
+    torch.testing.assert_close(k.mixup_forward(x_f, x_r, weight, perm), ref.mixup_forward(x_f, x_r, weight, perm))
+    for got, want in zip(k.mixup_backward(grad, x_f, x_r, weight, perm, (True, True, True)),
+                         ref.mixup_backward(grad, x_f, x_r, weight, perm, (True, True, True))):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+# --- the fused loss: L_mix + omega * L_real -----------------------------------------------------------
+
+
+def _fused_exact(z_mix, z_f, z_r, q_f, q_r, lam, perm, omega, reduction):
+    mix = spec64.contrastive(z_mix, q_f, q_r, lam, 0.3, perm=perm, reduction=reduction)
+    return mix + omega * spec64.real(z_r, z_f, q_r, q_f, 2.0, reduction=reduction)
+
+
+@pytest.mark.parametrize("omega", [0.0, 0.7])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("kind", ["labels", "probabilities"])
+@pytest.mark.parametrize("B,B_r,C", [(32, 32, 10), (5, 3, 7), (3, 9, 1), (37, 41, 30)])
+def test_loss_forward(B, B_r, C, kind, reduction, omega, backend):
+    kernel = _kernels(backend).loss_forward
+    if kernel is None:
+        pytest.skip(f"the {backend} backend has no loss_forward yet")
+    gen = _gen("fused", B, B_r, C, kind, reduction, omega)
+    pool = B_r
+    z_mix = (torch.randn(B, C, generator=gen) * 3).to(DEVICE)
+    z_f = _noncontiguous((torch.randn(B, C, generator=gen) * 3).to(DEVICE))
+    z_r = (torch.randn(B_r, C, generator=gen) * 3).to(DEVICE)
+    q_f, q_r = _targets(kind, B, C, gen), _targets(kind, pool, C, gen)
+    if kind == "probabilities" and B > 1:
+        q_f = q_f[:1].expand(B, C)  # one target row for every forget sample: stride 0
+    perm = _strided(torch.randint(0, pool, (B,), generator=gen).to(DEVICE))
+    lam = torch.rand(B, generator=gen).to(DEVICE)
+    if B > 2:
+        lam[0], lam[1] = 0.0, 1.0
+    args = (q_f, q_r, lam, perm, 0.3, 2.0, omega, reduction)
+    loss, g_mix, g_f, g_r = kernel(z_mix, z_f, z_r, *args, True)
+    ref = _kernels("torch").loss_forward(z_mix, z_f, z_r, *args, True)
+    exact, exact_grads = spec64.with_grads(
+        lambda a, b, c: _fused_exact(a, b, c, q_f, q_r, lam, perm, omega, reduction), z_mix, z_f, z_r)
+    assert loss.dtype == torch.float32 and loss.dim() == 0
+    assert_as_accurate(loss, ref[0], exact, torch.float32, "fused loss")
+    for name, got, want, e, z in zip(("mix", "forget", "retain"), (g_mix, g_f, g_r), ref[1:], exact_grads,
+                                     (z_mix, z_f, z_r)):
+        assert got.shape == z.shape and got.dtype == z.dtype and got.is_contiguous()
+        assert_as_accurate(got, want, e, torch.float32, f"fused grad {name}")
+    no_grad = kernel(z_mix, z_f, z_r, *args, False)
+    torch.testing.assert_close(no_grad[0], loss)
+    assert all(g.numel() == 0 for g in no_grad[1:])
+
+
+@pytest.mark.parametrize("B,C", [(4, 6), (130, 17)])  # the tile, and past it
+def test_loss_forward_without_real_logits(B, C, backend):
+    kernel = _kernels(backend).loss_forward
+    if kernel is None:
+        pytest.skip(f"the {backend} backend has no loss_forward yet")
+    gen = _gen("fused omega 0", B)
+    z = torch.randn(B, C, generator=gen).to(DEVICE)
+    labels = torch.randint(0, C, (B,), generator=gen).to(DEVICE)
+    lam = torch.rand(B, generator=gen).to(DEVICE)
+    loss, g_mix, g_f, g_r = kernel(z, None, None, labels, labels, lam, None, 0.5, 2.0, 0.0, "mean", True)
+    ref_loss, ref_grad = _kernels("torch").contrastive_forward(z, labels, labels, lam, None, 0.5, "mean", True)
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(g_mix, ref_grad)
+    assert g_f.numel() == 0 and g_r.numel() == 0
+    with pytest.raises(ValueError, match="omega"):
+        kernel(z, None, None, labels, labels, lam, None, 0.5, 2.0, 0.5, "mean", True)
+
+
+def test_loss_forward_large_sets_against_spec():
+    # the two-kernel path with all three sets (the interpreter runs each row's program in turn)
+    from fastmix import kernels
+
+    gen = _gen("fused large")
+    B, B_r, C = 70, 90, 40
+    z_mix, z_f, z_r = (torch.randn(n, C, generator=gen) * 3 for n in (B, B, B_r))
+    z_f = _noncontiguous(z_f)
+    q_f, q_r = _targets("probabilities", 1, C, gen).expand(B, C), _targets("probabilities", B_r, C, gen)
+    perm = _strided(torch.randint(0, B_r, (B,), generator=gen))
+    lam = torch.rand(B, generator=gen)
+    loss, *grads = kernels.loss_forward(z_mix, z_f, z_r, q_f, q_r, lam, perm, 0.3, 2.0, 0.4, "mean", True)
+    ref = _kernels("torch").loss_forward(z_mix, z_f, z_r, q_f, q_r, lam, perm, 0.3, 2.0, 0.4, "mean", True)
+    exact, exact_grads = spec64.with_grads(
+        lambda a, b, c: _fused_exact(a, b, c, q_f, q_r, lam, perm, 0.4, "mean"), z_mix, z_f, z_r)
+    assert_as_accurate(loss, ref[0], exact, torch.float32, "loss")
+    for got, want, e in zip(grads, ref[1:], exact_grads):
+        assert_as_accurate(got, want, e, torch.float32, "grad")
+
+
+def test_eps_is_one_value_everywhere():
+    import re
+    from pathlib import Path
+
+    from fastmix.kernels import _common
+
+    from fastmix.backends import torch_backend
+    from fastmix.ops import eager
+
+    source = (Path(__file__).parents[2] / "csrc" / "loss.cu").read_text()
+    match = re.search(r"constexpr float kEps = ([0-9.eE+-]+)f;", source)
+    assert match, "kEps not found in csrc/loss.cu"
+    assert float(match.group(1)) == torch_backend.EPS == eager.EPS == _common.EPS.value
