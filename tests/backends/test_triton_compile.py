@@ -10,12 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
-def test_all_kernel_variants_compile_for_sm86_and_sm90():
+
+@pytest.mark.parametrize("arch", [86, 90])  # one process each, so that pytest -n runs them side by side
+def test_all_kernel_variants_compile(arch):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
     script = Path(__file__).parents[1] / "triton_aot.py"
-    result = subprocess.run([sys.executable, str(script), "86", "90"], capture_output=True, text=True, env=env,
+    result = subprocess.run([sys.executable, str(script), str(arch)], capture_output=True, text=True, env=env,
                             timeout=1800, check=False)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "compiled" in result.stdout and "FAILED" not in result.stdout
