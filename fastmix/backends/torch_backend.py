@@ -9,7 +9,7 @@ closed form of SPEC section 4, exactly what the Triton and CUDA kernels compute.
 from __future__ import annotations
 
 import torch
-from . import Kernels, register
+from . import Kernels, compose_loss_forward, register
 
 EPS = 1e-8  # the clamp of d(p, q) = 1 - <p, q> / max(|p| |q|, EPS)
 
@@ -179,8 +179,13 @@ def real_forward(retain_logits, forget_logits, retain_target, forget_target, tau
     return loss, grad_r.to(retain_logits.dtype), grad_f.to(forget_logits.dtype)
 
 
+# L_mix + omega * L_real: the reference of the fused loss kernels of the other backends
+loss_forward = compose_loss_forward(contrastive_forward, real_forward)
+
+
 register("torch", Kernels(
     sharpen_forward=sharpen_forward, sharpen_backward=sharpen_backward,
     mixup_forward=mixup_forward, mixup_backward=mixup_backward,
     contrastive_forward=contrastive_forward, real_forward=real_forward,
+    loss_forward=loss_forward,
 ))

@@ -25,6 +25,14 @@ def positive_finite(name: str, value) -> float:
     return float(value)
 
 
+def non_negative_finite(name: str, value) -> float:
+    if isinstance(value, torch.Tensor) or isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite float >= 0, got {value!r}")
+    return float(value)
+
+
 def reduction_arg(reduction) -> str:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -69,10 +77,11 @@ def same_dtype(**tensors) -> None:
         raise TypeError(f"these tensors must share one dtype, got {listing}")
 
 
-def target(name: str, t, n_rows: int | None, n_classes: int) -> torch.Tensor:
+def target(name: str, t, n_rows: int | None, n_classes: int, values: bool = True) -> torch.Tensor:
     """A (N, C) probability target or (N,) int64 labels; returns it unchanged.
 
     ``n_rows`` None means any number of rows (a pool gathered through ``perm``).
+    ``values`` False leaves the value checks to the kernel (a backend that checks them).
     """
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -88,7 +97,7 @@ def target(name: str, t, n_rows: int | None, n_classes: int) -> torch.Tensor:
         raise TypeError(f"{name} must be int64 labels or floating-point probabilities, got {t.dtype}")
     if n_rows is not None and t.shape[0] != n_rows:
         raise ValueError(f"{name} must have {n_rows} rows to match the logits, got {t.shape[0]}")
-    if value_checks_wanted(t) and t.numel() > 0:
+    if values and t.numel() > 0 and value_checks_wanted(t):
         lo, hi = value_range(t)
         if t.dtype == torch.int64:
             if lo < 0 or hi >= n_classes:
@@ -101,7 +110,7 @@ def target(name: str, t, n_rows: int | None, n_classes: int) -> torch.Tensor:
     return t
 
 
-def perm(name: str, p, n_rows: int, pool: int) -> torch.Tensor | None:
+def perm(name: str, p, n_rows: int, pool: int, values: bool = True) -> torch.Tensor | None:
     if p is None:
         return None
     if not isinstance(p, torch.Tensor):
@@ -110,14 +119,14 @@ def perm(name: str, p, n_rows: int, pool: int) -> torch.Tensor | None:
         raise TypeError(f"{name} must be an int64 tensor, got {p.dtype}")
     if p.dim() != 1 or p.shape[0] != n_rows:
         raise ValueError(f"{name} must have shape ({n_rows},), got {tuple(p.shape)}")
-    if value_checks_wanted(p) and p.numel() > 0:
+    if values and p.numel() > 0 and value_checks_wanted(p):
         lo, hi = value_range(p)
         if lo < 0 or hi >= pool:
             raise ValueError(f"{name} holds indices outside [0, {pool}): e.g. {lo if lo < 0 else hi}")
     return p
 
 
-def lam(name: str, value, n_rows: int, device: torch.device) -> torch.Tensor:
+def lam(name: str, value, n_rows: int, device: torch.device, values: bool = True) -> torch.Tensor:
     """A Python float, 0-d or (B,) tensor in [0, 1]; returned as a tensor on ``device``."""
     if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
         raise TypeError(f"{name} must be a float or a 0-d or (B,) tensor, got {type(value).__name__}")
@@ -130,12 +139,13 @@ def lam(name: str, value, n_rows: int, device: torch.device) -> torch.Tensor:
         raise ValueError(f"{name} must be 0-d or have shape ({n_rows},), got {tuple(value.shape)}")
     if value.device != device:
         raise ValueError(f"{name} must be on {device} like the other inputs, got {value.device}")
-    unit_interval(name, value)
+    if values:
+        unit_interval(name, value)
     return value
 
 
 def unit_interval(name: str, t: torch.Tensor) -> None:
-    if value_checks_wanted(t) and t.numel() > 0:
+    if t.numel() > 0 and value_checks_wanted(t):
         lo, hi = value_range(t)
         if math.isnan(lo) or math.isnan(hi):
             raise ValueError(f"{name} holds NaN")

@@ -75,7 +75,7 @@ def test_debug_checks_switch():
 
 def test_backends_report():
     report = fastmix.backends()
-    assert set(report) == {"torch", "triton", "cuda"}
+    assert set(report) == {"torch", "triton", "cuda", "cpu"}
     assert report["torch"].usable
     for status in report.values():
         assert status.reason
@@ -83,6 +83,10 @@ def test_backends_report():
         assert not report["cuda"].usable
         cpu = fastmix.backends("cpu")
         assert cpu["triton"].usable == (os.environ.get("TRITON_INTERPRET") == "1")
+    from fastmix.backends import cpu_backend
+
+    assert fastmix.backends("cpu")["cpu"].usable == (cpu_backend.load_error() is None)
+    assert not fastmix.backends("meta")["cpu"].usable
 
 
 def test_default_backend_on_cpu_is_the_reference(monkeypatch):
@@ -91,6 +95,11 @@ def test_default_backend_on_cpu_is_the_reference(monkeypatch):
     monkeypatch.delenv("FASTMIX_BACKEND", raising=False)
     assert resolve_backend(None, torch.device("cpu")) == "torch"
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    # the C++ kernels are opt-in (the trainer's CPU results are pinned to the reference)
+    # and compute in float32, so float64 data stays with the reference
+    if fastmix.backends("cpu")["cpu"].usable:
+        assert resolve_backend("cpu", torch.device("cpu")) == "cpu"
+        assert resolve_backend("cpu", torch.device("cpu"), torch.float64) == "torch"
 
 
 def test_kernels_are_installed_as_a_subpackage():
