@@ -101,12 +101,14 @@ def compose_loss_forward(contrastive_forward: Callable, real_forward: Callable) 
 
 
 _REGISTERED: dict[str, Kernels] = {}
+_FUSED_LOSS: dict[str, bool] = {}
 
 
 def register(name: str, kernels: Kernels) -> None:
     """Called by a backend module at import: ``name`` runs ``kernels``."""
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    _FUSED_LOSS[name] = kernels.loss_forward is not None
     if kernels.loss_forward is None:
         kernels = dataclasses.replace(
             kernels, loss_forward=compose_loss_forward(kernels.contrastive_forward, kernels.real_forward)
@@ -123,6 +125,12 @@ def _import_backend(name: str) -> None:
         from . import cuda_backend  # noqa: F401
     elif name == "cpu":
         from . import cpu_backend  # noqa: F401
+
+
+def has_fused_loss(backend: str) -> bool:
+    """Whether ``backend`` registered a fused ``loss_forward`` (else it is composed)."""
+    kernels_for(backend)
+    return _FUSED_LOSS[backend]
 
 
 def kernels_for(backend: str) -> Kernels:

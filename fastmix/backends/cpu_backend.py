@@ -78,6 +78,15 @@ def _lib():
     return lib
 
 
+POISON_OUTPUTS = False  # tests: every output starts as NaN, so an element the kernel skips shows
+
+
+def _new(shape, memory_format=torch.contiguous_format) -> torch.Tensor:
+    """A float32 output for a kernel to fill."""
+    out = torch.empty(shape, dtype=torch.float32, memory_format=memory_format)
+    return out.fill_(float("nan")) if POISON_OUTPUTS else out
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -93,7 +102,7 @@ def sharpen_forward(logits: torch.Tensor, T: float) -> torch.Tensor:
     if logits.dtype == torch.float64 or logits.numel() == 0:
         return torch_backend.sharpen_forward(logits, T)
     z = _f32(logits)
-    out = torch.empty(z.shape, dtype=torch.float32)
+    out = _new(z.shape)
     C = z.shape[-1]
     _lib().fastmix_cpu_sharpen_forward(z.data_ptr(), out.data_ptr(), z.numel() // C, C, T, torch.get_num_threads())
     return out.to(logits.dtype)
@@ -103,7 +112,7 @@ def sharpen_backward(grad: torch.Tensor, out: torch.Tensor, T: float) -> torch.T
     if out.dtype == torch.float64 or out.numel() == 0:
         return torch_backend.sharpen_backward(grad, out, T)
     g, y = _f32(grad), _f32(out)
-    res = torch.empty(y.shape, dtype=torch.float32)
+    res = _new(y.shape)
     C = y.shape[-1]
     _lib().fastmix_cpu_sharpen_backward(
         g.data_ptr(), y.data_ptr(), res.data_ptr(), y.numel() // C, C, T, torch.get_num_threads()
@@ -142,7 +151,7 @@ def mixup_forward(x_forget, x_retain, weight, perm):
     xf = x_forget.contiguous(memory_format=fmt)
     xr = x_retain.contiguous(memory_format=fmt)
     w = _f32(weight)
-    out = torch.empty_like(x_forget, memory_format=fmt)
+    out = _new(x_forget.shape, fmt)
     _lib().fastmix_cpu_mixup_forward(
         xf.data_ptr(), xr.data_ptr(), w.data_ptr(), _ptr(perm.contiguous() if perm is not None else None),
         out.data_ptr(), xf.shape[0], P, Q, wb, wp, wq, torch.get_num_threads(),
@@ -158,9 +167,9 @@ def mixup_backward(grad, x_forget, x_retain, weight, perm, needs):
     xf = x_forget.contiguous(memory_format=fmt)
     xr = x_retain.contiguous(memory_format=fmt)
     w = _f32(weight)
-    grad_f = torch.empty_like(xf, memory_format=fmt) if needs[0] else None
-    grad_r = torch.empty_like(xr, memory_format=fmt) if needs[1] else None
-    grad_w = torch.empty(w.shape, dtype=torch.float32) if needs[2] else None
+    grad_f = _new(xf.shape, fmt) if needs[0] else None
+    grad_r = _new(xr.shape, fmt) if needs[1] else None
+    grad_w = _new(w.shape) if needs[2] else None
     _lib().fastmix_cpu_mixup_backward(
         g.data_ptr(), xf.data_ptr(), xr.data_ptr(), w.data_ptr(),
         _ptr(perm.contiguous() if perm is not None else None),
@@ -213,11 +222,11 @@ def loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain
     perm_c = perm.contiguous() if perm is not None else None
     B, C = mix.shape
     N = retain_target.shape[0]
-    loss = torch.empty((), dtype=torch.float32)
+    loss = _new(())
     empty = mix_logits.new_empty(0)
-    g_mix = torch.empty((B, C), dtype=torch.float32) if with_grad else None
-    g_f = torch.empty(forget.shape, dtype=torch.float32) if with_grad and real else None
-    g_r = torch.empty(retain.shape, dtype=torch.float32) if with_grad and real else None
+    g_mix = _new((B, C)) if with_grad else None
+    g_f = _new(forget.shape) if with_grad and real else None
+    g_r = _new(retain.shape) if with_grad and real else None
     code = _lib().fastmix_cpu_loss_forward(
         mix.data_ptr(), _ptr(forget), _ptr(retain), _ptr(qf), _ptr(qr), _ptr(yf), _ptr(yr), lam32.data_ptr(),
         1 if lam32.dim() == 1 else 0, _ptr(perm_c), B, N, C, tau_mix, tau_real, omega,

@@ -32,8 +32,8 @@ class ClosedFormLoss(torch.autograd.Function):
     place, skipping the pass when ``grad_output == 1`` (``loss.backward()``), and hands
     the buffers themselves to autograd: no copy, no extra pass in the common case.
     On CPU tensors the test reads the 0-d ``grad_output`` (no synchronisation); on a GPU
-    a kernel reads it and exits at once when it is 1 (``_scale.scale_``), so nothing
-    waits for the device. Once handed out a buffer belongs to the caller (it may be
+    one kernel for all the buffers reads it and exits at once when it is 1
+    (``_scale.scale_``), so nothing waits for the device. Once handed out a buffer belongs to the caller (it may be
     what ``torch.autograd.grad`` returns), so it is never written again: a second
     backward through a retained graph (``retain_graph=True``) recomputes the gradients
     from the saved inputs instead (the version counter catches inputs modified in
@@ -59,7 +59,8 @@ class ClosedFormLoss(torch.autograd.Function):
             _, *grads = ctx.kernel(*ctx.saved_tensors, True)
         ctx.grads = None
         needs = ctx.needs_input_grad[2:2 + n]
-        out = tuple(_scale.scale_(g, grad_loss) if need else None for g, need in zip(grads, needs))
+        _scale.scale_([g for g, need in zip(grads, needs) if need], grad_loss)
+        out = tuple(g if need else None for g, need in zip(grads, needs))
         return (None, None) + out + rest
 
 

@@ -140,7 +140,7 @@ def _loss(mix, forget, retain, q_f, q_r, lam, perm, tau_mix, tau_real, omega, re
             perm=perm,
         )
     backend = resolve_backend(backend, device, mix.dtype)
-    values = backend != "cpu"  # the C++ kernel checks the values in the pass that reads them
+    values = _checks.values_wanted(mix, backend_checks=backend == "cpu")  # the C++ kernel checks them
     _checks.target("forget_target", q_f, B, C, values)
     n_retain = retain.shape[0] if retain is not None else (None if perm is not None else B)
     _checks.target("retain_target", q_r, n_retain, C, values)
