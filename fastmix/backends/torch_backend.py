@@ -21,7 +21,18 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 # --- sharpen -----------------------------------------------------------------------------
 
 
+# Below this temperature z / T can overflow for ordinary logits (e.g. T = 1e-40), so the
+# logits are shifted by their row maximum first: softmax((z - max z) / T) is the same
+# function and never overflows. Above it the plain form is kept: it rounds as the
+# trainer's pinned results expect, and overflows only for logits beyond 3e35 * T / 1e-3.
+SHIFT_BELOW_T = 1e-3
+
+
 def sharpen_forward(logits: torch.Tensor, T: float) -> torch.Tensor:
+    if T < SHIFT_BELOW_T and logits.numel() > 0:
+        # in float64: a tiny T is not even a float32 (1e-300 would round to 0)
+        z = logits.to(torch.float64)
+        return torch.softmax((z - z.amax(dim=-1, keepdim=True)) / T, dim=-1).to(logits.dtype)
     z = logits.to(compute_dtype(logits.dtype))
     return torch.softmax(z / T, dim=-1).to(logits.dtype)
 
