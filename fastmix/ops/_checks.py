@@ -139,14 +139,16 @@ def perm(name: str, p, n_rows: int, pool: int, values: bool | None = None) -> to
     return p
 
 
-def lam(name: str, value, n_rows: int, device: torch.device, values: bool | None = None) -> torch.Tensor:
-    """A Python float, 0-d or (B,) tensor in [0, 1]; returned as a tensor on ``device``."""
+def lam(name: str, value, n_rows: int, device: torch.device, values: bool | None = None,
+        like: torch.dtype = torch.float32) -> torch.Tensor:
+    """A Python float, 0-d or (B,) tensor in [0, 1]; returned as a tensor on ``device``
+    (a float becomes float64 for float64 data ``like``, else float32)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
         raise TypeError(f"{name} must be a float or a 0-d or (B,) tensor, got {type(value).__name__}")
     if not isinstance(value, torch.Tensor):
         if not (0.0 <= value <= 1.0):
             raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
-        return torch.full((), float(value), device=device)
+        return torch.full((), float(value), device=device, dtype=torch.float64 if like == torch.float64 else torch.float32)
     float_tensor(name, value, ndim=(0, 1))
     if value.dim() == 1 and value.shape[0] != n_rows:
         raise ValueError(f"{name} must be 0-d or have shape ({n_rows},), got {tuple(value.shape)}")

@@ -157,7 +157,7 @@ def contrastive_loss(
     _checks.target("retain_target", retain_target, None if perm is not None else B, C, values)
     check_target_kinds(forget_target=forget_target, retain_target=retain_target)
     _checks.perm("perm", perm, B, retain_target.shape[0], values)
-    lam = _checks.lam("lam", lam, B, device, values)
+    lam = _checks.lam("lam", lam, B, device, values, like=logits.dtype)
     tau = _checks.positive_finite("tau", tau)
     reduction = _checks.reduction_arg(reduction)
     if eager():

@@ -139,7 +139,9 @@ def _loss(mix, forget, retain, q_f, q_r, lam, perm, tau_mix, tau_real, omega, re
             mix_logits=mix, forget_logits=forget, retain_logits=retain, forget_target=q_f, retain_target=q_r,
             perm=perm,
         )
-    backend = resolve_backend(backend, device, mix.dtype)
+    # float64 anywhere goes to the reference: the kernel backends compute in float32
+    wide = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in (mix, forget, retain)) else mix.dtype
+    backend = resolve_backend(backend, device, wide)
     values = _checks.values_wanted(mix, backend_checks=backend == "cpu")  # the C++ kernel checks them
     _checks.target("forget_target", q_f, B, C, values)
     n_retain = retain.shape[0] if retain is not None else (None if perm is not None else B)
@@ -148,7 +150,7 @@ def _loss(mix, forget, retain, q_f, q_r, lam, perm, tau_mix, tau_real, omega, re
     _checks.perm("perm", perm, B, q_r.shape[0], values)
     if perm is None and q_r.shape[0] != B:
         raise ValueError(f"without perm, retain_target must have B={B} rows like mix_logits, got {q_r.shape[0]}")
-    lam = _checks.lam("lam", lam, B, device, values)
+    lam = _checks.lam("lam", lam, B, device, values, like=mix.dtype)
     if eager():
         kernel = kernels_for(backend).loss_forward
 

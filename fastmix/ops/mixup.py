@@ -120,7 +120,7 @@ def mixup(
     device = _checks.same_device(x_forget=x_forget, x_retain=x_retain, perm=perm)
     B = x_forget.shape[0]
     if not isinstance(weight, torch.Tensor):
-        weight = _checks.lam("weight", weight, B, device)
+        weight = _checks.lam("weight", weight, B, device, like=x_forget.dtype)
     _checks.float_tensor("weight", weight, ndim=(0, 1, 4))
     _checks.same_device(x_forget=x_forget, weight=weight)
     if weight.dim() == 1 and weight.shape[0] != B:
