@@ -13,6 +13,8 @@ or when the build fails, the package installs without them.
 Environment:
   FASTMIX_CPU=0         never build the C++ CPU kernels
   CXX                   the C++ compiler for them (default: c++, g++ or clang++ on PATH)
+  FASTMIX_CPU_ARCH      -march for them (default "native": the library is built where it runs;
+                        "none" leaves the compiler's default, e.g. for a wheel built elsewhere)
   FASTMIX_CUDA=0        never build the CUDA kernels
   FASTMIX_CUDA=1        build them, and fail the install if that is impossible
   (unset)               build them when nvcc is found; on a failed build warn and go on
@@ -94,10 +96,16 @@ class CpuLibrary(Extension):
     """A plain shared library built by the C++ compiler (no Python module inside)."""
 
 
-def cxx_command(cxx, sources, output, openmp=True):
+def cxx_command(cxx, sources, output, openmp=True, arch=None):
     """The one compiler call that builds csrc/cpu into the shared library. -ffp-contract=off:
-    no fused multiply-adds, so element-wise ops round as PyTorch's do."""
-    cmd = [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-Wall", "-Wextra"]
+    no fused multiply-adds, so element-wise ops round as PyTorch's do; -fno-trapping-math
+    and -fno-math-errno let the compiler vectorise the loops with comparisons in them
+    (the kernels never read floating-point exception flags or errno)."""
+    arch = arch if arch is not None else os.environ.get("FASTMIX_CPU_ARCH") or "native"
+    cmd = [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-math",
+           "-fno-math-errno", "-Wall", "-Wextra"]
+    if arch != "none":
+        cmd.append(f"-march={arch}")
     if openmp:
         cmd.append("-fopenmp")
     return cmd + ["-o", str(output)] + [str(s) for s in sources]

@@ -28,8 +28,9 @@ ON_GPU = DEVICE.type == "cuda"
 
 # Implementations compared in every group. "eager" is the straightforward PyTorch
 # code a user of the paper would write (bench_eager.py, autograd through plain ops),
-# "compile" is torch.compile of that same code, the rest are fastmix backends.
-IMPLS = ("eager", "compile", "fastmix-torch", "fastmix-triton", "fastmix-cuda")
+# "compile" is torch.compile of that same code, the rest are fastmix backends
+# ("fastmix-cpu": the opt-in C++ CPU kernels, CPU runs only).
+IMPLS = ("eager", "compile", "fastmix-torch", "fastmix-cpu", "fastmix-triton", "fastmix-cuda")
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LAYOUTS = ("contiguous", "channels_last")
@@ -75,6 +76,8 @@ def impl_skip(impl: str) -> str | None:
     backend = impl.split("-", 1)[1]
     if backend == "torch" and ON_GPU:
         pytest.skip("fastmix's torch backend is the PyTorch reference; on a GPU the suite times the fast backends")
+    if backend == "cpu" and ON_GPU:
+        pytest.skip("fastmix's cpu backend runs on CPU tensors; on a GPU the suite times the GPU backends")
     if backend == "triton" and not ON_GPU:
         pytest.skip(
             "Triton needs a CUDA device; under TRITON_INTERPRET the kernels run in the "

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #ifdef _OPENMP
@@ -21,14 +22,28 @@ constexpr int64_t kParallelElements = 1 << 15;  // below this a parallel region 
 
 int threads_for(int64_t elements, int nthreads) { return elements >= kParallelElements ? nthreads : 1; }
 
-// max and sum of exp(z - max) of one row, i.e. softmax(z) = exp(z - m) / s
-inline void softmax_stats(const float* z, int64_t C, float scale, double* m_out, double* s_out) {
-  float m = -INFINITY;
-  for (int64_t j = 0; j < C; ++j) m = std::fmax(m, z[j] * scale);
-  double s = 0;
-  for (int64_t j = 0; j < C; ++j) s += std::exp(double(z[j] * scale - m));
-  *m_out = m;
-  *s_out = s;
+// exp(x) for x <= 0 (a softmax's shifted logits) in plain float arithmetic that the compiler
+// vectorises, unlike a call to expf: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-6
+// polynomial (relative error under 2 ulp), 2^n through the exponent bits. Below -87.3 the
+// result is 0 (float's normal range ends there); NaN stays NaN.
+inline float exp_nonpositive(float x) {
+  const float xc = x < -87.33654f ? -87.33654f : x;
+  // round to nearest by the 1.5 * 2^23 trick (|x log2 e| < 2^22): no libm call, vectorises
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits = (int32_t(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  const float e = p * scale;
+  return x < -87.33654f ? 0.0f : (x != x ? x : e);
 }
 
 }  // namespace
@@ -47,18 +62,20 @@ int fastmix_cpu_sharpen_forward(const float* z, float* out, int64_t rows, int64_
     const float* zr = z + r * C;
     float* o = out + r * C;
     float m = -INFINITY;
-    bool nan = false;
-    for (int64_t j = 0; j < C; ++j) {
-      m = std::fmax(m, zr[j]);
-      nan |= std::isnan(zr[j]);
+    int nan = 0;
+    for (int64_t j = 0; j < C; ++j) m = zr[j] > m ? zr[j] : m;
+#pragma omp simd reduction(| : nan)
+    for (int64_t j = 0; j < C; ++j) nan |= zr[j] != zr[j];
+    if (nan || std::isinf(m)) m = NAN;  // NaN in, or +-inf: the row is NaN, as softmax's
+    if (finite_inv) {
+#pragma omp simd
+      for (int64_t j = 0; j < C; ++j) o[j] = exp_nonpositive(float((zr[j] - m) * inv_T));
+    } else {
+      for (int64_t j = 0; j < C; ++j) o[j] = zr[j] == m ? 1.0f : (m != m ? NAN : 0.0f);
     }
     double s = 0;
-    for (int64_t j = 0; j < C; ++j) {
-      const float d = zr[j] - m;
-      const float e = nan ? NAN : std::exp(finite_inv ? float(d * inv_T) : (d == 0.0f ? 0.0f : -INFINITY));
-      o[j] = e;
-      s += e;
-    }
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < C; ++j) s += o[j];
     const float inv = float(1.0 / s);
     for (int64_t j = 0; j < C; ++j) o[j] *= inv;
   }
@@ -186,67 +203,110 @@ enum LossError {
 
 namespace {
 
-// One set of rows of the loss: logits z (n, C), softmax stats, and the cosine parts of
-// SPEC 4 against a target row: c = <p, q> / max(|p| |q|, eps), dc/dp = A q - Bp p,
-// <dc/dp, p> = Dp.
-struct RowStats {
-  double m, s;         // softmax(z) = exp(z - m) / s
+// The cosine parts of SPEC 4 of one row against one target: c = <p, q> / max(|p| |q|, eps),
+// dc/dp = A q - Bp p and <dc/dp, p> = Dp.
+struct Cosine {
   double c, A, Bp, Dp;
 };
 
-// The stats of row z against a probability row q (labels: q null, label y).
-inline RowStats row_stats(const float* z, int64_t C, const float* q, int64_t y, bool* bad_q) {
-  RowStats st;
-  softmax_stats(z, C, 1.0f, &st.m, &st.s);
-  const double inv_s = 1.0 / st.s;
-  double pp = 0, dot = 0, qq = 0;
-  for (int64_t j = 0; j < C; ++j) {
-    const double p = std::exp(double(z[j]) - st.m) * inv_s;
-    pp += p * p;
-    if (q) {
-      const double qj = q[j];
-      dot += p * qj;
-      qq += qj * qj;
-      if (!(qj >= 0) || !std::isfinite(qj)) *bad_q = true;
-    }
-  }
-  double qn = 1.0;
-  if (q) {
-    qn = std::sqrt(qq);
-  } else {
-    dot = std::exp(double(z[y]) - st.m) * inv_s;
-  }
+inline Cosine cosine(double dot, double pp, double qn) {
+  Cosine k;
   const double den = std::sqrt(pp) * qn;
   const bool clamped = den <= kEps;
-  st.A = 1.0 / std::fmax(den, kEps);
-  st.c = dot * st.A;
-  st.Bp = clamped ? 0.0 : st.c / pp;
-  st.Dp = clamped ? st.c : 0.0;
+  k.A = 1.0 / std::fmax(den, kEps);
+  k.c = dot * k.A;
+  k.Bp = clamped ? 0.0 : k.c / pp;
+  k.Dp = clamped ? k.c : 0.0;
+  return k;
+}
+
+// One row's softmax (m, 1/s with p = exp(z - m) / s) and its cosine parts against up to
+// two targets (probability rows q, or labels y when q is null; n_targets 1 or 2), in one
+// pass that evaluates each exp once; p is left in the scratch row ``p``.
+struct RowStats {
+  float m;
+  float inv_s;
+  Cosine k[2];
+};
+
+inline RowStats row_stats(const float* z, int64_t C, int n_targets, const float* q0, int64_t y0, const float* q1,
+                          int64_t y1, float* p, bool* bad_q) {
+  RowStats st;
+  float m = -INFINITY;
+  for (int64_t j = 0; j < C; ++j) m = z[j] > m ? z[j] : m;  // NaN skipped, as fmax does
+  if (std::isinf(m)) m = NAN;  // a row of -inf, or one with +inf, gives NaN, as softmax does
+  for (int64_t j = 0; j < C; ++j) p[j] = exp_nonpositive(z[j] - m);
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < C; ++j) s += p[j];
+  const float inv_s = float(1.0 / s);
+  double pp = 0;
+#pragma omp simd reduction(+ : pp)
+  for (int64_t j = 0; j < C; ++j) {
+    p[j] *= inv_s;
+    pp += double(p[j]) * p[j];
+  }
+  st.m = m;
+  st.inv_s = inv_s;
+  const float* qs[2] = {q0, q1};
+  const int64_t ys[2] = {y0, y1};
+  for (int t = 0; t < n_targets; ++t) {
+    double dot = 0, qq = 1;
+    if (qs[t]) {
+      const float* q = qs[t];
+      qq = 0;
+      int bad = 0;
+#pragma omp simd reduction(+ : dot, qq) reduction(| : bad)
+      for (int64_t j = 0; j < C; ++j) {
+        dot += double(p[j]) * q[j];
+        qq += double(q[j]) * q[j];
+        bad |= !(q[j] >= 0 && q[j] <= 3.4e38f);  // NaN, negative or infinite
+      }
+      *bad_q |= bad != 0;
+    } else {
+      dot = p[ys[t]];
+    }
+    st.k[t] = cosine(dot, pp, std::sqrt(qq));
+  }
   return st;
 }
 
-// grad += coef * softmax-Jacobian^T (A q - Bp p - Dp): the gradient of coef * c(p(z), q) w.r.t. z
-inline void add_row_grad(double* acc, const float* z, int64_t C, const RowStats& st, const float* q, int64_t y,
-                         double coef) {
-  if (coef == 0) return;
-  const double inv_s = 1.0 / st.s;
-  for (int64_t j = 0; j < C; ++j) {
-    const double p = std::exp(double(z[j]) - st.m) * inv_s;
-    const double qj = q ? double(q[j]) : (j == y ? 1.0 : 0.0);
-    acc[j] += coef * p * (st.A * qj - st.Bp * p - st.Dp);
+// g = d/dz of sum_t coef_t * c_t(p(z)): p * (sum_t coef_t (A_t q_t - Bp_t p - Dp_t)), written as float
+inline void write_row_grad(float* g, const float* z, int64_t C, const RowStats& st, int n_targets,
+                           const float* q0, int64_t y0, const float* q1, int64_t y1, double coef0, double coef1) {
+  const double a0 = coef0 * st.k[0].A, b0 = coef0 * st.k[0].Bp;
+  const double a1 = n_targets > 1 ? coef1 * st.k[1].A : 0.0, b1 = n_targets > 1 ? coef1 * st.k[1].Bp : 0.0;
+  const double d = coef0 * st.k[0].Dp + (n_targets > 1 ? coef1 * st.k[1].Dp : 0.0);
+  const float fb = float(b0 + b1), fd = float(d);
+  const float fa0 = float(a0), fa1 = float(a1);
+  const float m = st.m, inv_s = st.inv_s;
+  if (q0 && q1) {
+#pragma omp simd
+    for (int64_t j = 0; j < C; ++j) {
+      const float p = exp_nonpositive(z[j] - m) * inv_s;
+      g[j] = p * (fa0 * q0[j] + fa1 * q1[j] - fb * p - fd);
+    }
+  } else if (q0) {
+#pragma omp simd
+    for (int64_t j = 0; j < C; ++j) {
+      const float p = exp_nonpositive(z[j] - m) * inv_s;
+      g[j] = p * (fa0 * q0[j] - fb * p - fd);
+    }
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < C; ++j) {
+      const float p = exp_nonpositive(z[j] - m) * inv_s;
+      g[j] = p * (-fb * p - fd);
+    }
   }
+  if (!q0) g[y0] += exp_nonpositive(z[y0] - m) * inv_s * fa0;
+  if (n_targets > 1 && !q1) g[y1] += exp_nonpositive(z[y1] - m) * inv_s * fa1;
 }
 
 // log sum_i exp(x_i) and the softmax weights exp(x_i - lse), in place
 double logsumexp_weights(std::vector<double>& x) {
   double m = -INFINITY;
   for (double v : x) m = std::fmax(m, v);
-  if (!std::isfinite(m)) {  // empty, all -inf or a NaN: let the arithmetic carry it
-    double s = 0;
-    for (double v : x) s += std::exp(v - m);
-    for (double& v : x) v = std::exp(v - m) / s;
-    return m + std::log(s);
-  }
   double s = 0;
   for (double v : x) s += std::exp(v - m);
   const double lse = m + std::log(s);
@@ -285,34 +345,44 @@ int fastmix_cpu_loss_forward(const float* mix, const float* forget, const float*
   auto q_row = [&](const float* q, int64_t r) { return q ? q + r * C : nullptr; };
   auto y_of = [&](const int64_t* y, int64_t r) { return y ? y[r] : int64_t(0); };
 
-  // pass 1: the per-row stats of every set
-  std::vector<RowStats> s_keep(B), s_fmix(B), s_ret(real ? N : 0), s_fgt(real ? B : 0);
+  // pass 1: the per-row stats of every set (a mix row against its retain and forget targets)
+  std::vector<RowStats> s_mix(B), s_ret(real ? N : 0), s_fgt(real ? B : 0);
   int bad_f = 0, bad_r = 0;
-#pragma omp parallel for num_threads(nt) schedule(static) reduction(| : bad_f, bad_r)
-  for (int64_t i = 0; i < B; ++i) {
-    const int64_t k = perm ? perm[i] : i;
+#pragma omp parallel num_threads(nt) reduction(| : bad_f, bad_r)
+  {
+    std::vector<float> p(C);
     bool bf = false, br = false;
-    s_keep[i] = row_stats(mix + i * C, C, q_row(qr, k), y_of(yr, k), &br);
-    s_fmix[i] = row_stats(mix + i * C, C, q_row(qf, i), y_of(yf, i), &bf);
-    if (real) s_fgt[i] = row_stats(forget + i * C, C, q_row(qf, i), y_of(yf, i), &bf);
+#pragma omp for schedule(static) nowait
+    for (int64_t i = 0; i < B; ++i) {
+      const int64_t k = perm ? perm[i] : i;
+      bool b_r = false, b_f = false;
+      // target 0: the retain row (keep term), target 1: the forget row (forget term)
+      s_mix[i] = row_stats(mix + i * C, C, 2, q_row(qr, k), y_of(yr, k), q_row(qf, i), y_of(yf, i), p.data(), &b_r);
+      if (real) s_fgt[i] = row_stats(forget + i * C, C, 1, q_row(qf, i), y_of(yf, i), nullptr, 0, p.data(), &b_f);
+      br |= b_r;
+      bf |= b_f;
+    }
+    if (real) {
+#pragma omp for schedule(static) nowait
+      for (int64_t j = 0; j < N; ++j)
+        s_ret[j] = row_stats(retain + j * C, C, 1, q_row(qr, j), y_of(yr, j), nullptr, 0, p.data(), &br);
+    }
     bad_f |= bf;
     bad_r |= br;
   }
-  if (real) {
-#pragma omp parallel for num_threads(nt) schedule(static) reduction(| : bad_r)
-    for (int64_t j = 0; j < N; ++j) {
-      bool br = false;
-      s_ret[j] = row_stats(retain + j * C, C, q_row(qr, j), y_of(yr, j), &br);
-      bad_r |= br;
-    }
-  }
   if (check_values && !labels) {
+    // a mix row's flag covers both of its targets: rescan to tell which argument it was;
+    // without L_real the retain rows perm never reaches were not read: scan them too
+    const bool any = bad_f || bad_r;
+    bad_f = 0;
+    if (any)
+      for (int64_t k = 0; k < B * C && !bad_f; ++k) bad_f = !(qf[k] >= 0) || std::isinf(qf[k]);
     if (bad_f) return kForgetProb;
-    if (!real && perm) {  // without L_real only the rows perm reaches were read: check them all
-      for (int64_t k = 0; k < N * C; ++k)
-        if (!(qr[k] >= 0) || !std::isfinite(qr[k])) bad_r = 1;
+    if (any || (!real && perm)) {
+      bad_r = 0;
+      for (int64_t k = 0; k < N * C && !bad_r; ++k) bad_r = !(qr[k] >= 0) || std::isinf(qr[k]);
+      if (bad_r) return kRetainProb;
     }
-    if (bad_r) return kRetainProb;
   }
 
   // the terms and the log-sum-exps over the forget terms
@@ -321,8 +391,8 @@ int fastmix_cpu_loss_forward(const float* mix, const float* forget, const float*
   std::vector<double> f_mix(B);
   for (int64_t i = 0; i < B; ++i) {
     const double l = lam[i * lam_stride];
-    keep_mix += (1 - l) * (1 - s_keep[i].c);
-    f_mix[i] = l * (1 - s_fmix[i].c) / tau_mix;
+    keep_mix += (1 - l) * (1 - s_mix[i].k[0].c);
+    f_mix[i] = l * (1 - s_mix[i].k[1].c) / tau_mix;
   }
   const double lse_mix = logsumexp_weights(f_mix);  // f_mix now holds the softmax weights
   double total = (keep_mix - B * lse_mix) * scale_mix;
@@ -331,43 +401,34 @@ int fastmix_cpu_loss_forward(const float* mix, const float* forget, const float*
   if (real) {
     scale_real = mean ? 1.0 / N : 1.0;
     double keep_real = 0;
-    for (int64_t j = 0; j < N; ++j) keep_real += 1 - s_ret[j].c;
+    for (int64_t j = 0; j < N; ++j) keep_real += 1 - s_ret[j].k[0].c;
     f_real.resize(B);
-    for (int64_t i = 0; i < B; ++i) f_real[i] = (1 - s_fgt[i].c) / tau_real;
+    for (int64_t i = 0; i < B; ++i) f_real[i] = (1 - s_fgt[i].k[0].c) / tau_real;
     const double lse_real = logsumexp_weights(f_real);
     total += omega * ((keep_real - N * lse_real) * scale_real);
   }
   loss[0] = float(total);
   if (!g_mix) return kOk;
 
-  // pass 2: the gradients, one row at a time
+  // pass 2: the gradients, one row at a time, each exp evaluated once more
 #pragma omp parallel num_threads(nt)
   {
-    std::vector<double> acc(C);
 #pragma omp for schedule(static) nowait
     for (int64_t i = 0; i < B; ++i) {
       const int64_t k = perm ? perm[i] : i;
       const double l = lam[i * lam_stride];
-      std::fill(acc.begin(), acc.end(), 0.0);
-      add_row_grad(acc.data(), mix + i * C, C, s_keep[i], q_row(qr, k), y_of(yr, k), -(1 - l) * scale_mix);
-      add_row_grad(acc.data(), mix + i * C, C, s_fmix[i], q_row(qf, i), y_of(yf, i),
-                   (B / tau_mix) * f_mix[i] * l * scale_mix);
-      for (int64_t j = 0; j < C; ++j) g_mix[i * C + j] = float(acc[j]);
+      write_row_grad(g_mix + i * C, mix + i * C, C, s_mix[i], 2, q_row(qr, k), y_of(yr, k), q_row(qf, i),
+                     y_of(yf, i), -(1 - l) * scale_mix, (B / tau_mix) * f_mix[i] * l * scale_mix);
     }
     if (real) {
 #pragma omp for schedule(static) nowait
-      for (int64_t i = 0; i < B; ++i) {
-        std::fill(acc.begin(), acc.end(), 0.0);
-        add_row_grad(acc.data(), forget + i * C, C, s_fgt[i], q_row(qf, i), y_of(yf, i),
-                     omega * (N / tau_real) * f_real[i] * scale_real);
-        for (int64_t j = 0; j < C; ++j) g_forget[i * C + j] = float(acc[j]);
-      }
+      for (int64_t i = 0; i < B; ++i)
+        write_row_grad(g_forget + i * C, forget + i * C, C, s_fgt[i], 1, q_row(qf, i), y_of(yf, i), nullptr, 0,
+                       omega * (N / tau_real) * f_real[i] * scale_real, 0.0);
 #pragma omp for schedule(static)
-      for (int64_t j = 0; j < N; ++j) {
-        std::fill(acc.begin(), acc.end(), 0.0);
-        add_row_grad(acc.data(), retain + j * C, C, s_ret[j], q_row(qr, j), y_of(yr, j), -omega * scale_real);
-        for (int64_t c = 0; c < C; ++c) g_retain[j * C + c] = float(acc[c]);
-      }
+      for (int64_t j = 0; j < N; ++j)
+        write_row_grad(g_retain + j * C, retain + j * C, C, s_ret[j], 1, q_row(qr, j), y_of(yr, j), nullptr, 0,
+                       -omega * scale_real, 0.0);
     }
   }
   return kOk;
