@@ -115,7 +115,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def environment() -> dict:
     """What ran the suite: device, versions; the same for every result of a run."""
     import fastmix
@@ -124,7 +124,7 @@ def environment() -> dict:
         import triton
 
         triton_version = triton.__version__
-    except Exception as exc:  # a broken or missing install
+    except Exception as exc:  # noqa: BLE001 (a broken or missing install)
         triton_version = f"not available ({exc.__class__.__name__})"
     info = {
         "torch": torch.__version__,
@@ -162,7 +162,7 @@ def nvml_reading() -> dict:
         return {"nvml": "nvidia-ml-py is not installed"}
     try:
         pynvml.nvmlInit()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (NVML raises its own error types)
         return {"nvml": f"NVML unavailable: {exc}"}
     try:
         index = torch.cuda.current_device()
@@ -183,19 +183,19 @@ def nvml_reading() -> dict:
         }
         try:
             out["nvml_temperature_c"] = pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 (not every card reports a temperature)
             pass
         return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in out.items()}
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (NVML raises its own error types)
         return {"nvml": f"NVML read failed: {exc}"}
     finally:
         try:
             pynvml.nvmlShutdown()
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 (shutting down: nothing to do about a failure)
             pass
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def copy_bandwidth() -> float:
     """Bytes per second of a large device-to-device copy (bytes read plus bytes written),
     the fastest of several copies (a ceiling: on a shared CPU the slower ones measure

@@ -73,7 +73,7 @@ def forward_backward_us(make_loss, inputs, n: int) -> tuple[float, float]:
     bwd = []
     for _ in range(7):  # each graph goes backward once
         losses = iter([make_loss() for _ in range(n)])
-        bwd.append(per_call_us(lambda: torch.autograd.grad(next(losses), inputs), n, repeats=1))
+        bwd.append(per_call_us(lambda it=losses: torch.autograd.grad(next(it), inputs), n, repeats=1))
     return fwd, statistics.median(bwd)
 
 
@@ -99,7 +99,7 @@ def main() -> None:
         rows = [("floor: a bare autograd.Function", *forward_backward_us(lambda: _Bare.apply(logits[0], g),
                                                                           logits[:1], args.n))]
         for name, targets in (("labels", (y_f, y_r)), ("probabilities", (q_f, q_r))):
-            fwd, bwd = forward_backward_us(lambda: module(*logits, *targets, lam, perm), logits, args.n)
+            fwd, bwd = forward_backward_us(lambda t=targets: module(*logits, *t, lam, perm), logits, args.n)
             rows.append((f"MixUnlearnLoss {name}", fwd, bwd))
         rows.append(("sharpen (no grad)", per_call_us(lambda: fastmix.sharpen(z, 0.3, backend="torch"), args.n), None))
     print(f"host CPU time per call, us (median of 7 x {args.n} calls; kernels return preallocated outputs)"

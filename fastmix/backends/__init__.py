@@ -20,8 +20,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -39,12 +39,12 @@ def _triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_import_error() -> str | None:
     try:
-        import triton  # noqa: F401
+        import triton
         import triton.language  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install
+    except Exception as exc:  # noqa: BLE001 (ImportError, or a broken install)
         return f"triton is not importable ({exc.__class__.__name__}: {exc})"
     return None
 
@@ -85,9 +85,8 @@ def compose_loss_forward(contrastive_forward: Callable, real_forward: Callable) 
         loss, grad_mix = contrastive_forward(
             mix_logits, forget_target, retain_target, lam, perm, tau_mix, reduction, with_grad
         )
-        if omega == 0:
-            empty = mix_logits.new_empty(0)
-            return loss, grad_mix, empty, empty
+        if omega == 0:  # distinct tensors: a custom op's outputs may not alias one another
+            return loss, grad_mix, mix_logits.new_empty(0), mix_logits.new_empty(0)
         loss_real, grad_retain, grad_forget = real_forward(
             retain_logits, forget_logits, retain_target, forget_target, tau_real, reduction, with_grad
         )

@@ -46,7 +46,7 @@ _SIGNATURES = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load():
     """(library, None) or (None, why it cannot be loaded)."""
     path = os.environ.get("FASTMIX_CPU_LIB") or str(Path(__file__).resolve().parent / LIB_FILE)
@@ -223,7 +223,6 @@ def loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain
     B, C = mix.shape
     N = retain_target.shape[0]
     loss = _new(())
-    empty = mix_logits.new_empty(0)
     g_mix = _new((B, C)) if with_grad else None
     g_f = _new(forget.shape) if with_grad and real else None
     g_r = _new(retain.shape) if with_grad and real else None
@@ -235,11 +234,11 @@ def loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain
     )
     if code:
         raise ValueError(_LOSS_ERRORS.get(code, f"error {code}").format(C=C, N=N))
-    if not with_grad:
-        return loss, empty, empty, empty
+    if not with_grad:  # distinct tensors: a custom op's outputs may not alias one another
+        return loss, mix_logits.new_empty(0), mix_logits.new_empty(0), mix_logits.new_empty(0)
     g_mix = g_mix.to(mix_logits.dtype)
     if not real:
-        return loss, g_mix, empty, empty
+        return loss, g_mix, mix_logits.new_empty(0), mix_logits.new_empty(0)
     return loss, g_mix, g_f.to(forget_logits.dtype), g_r.to(retain_logits.dtype)
 
 

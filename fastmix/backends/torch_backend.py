@@ -9,6 +9,7 @@ closed form of SPEC section 4, exactly what the Triton and CUDA kernels compute.
 from __future__ import annotations
 
 import torch
+
 from . import Kernels, compose_loss_forward, register
 
 EPS = 1e-8  # the clamp of d(p, q) = 1 - <p, q> / max(|p| |q|, EPS)

@@ -18,7 +18,7 @@ REDUCTIONS = ("sum", "mean")
 
 
 def positive_finite(name: str, value) -> float:
-    if isinstance(value, torch.Tensor) or isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, (torch.Tensor, bool)) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be finite and positive, got {value!r}")
@@ -26,7 +26,7 @@ def positive_finite(name: str, value) -> float:
 
 
 def non_negative_finite(name: str, value) -> float:
-    if isinstance(value, torch.Tensor) or isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, (torch.Tensor, bool)) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{name} must be a finite float >= 0, got {value!r}")

@@ -45,12 +45,12 @@ def scale_(grads: list[torch.Tensor], grad_output: torch.Tensor) -> list[torch.T
     return grads
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_scale():
     try:
         import triton
         import triton.language as tl
-    except Exception:  # no Triton: the caller multiplies in place
+    except Exception:  # noqa: BLE001 (no Triton, or a broken install: the caller multiplies in place)
         return None
 
     @triton.jit

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import torch
 
+from fastmix.backends import kernels_for, resolve_backend
+from fastmix.backends.torch_backend import compute_dtype
+
 from . import _checks
 from ._autograd import closed_form_loss, eager, wants_grad
-from fastmix.backends import kernels_for
-from fastmix.backends import resolve_backend
-from fastmix.backends.torch_backend import compute_dtype
 
 
 @torch.library.custom_op("fastmix::contrastive_loss", mutates_args=())

@@ -31,7 +31,7 @@ class debug_checks:
         self._previous = debug_checks_enabled()
         _state.enabled = enabled
 
-    def __enter__(self) -> "debug_checks":
+    def __enter__(self) -> debug_checks:  # noqa: PYI034 (typing.Self needs Python 3.11)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -59,7 +59,7 @@ class trusted_inputs:
         self._previous = trusted_inputs_enabled()
         _state.trusted = enabled
 
-    def __enter__(self) -> "trusted_inputs":
+    def __enter__(self) -> trusted_inputs:  # noqa: PYI034 (typing.Self needs Python 3.11)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -19,12 +19,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastmix.backends import kernels_for, resolve_backend
+from fastmix.backends.torch_backend import compute_dtype
+
 from . import _checks
 from ._autograd import closed_form_loss, eager, wants_grad
 from .contrastive import check_target_kinds, contrastive_loss
 from .sharpen import sharpen
-from fastmix.backends import kernels_for, resolve_backend
-from fastmix.backends.torch_backend import compute_dtype
 
 
 @torch.library.custom_op("fastmix::mixunlearn_loss", mutates_args=())
@@ -43,13 +44,10 @@ def _mixunlearn(
     with_grad: bool,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    loss, g_mix, g_f, g_r = kernels_for(backend).loss_forward(
+    return kernels_for(backend).loss_forward(
         mix_logits, forget_logits, retain_logits, forget_target, retain_target, lam, perm,
         tau_mix, tau_real, omega, reduction, with_grad,
     )
-    # a custom op may not return its input (the reference returns the logits' own buffer
-    # nowhere, but a backend's empty(0) could alias); outputs are fresh tensors
-    return loss, g_mix, g_f, g_r
 
 
 @_mixunlearn.register_fake
@@ -57,8 +55,7 @@ def _(mix_logits, forget_logits, retain_logits, forget_target, retain_target, la
       tau_mix, tau_real, omega, reduction, with_grad, backend):
     loss = mix_logits.new_empty((), dtype=compute_dtype(mix_logits.dtype))
     if not with_grad:
-        empty = mix_logits.new_empty(0)
-        return loss, empty, mix_logits.new_empty(0), mix_logits.new_empty(0)
+        return loss, mix_logits.new_empty(0), mix_logits.new_empty(0), mix_logits.new_empty(0)
     g_mix = mix_logits.new_empty(mix_logits.shape)
     if omega == 0:
         return loss, g_mix, mix_logits.new_empty(0), mix_logits.new_empty(0)

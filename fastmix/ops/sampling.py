@@ -1,7 +1,6 @@
 """Sampling of mixing ratios, kept apart from applying them (as timm's Mixup does)."""
 from __future__ import annotations
 
-
 import torch
 
 from . import _checks
@@ -53,4 +52,4 @@ def beta_variance(alpha: float) -> float:
     return 1.0 / (4.0 * (2.0 * alpha + 1.0))
 
 
-__all__ = ["sample_lambda", "beta_variance"]
+__all__ = ["beta_variance", "sample_lambda"]

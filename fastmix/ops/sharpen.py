@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from fastmix.backends import kernels_for, resolve_backend
+
 from . import _checks
 from ._autograd import eager, wants_grad
-from fastmix.backends import kernels_for
-from fastmix.backends import resolve_backend
 
 
 @torch.library.custom_op("fastmix::sharpen", mutates_args=())

@@ -162,7 +162,7 @@ class TestRealLoss:
 class TestMixUnlearnLoss:
     @pytest.mark.parametrize("name", ["tau_gen", "tau_mix", "tau_real", "sharpen_T"])
     def test_temperatures(self, name):
-        kwargs = dict(tau_gen=0.1, tau_mix=10.0, tau_real=5.0, omega=1.0, sharpen_T=0.3)
+        kwargs = {"tau_gen": 0.1, "tau_mix": 10.0, "tau_real": 5.0, "omega": 1.0, "sharpen_T": 0.3}
         kwargs[name] = -1.0
         _raises(ValueError, f"{name} must be finite and positive", fastmix.MixUnlearnLoss, **kwargs)
 

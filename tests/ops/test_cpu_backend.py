@@ -2,12 +2,12 @@
 channels_last inputs, every dtype they take, outputs poisoned with NaN first; and their
 in-kernel value checks. (The fused loss is tested in test_fused_loss.py.)"""
 import pytest
+import spec64
 import torch
+from tolerance import assert_as_accurate
 
 import fastmix
-import spec64
 from fastmix.backends import cpu_backend
-from tolerance import assert_as_accurate
 
 pytestmark = pytest.mark.skipif(cpu_backend.load_error() is not None, reason=f"{cpu_backend.load_error()}")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -5,14 +5,14 @@ import contextlib
 import zlib
 
 import pytest
+import spec64
 import torch
+from tolerance import assert_as_accurate, assert_close_to_exact
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastmix
-import spec64
 from fastmix.backends import cpu_backend, kernels_for
 from fastmix.ops import _scale
-from tolerance import assert_as_accurate, assert_close_to_exact
 
 CPU_OK = cpu_backend.load_error() is None
 BACKENDS = ["torch", "triton", pytest.param("cpu", marks=pytest.mark.skipif(not CPU_OK, reason="C++ CPU kernels not built"))]

@@ -5,13 +5,13 @@ argument at fault. Never NaN or zeros in silence."""
 import re
 
 import pytest
+import spec64
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tolerance import assert_close_to_exact
 
 import fastmix
-import spec64
-from tolerance import assert_close_to_exact
 
 BACKENDS = ["torch"] + (["cpu"] if fastmix.backends("cpu")["cpu"].usable else [])
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -247,8 +247,9 @@ def test_mixunlearn_loss(data):
 
 
 def test_hypothesis_is_declared_for_the_tests():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     root = Path(__file__).resolve().parents[2]
     extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
