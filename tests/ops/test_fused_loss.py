@@ -230,3 +230,48 @@ def test_launches_of_forward_and_backward_on_the_triton_backend(kind, monkeypatc
     else:  # composed: contrastive and real kernels, the sum of the two losses, ones_like, the scaling
         assert launches <= 5, (counter.aten, counter.triton)
     assert "mul" not in counter.aten  # the backward never multiplies in a separate pass
+    # eager calls take the fast path, not the registered custom ops (kept for torch.compile)
+    assert not {"mixunlearn_loss", "contrastive_loss", "real_loss"} & set(counter.aten)
+
+
+@pytest.mark.parametrize("kind", ["labels", "probabilities"])
+@pytest.mark.parametrize("omega,reduction", [(1.0, "sum"), (0.5, "mean"), (0.0, "sum")])
+def test_torch_backend_rounds_as_the_two_ops_did(kind, omega, reduction):
+    """The trainer's CPU results are pinned bit for bit: on the reference backend the fused
+    op gives exactly what ``contrastive_loss(...) + omega * real_loss(...)`` through autograd
+    gave before it, value and gradients."""
+    gen = _gen("bits", kind, omega)
+    mix, forget, retain, q_f, q_r, lam, perm = _case(kind, 32, 40, 10, gen)
+    args = (q_f, q_r, lam, perm)
+    fused_value, fused_grads = _run(
+        fastmix.MixUnlearnLoss(1.0, 10.0, 5.0, omega, reduction=reduction, backend="torch"), [mix, forget, retain], args
+    )
+
+    def two_ops(a, b, c, q_f, q_r, lam, perm):
+        loss = fastmix.contrastive_loss(a, q_f, q_r, lam, 10.0, perm=perm, reduction=reduction, backend="torch")
+        if omega == 0:
+            return loss + 0 * (b.sum() + c.sum())  # the old module never touched the real-data logits
+        return loss + omega * fastmix.real_loss(c, b, q_r, q_f, 5.0, reduction=reduction, backend="torch")
+
+    value, grads = _run(two_ops, [mix, forget, retain], args)
+    assert torch.equal(fused_value, value)
+    assert torch.equal(fused_grads[0], grads[0])
+    for f, g in zip(fused_grads[1:], grads[1:]):
+        assert f is None if omega == 0 else torch.equal(f, g)
+
+
+def test_trusted_inputs_skips_only_the_value_checks():
+    gen = _gen("trusted")
+    mix, forget, retain, q_f, q_r, lam, perm = _case("probabilities", 4, 6, 5, gen)
+    lam[0] = 1.5  # out of [0, 1]: a value check catches it
+    loss_fn = fastmix.MixUnlearnLoss(1.0, 0.7, 2.0, 1.0, backend="torch")
+    with pytest.raises(ValueError, match="lam must lie in"):
+        loss_fn(mix, forget, retain, q_f, q_r, lam, perm)
+    with fastmix.ops.debug.trusted_inputs():
+        loss_fn(mix, forget, retain, q_f, q_r, lam, perm)  # the caller vouched for the values
+        with pytest.raises(ValueError, match="must have B=4 rows"):  # shapes are still checked
+            loss_fn(mix, forget[:3], retain, q_f, q_r, lam, perm)
+        with fastmix.debug_checks(True), pytest.raises(ValueError, match="lam must lie in"):
+            loss_fn(mix, forget, retain, q_f, q_r, lam, perm)
+    with pytest.raises(ValueError, match="lam must lie in"):  # restored on leaving the block
+        loss_fn(mix, forget, retain, q_f, q_r, lam, perm)
