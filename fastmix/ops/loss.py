@@ -106,7 +106,13 @@ def mixunlearn_loss(
     ``forget_logits`` and ``retain_logits`` share a dtype. With ``omega == 0`` the real-data
     term is not computed and those two may be None. Returns a 0-d float32 loss (float64
     for float64 logits with the ``torch`` backend), differentiable with respect to the
-    three logits. Checks as in :func:`fastmix.contrastive_loss`.
+    three logits. Checks as in :func:`fastmix.contrastive_loss`; inside
+    ``fastmix.ops.debug.trusted_inputs()`` the value checks are skipped.
+
+    Backward: the forward already wrote ``d loss / d logits``; the backward scales those
+    buffers in place by ``grad_output`` (no pass at all when it is 1, decided without a
+    host sync), hands them to autograd and never writes them again; a second backward
+    through a retained graph recomputes them. See this module's docstring.
     """
     tau_mix = _checks.positive_finite("tau_mix", tau_mix)
     tau_real = _checks.positive_finite("tau_real", tau_real)
