@@ -6,7 +6,15 @@ built when nvcc is found; a machine without nvcc gets the package without them
 (the Triton and PyTorch backends still work, and ``fastmix info`` says why ``cuda`` is
 not usable).
 
+The C++ CPU kernels in csrc/cpu/ become ``fastmix/backends/libfastmix_cpu.so`` (the opt-in
+``cpu`` backend, loaded with ctypes too), built when a C++ compiler is found; without one,
+or when the build fails, the package installs without them.
+
 Environment:
+  FASTMIX_CPU=0         never build the C++ CPU kernels
+  CXX                   the C++ compiler for them (default: c++, g++ or clang++ on PATH)
+  FASTMIX_CPU_ARCH      -march for them (default "native": the library is built where it runs;
+                        "none" leaves the compiler's default, e.g. for a wheel built elsewhere)
   FASTMIX_CUDA=0        never build the CUDA kernels
   FASTMIX_CUDA=1        build them, and fail the install if that is impossible
   (unset)               build them when nvcc is found; on a failed build warn and go on
@@ -29,6 +37,8 @@ HERE = Path(__file__).resolve().parent
 CSRC = "csrc"
 LIB_NAME = "fastmix.backends.libfastmix_cuda"
 LIB_FILE = os.path.join("fastmix", "backends", "libfastmix_cuda.so")
+CPU_LIB_NAME = "fastmix.backends.libfastmix_cpu"
+CPU_LIB_FILE = os.path.join("fastmix", "backends", "libfastmix_cpu.so")
 DEFAULT_ARCH = "80;86;89;90+PTX"
 
 
@@ -82,6 +92,42 @@ class CudaLibrary(Extension):
     """A plain shared library built by nvcc (no Python module inside)."""
 
 
+class CpuLibrary(Extension):
+    """A plain shared library built by the C++ compiler (no Python module inside)."""
+
+
+def cxx_command(cxx, sources, output, openmp=True, arch=None):
+    """The one compiler call that builds csrc/cpu into the shared library. -ffp-contract=off:
+    no fused multiply-adds, so element-wise ops round as PyTorch's do; -fno-trapping-math
+    and -fno-math-errno let the compiler vectorise the loops with comparisons in them
+    (the kernels never read floating-point exception flags or errno)."""
+    arch = arch if arch is not None else os.environ.get("FASTMIX_CPU_ARCH") or "native"
+    cmd = [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-math",
+           "-fno-math-errno", "-Wall", "-Wextra"]
+    if arch != "none":
+        cmd.append(f"-march={arch}")
+    if openmp:
+        cmd.append("-fopenmp")
+    return cmd + ["-o", str(output)] + [str(s) for s in sources]
+
+
+def build_cpu_library(ext, output):
+    """Build with OpenMP, else without (one thread); warn and go on when neither works."""
+    sources = [HERE / s for s in ext.sources]
+    for openmp in (True, False):
+        cmd = cxx_command(ext.cxx, sources, output, openmp)
+        print("fastmix: building the C++ CPU kernels:", " ".join(cmd), flush=True)
+        try:
+            subprocess.run(cmd, check=True, cwd=HERE)
+            return
+        except (OSError, subprocess.CalledProcessError) as exc:
+            failure = exc
+    print(f"fastmix: WARNING: building the C++ CPU kernels failed ({failure}); installing without them",
+          file=sys.stderr)
+    if output.exists():
+        output.unlink()
+
+
 class BuildExt(build_ext):
     def get_ext_filename(self, fullname):
         # a plain library name, no Python ABI suffix; setuptools asks with the full
@@ -90,9 +136,17 @@ class BuildExt(build_ext):
             return LIB_FILE
         if fullname == LIB_NAME.rsplit(".", 1)[1]:
             return os.path.basename(LIB_FILE)
+        if fullname == CPU_LIB_NAME:
+            return CPU_LIB_FILE
+        if fullname == CPU_LIB_NAME.rsplit(".", 1)[1]:
+            return os.path.basename(CPU_LIB_FILE)
         return super().get_ext_filename(fullname)
 
     def build_extension(self, ext):
+        if isinstance(ext, CpuLibrary):
+            output = Path(self.get_ext_fullpath(ext.name))
+            output.parent.mkdir(parents=True, exist_ok=True)
+            return build_cpu_library(ext, output)
         if not isinstance(ext, CudaLibrary):
             return super().build_extension(ext)
         output = Path(self.get_ext_fullpath(ext.name))
@@ -137,5 +191,20 @@ def cuda_extensions():
     return [ext]
 
 
+def cpu_extensions():
+    mode = os.environ.get("FASTMIX_CPU", "").strip()
+    if mode not in ("", "0", "1"):
+        raise RuntimeError(f"FASTMIX_CPU must be 0, 1 or unset, got {mode!r}")
+    if mode == "0":
+        return []
+    cxx = os.environ.get("CXX") or next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
+    if cxx is None:
+        print("fastmix: no C++ compiler found; installing without the C++ CPU kernels", file=sys.stderr)
+        return []
+    ext = CpuLibrary(CPU_LIB_NAME, sources=sorted(str(p.relative_to(HERE)) for p in (HERE / CSRC / "cpu").glob("*.cpp")))
+    ext.cxx = cxx
+    return [ext]
+
+
 if __name__ == "__main__":
-    setup(ext_modules=cuda_extensions(), cmdclass={"build_ext": BuildExt})
+    setup(ext_modules=cpu_extensions() + cuda_extensions(), cmdclass={"build_ext": BuildExt})

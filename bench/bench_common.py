@@ -28,8 +28,9 @@ ON_GPU = DEVICE.type == "cuda"
 
 # Implementations compared in every group. "eager" is the straightforward PyTorch
 # code a user of the paper would write (bench_eager.py, autograd through plain ops),
-# "compile" is torch.compile of that same code, the rest are fastmix backends.
-IMPLS = ("eager", "compile", "fastmix-torch", "fastmix-triton", "fastmix-cuda")
+# "compile" is torch.compile of that same code, the rest are fastmix backends
+# ("fastmix-cpu": the opt-in C++ CPU kernels, CPU runs only).
+IMPLS = ("eager", "compile", "fastmix-torch", "fastmix-cpu", "fastmix-triton", "fastmix-cuda")
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LAYOUTS = ("contiguous", "channels_last")
@@ -75,6 +76,8 @@ def impl_skip(impl: str) -> str | None:
     backend = impl.split("-", 1)[1]
     if backend == "torch" and ON_GPU:
         pytest.skip("fastmix's torch backend is the PyTorch reference; on a GPU the suite times the fast backends")
+    if backend == "cpu" and ON_GPU:
+        pytest.skip("fastmix's cpu backend runs on CPU tensors; on a GPU the suite times the GPU backends")
     if backend == "triton" and not ON_GPU:
         pytest.skip(
             "Triton needs a CUDA device; under TRITON_INTERPRET the kernels run in the "
@@ -112,7 +115,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def environment() -> dict:
     """What ran the suite: device, versions; the same for every result of a run."""
     import fastmix
@@ -121,7 +124,7 @@ def environment() -> dict:
         import triton
 
         triton_version = triton.__version__
-    except Exception as exc:  # a broken or missing install
+    except Exception as exc:  # noqa: BLE001 (a broken or missing install)
         triton_version = f"not available ({exc.__class__.__name__})"
     info = {
         "torch": torch.__version__,
@@ -159,7 +162,7 @@ def nvml_reading() -> dict:
         return {"nvml": "nvidia-ml-py is not installed"}
     try:
         pynvml.nvmlInit()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (NVML raises its own error types)
         return {"nvml": f"NVML unavailable: {exc}"}
     try:
         index = torch.cuda.current_device()
@@ -180,19 +183,19 @@ def nvml_reading() -> dict:
         }
         try:
             out["nvml_temperature_c"] = pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 (not every card reports a temperature)
             pass
         return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in out.items()}
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (NVML raises its own error types)
         return {"nvml": f"NVML read failed: {exc}"}
     finally:
         try:
             pynvml.nvmlShutdown()
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 (shutting down: nothing to do about a failure)
             pass
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def copy_bandwidth() -> float:
     """Bytes per second of a large device-to-device copy (bytes read plus bytes written),
     the fastest of several copies (a ceiling: on a shared CPU the slower ones measure

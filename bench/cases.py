@@ -1,6 +1,5 @@
 """The sizes the suite runs, and the cases it leaves out, with the reasons."""
 import pytest
-
 from bench_common import ON_GPU, Settings
 
 LOGIT_SIZES = [(32, 10), (256, 100), (4096, 1000)]

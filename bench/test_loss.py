@@ -1,10 +1,9 @@
 """loss: forward plus backward of ``MixUnlearnLoss`` (``L_mix + omega * L_real``, SPEC 4
 and 6), gradients to all three logits, with sharpened soft targets (the label-agnostic
 setting) and with integer labels (the label-aware setting, the trainer's default)."""
+import bench_eager as eager
 import pytest
 import torch
-
-import bench_eager as eager
 from bench_common import DEVICE, DTYPES, IMPLS, compile_fn, dtype_skip, impl_skip, run_case, tensor_bytes
 from cases import LOGIT_SIZES, size_id, smoke_skip
 
@@ -50,7 +49,7 @@ def test_loss_forward_backward(benchmark, impl, size, dtype, targets):
         loss = loss_fn(mix, forget, retain, q_f, q_r, lam, perm)
         return torch.autograd.grad(loss, (mix, forget, retain))
 
-    mix, forget, retain, q_f, q_r, lam, perm = make_inputs()
+    mix, forget, retain, q_f, q_r, lam, _perm = make_inputs()
     benchmark.group = f"loss-fwd+bwd {size_id(size)} {dtype} {targets}"
     run_case(
         benchmark, impl=impl, make_inputs=make_inputs, fn=fn,

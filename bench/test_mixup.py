@@ -1,9 +1,8 @@
 """mixup: ``M * x_f + (1 - M) * x_r[perm]`` with a MixBlock-style ``(B, 1, H, W)`` mask
 (SPEC 2), forward alone and forward plus the mask's backward (the generator step)."""
+import bench_eager as eager
 import pytest
 import torch
-
-import bench_eager as eager
 from bench_common import DEVICE, DTYPES, IMPLS, LAYOUTS, compile_fn, dtype_skip, impl_skip, run_case, tensor_bytes
 from cases import IMAGE_SIZES, size_id, smoke_skip
 
@@ -50,7 +49,7 @@ def test_mixup_forward(benchmark, impl, size, dtype, layout):
     backend, dt = _case(impl, size, dtype, layout)
     make_inputs = _inputs(size, dt, layout, with_grad=False)
     fn = _forward(impl, backend)
-    x_f, x_r, mask, perm = make_inputs()
+    x_f, x_r, mask, _perm = make_inputs()
     benchmark.group = f"mixup-forward {size_id(size)} {dtype} {layout}"
     run_case(
         benchmark, impl=impl, make_inputs=make_inputs, fn=fn,
@@ -72,7 +71,7 @@ def test_mixup_mask_backward(benchmark, impl, size, dtype, layout):
         out = forward(x_f, x_r, mask, perm)
         return torch.autograd.grad(out, mask, grad)[0]
 
-    x_f, x_r, mask, perm, grad = make_inputs()
+    x_f, x_r, mask, _perm, grad = make_inputs()
     benchmark.group = f"mixup-fwd+mask-bwd {size_id(size)} {dtype} {layout}"
     # forward: read x_f, x_r, M, write x_mix; backward: read g, x_f, x_r, write dM
     moved = tensor_bytes(x_f, x_r, mask, x_f) + tensor_bytes(grad, x_f, x_r, mask)

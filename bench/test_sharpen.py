@@ -1,8 +1,7 @@
 """sharpen: ``softmax(logits / T)``, the label-agnostic targets (SPEC 3), forward."""
+import bench_eager as eager
 import pytest
 import torch
-
-import bench_eager as eager
 from bench_common import DEVICE, DTYPES, IMPLS, compile_fn, dtype_skip, impl_skip, run_case, tensor_bytes
 from cases import LOGIT_SIZES, size_id, smoke_skip
 
@@ -23,13 +22,13 @@ def test_sharpen(benchmark, impl, size, dtype):
         return (torch.randn(B, C, device=DEVICE).mul_(3).to(dt),)
 
     if impl == "eager":
-        fn = lambda z: eager.sharpen(z, T)  # noqa: E731
+        fn = lambda z: eager.sharpen(z, T)
     elif impl == "compile":
         fn = compile_fn(lambda z: eager.sharpen(z, T))
     else:
         import fastmix
 
-        fn = lambda z: fastmix.sharpen(z, T, backend=backend)  # noqa: E731
+        fn = lambda z: fastmix.sharpen(z, T, backend=backend)
 
     z = make_inputs()[0]
     benchmark.group = f"sharpen {size_id(size)} {dtype}"

@@ -9,17 +9,23 @@ Resolution order for each call: the ``backend=`` keyword, else the
 the tensor's device (``cuda`` > ``triton`` > ``torch`` on a GPU; ``torch`` on
 the CPU and for float64 data). Asking for a backend that cannot run raises ``RuntimeError`` with
 the reason.
+
+The ``cpu`` backend (fused C++ kernels with OpenMP, ``csrc/cpu/``, built by ``setup.py``
+where a C++ compiler exists) is opt-in for now: ``backend="cpu"`` or
+``FASTMIX_BACKEND=cpu``. It rounds differently from the reference, and the trainer's
+results on the CPU are pinned bit for bit to the reference.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-BACKENDS = ("torch", "triton", "cuda")
+BACKENDS = ("torch", "triton", "cuda", "cpu")
 
 
 @dataclass(frozen=True)
@@ -33,12 +39,12 @@ def _triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_import_error() -> str | None:
     try:
-        import triton  # noqa: F401
+        import triton
         import triton.language  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install
+    except Exception as exc:  # noqa: BLE001 (ImportError, or a broken install)
         return f"triton is not importable ({exc.__class__.__name__}: {exc})"
     return None
 
@@ -60,17 +66,52 @@ class Kernels:
     mixup_backward: Callable
     contrastive_forward: Callable
     real_forward: Callable
-    # L_mix + omega * L_real in one call; None where a backend has none yet
+    # (mix, forget, retain, forget_target, retain_target, lam, perm, tau_mix, tau_real, omega,
+    # reduction, with_grad) -> (loss, grad_mix, grad_forget, grad_retain); None: composed by
+    # kernels_for() from contrastive_forward and real_forward
     loss_forward: Callable | None = None
 
 
+def compose_loss_forward(contrastive_forward: Callable, real_forward: Callable) -> Callable:
+    """``loss_forward`` from a backend's two loss kernels: ``C_mix + omega * C_real``.
+
+    Used for the torch reference and for a backend that registers no fused kernel;
+    multiplies by ``omega`` after the kernels (skipped for ``omega == 1``) so that the
+    result rounds as ``contrastive_forward(...) + omega * real_forward(...)`` does.
+    """
+
+    def loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain_target, lam, perm,
+                     tau_mix, tau_real, omega, reduction, with_grad):
+        loss, grad_mix = contrastive_forward(
+            mix_logits, forget_target, retain_target, lam, perm, tau_mix, reduction, with_grad
+        )
+        if omega == 0:  # distinct tensors: a custom op's outputs may not alias one another
+            return loss, grad_mix, mix_logits.new_empty(0), mix_logits.new_empty(0)
+        loss_real, grad_retain, grad_forget = real_forward(
+            retain_logits, forget_logits, retain_target, forget_target, tau_real, reduction, with_grad
+        )
+        if omega != 1:
+            loss_real = loss_real * omega
+            if with_grad:
+                grad_retain, grad_forget = grad_retain * omega, grad_forget * omega
+        return loss + loss_real, grad_mix, grad_forget, grad_retain
+
+    return loss_forward
+
+
 _REGISTERED: dict[str, Kernels] = {}
+_FUSED_LOSS: dict[str, bool] = {}
 
 
 def register(name: str, kernels: Kernels) -> None:
     """Called by a backend module at import: ``name`` runs ``kernels``."""
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    _FUSED_LOSS[name] = kernels.loss_forward is not None
+    if kernels.loss_forward is None:
+        kernels = dataclasses.replace(
+            kernels, loss_forward=compose_loss_forward(kernels.contrastive_forward, kernels.real_forward)
+        )
     _REGISTERED[name] = kernels
 
 
@@ -81,10 +122,19 @@ def _import_backend(name: str) -> None:
         from . import triton_backend  # noqa: F401
     elif name == "cuda":
         from . import cuda_backend  # noqa: F401
+    elif name == "cpu":
+        from . import cpu_backend  # noqa: F401
+
+
+def has_fused_loss(backend: str) -> bool:
+    """Whether ``backend`` registered a fused ``loss_forward`` (else it is composed)."""
+    kernels_for(backend)
+    return _FUSED_LOSS[backend]
 
 
 def kernels_for(backend: str) -> Kernels:
-    """The kernels of a resolved backend name (see :func:`resolve_backend`)."""
+    """The kernels of a resolved backend name (see :func:`resolve_backend`); ``loss_forward``
+    is always set (composed from the two loss kernels where the backend has none)."""
     kernels = _REGISTERED.get(backend)
     if kernels is None:
         _import_backend(backend)
@@ -116,6 +166,15 @@ def backend_status(name: str, device: torch.device | str | None = None) -> Backe
                 name, False, "Triton needs a CUDA tensor; on CPU tensors it runs only under TRITON_INTERPRET=1"
             )
         return BackendStatus(name, False, f"Triton does not run on {device.type} tensors")
+    if name == "cpu":
+        from . import cpu_backend
+
+        err = cpu_backend.load_error()
+        if err:
+            return BackendStatus(name, False, err)
+        if device.type != "cpu":
+            return BackendStatus(name, False, f"the C++ CPU kernels need a CPU tensor, not a {device.type} one")
+        return BackendStatus(name, True, "fused C++ CPU kernels (opt-in: backend='cpu')")
     # cuda
     err = _cuda_library_error()
     if err:
@@ -145,6 +204,8 @@ def resolve_backend(backend: str | None, device: torch.device, dtype: torch.dtyp
             status = backend_status(requested, device)
             if not status.usable:
                 raise RuntimeError(f"fastmix backend {requested!r} cannot run on {device}: {status.reason}")
+            if requested == "cpu" and dtype == torch.float64:
+                return "torch"  # the C++ kernels compute in float32; float64 stays exact
             return requested
     if device.type == "cuda" and dtype != torch.float64:
         for name in ("cuda", "triton"):

@@ -9,7 +9,8 @@ closed form of SPEC section 4, exactly what the Triton and CUDA kernels compute.
 from __future__ import annotations
 
 import torch
-from . import Kernels, register
+
+from . import Kernels, compose_loss_forward, register
 
 EPS = 1e-8  # the clamp of d(p, q) = 1 - <p, q> / max(|p| |q|, EPS)
 
@@ -21,7 +22,18 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 # --- sharpen -----------------------------------------------------------------------------
 
 
+# Below this temperature z / T can overflow for ordinary logits (e.g. T = 1e-40), so the
+# logits are shifted by their row maximum first: softmax((z - max z) / T) is the same
+# function and never overflows. Above it the plain form is kept: it rounds as the
+# trainer's pinned results expect, and overflows only for logits beyond 3e35 * T / 1e-3.
+SHIFT_BELOW_T = 1e-3
+
+
 def sharpen_forward(logits: torch.Tensor, T: float) -> torch.Tensor:
+    if T < SHIFT_BELOW_T and logits.numel() > 0:
+        # in float64: a tiny T is not even a float32 (1e-300 would round to 0)
+        z = logits.to(torch.float64)
+        return torch.softmax((z - z.amax(dim=-1, keepdim=True)) / T, dim=-1).to(logits.dtype)
     z = logits.to(compute_dtype(logits.dtype))
     return torch.softmax(z / T, dim=-1).to(logits.dtype)
 
@@ -179,20 +191,8 @@ def real_forward(retain_logits, forget_logits, retain_target, forget_target, tau
     return loss, grad_r.to(retain_logits.dtype), grad_f.to(forget_logits.dtype)
 
 
-def loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain_target, lam, perm,
-                 tau_mix, tau_real, omega, reduction, with_grad):
-    """L_mix + omega * L_real (SPEC 4, 6): ``(loss, grad_mix, grad_forget, grad_retain)``."""
-    loss, grad_mix = contrastive_forward(mix_logits, forget_target, retain_target, lam, perm, tau_mix, reduction,
-                                         with_grad)
-    if retain_logits is None or forget_logits is None:
-        if omega != 0:
-            raise ValueError("loss_forward: omega != 0 needs retain_logits and forget_logits")
-        return loss, grad_mix, mix_logits.new_empty(0), mix_logits.new_empty(0)
-    real, grad_r, grad_f = real_forward(retain_logits, forget_logits, retain_target, forget_target, tau_real,
-                                        reduction, with_grad)
-    if with_grad:
-        grad_r, grad_f = (grad_r * omega).to(grad_r.dtype), (grad_f * omega).to(grad_f.dtype)
-    return loss + omega * real, grad_mix, grad_f, grad_r
+# L_mix + omega * L_real: the reference of the fused loss kernels of the other backends
+loss_forward = compose_loss_forward(contrastive_forward, real_forward)
 
 
 register("torch", Kernels(

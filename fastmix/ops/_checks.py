@@ -18,10 +18,18 @@ REDUCTIONS = ("sum", "mean")
 
 
 def positive_finite(name: str, value) -> float:
-    if isinstance(value, torch.Tensor) or isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, (torch.Tensor, bool)) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be finite and positive, got {value!r}")
+    return float(value)
+
+
+def non_negative_finite(name: str, value) -> float:
+    if isinstance(value, (torch.Tensor, bool)) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite float >= 0, got {value!r}")
     return float(value)
 
 
@@ -53,13 +61,19 @@ def logits(name: str, t) -> torch.Tensor:
 
 
 def same_device(**tensors) -> torch.device:
+    first = None
+    for t in tensors.values():
+        if isinstance(t, torch.Tensor):
+            if first is None:
+                first = t.device
+            elif t.device != first:
+                break
+    else:
+        return first
     devices = {name: t.device for name, t in tensors.items() if isinstance(t, torch.Tensor)}
-    first = next(iter(devices.values()))
-    for name, dev in devices.items():
-        if dev != first:
-            listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
-            raise ValueError(f"all tensors must be on one device, got {listing} ({name} differs)")
-    return first
+    listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
+    odd = next(n for n, d in devices.items() if d != first)
+    raise ValueError(f"all tensors must be on one device, got {listing} ({odd} differs)")
 
 
 def same_dtype(**tensors) -> None:
@@ -69,10 +83,18 @@ def same_dtype(**tensors) -> None:
         raise TypeError(f"these tensors must share one dtype, got {listing}")
 
 
-def target(name: str, t, n_rows: int | None, n_classes: int) -> torch.Tensor:
+def values_wanted(t: torch.Tensor, backend_checks: bool = False) -> bool:
+    """Whether an op call runs its value checks (decided once per call): not when the
+    backend checks the values itself (``backend_checks``), else as ``value_checks_wanted``."""
+    return not backend_checks and value_checks_wanted(t)
+
+
+def target(name: str, t, n_rows: int | None, n_classes: int, values: bool | None = None) -> torch.Tensor:
     """A (N, C) probability target or (N,) int64 labels; returns it unchanged.
 
     ``n_rows`` None means any number of rows (a pool gathered through ``perm``).
+    ``values``: whether to check the values (None: ``value_checks_wanted``; False: the
+    caller decided against, e.g. for a backend that checks them in its kernel).
     """
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -88,7 +110,7 @@ def target(name: str, t, n_rows: int | None, n_classes: int) -> torch.Tensor:
         raise TypeError(f"{name} must be int64 labels or floating-point probabilities, got {t.dtype}")
     if n_rows is not None and t.shape[0] != n_rows:
         raise ValueError(f"{name} must have {n_rows} rows to match the logits, got {t.shape[0]}")
-    if value_checks_wanted(t) and t.numel() > 0:
+    if (value_checks_wanted(t) if values is None else values) and t.numel() > 0:
         lo, hi = value_range(t)
         if t.dtype == torch.int64:
             if lo < 0 or hi >= n_classes:
@@ -101,7 +123,7 @@ def target(name: str, t, n_rows: int | None, n_classes: int) -> torch.Tensor:
     return t
 
 
-def perm(name: str, p, n_rows: int, pool: int) -> torch.Tensor | None:
+def perm(name: str, p, n_rows: int, pool: int, values: bool | None = None) -> torch.Tensor | None:
     if p is None:
         return None
     if not isinstance(p, torch.Tensor):
@@ -110,32 +132,34 @@ def perm(name: str, p, n_rows: int, pool: int) -> torch.Tensor | None:
         raise TypeError(f"{name} must be an int64 tensor, got {p.dtype}")
     if p.dim() != 1 or p.shape[0] != n_rows:
         raise ValueError(f"{name} must have shape ({n_rows},), got {tuple(p.shape)}")
-    if value_checks_wanted(p) and p.numel() > 0:
+    if (value_checks_wanted(p) if values is None else values) and p.numel() > 0:
         lo, hi = value_range(p)
         if lo < 0 or hi >= pool:
             raise ValueError(f"{name} holds indices outside [0, {pool}): e.g. {lo if lo < 0 else hi}")
     return p
 
 
-def lam(name: str, value, n_rows: int, device: torch.device) -> torch.Tensor:
-    """A Python float, 0-d or (B,) tensor in [0, 1]; returned as a tensor on ``device``."""
+def lam(name: str, value, n_rows: int, device: torch.device, values: bool | None = None,
+        like: torch.dtype = torch.float32) -> torch.Tensor:
+    """A Python float, 0-d or (B,) tensor in [0, 1]; returned as a tensor on ``device``
+    (a float becomes float64 for float64 data ``like``, else float32)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
         raise TypeError(f"{name} must be a float or a 0-d or (B,) tensor, got {type(value).__name__}")
     if not isinstance(value, torch.Tensor):
         if not (0.0 <= value <= 1.0):
             raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
-        return torch.full((), float(value), device=device)
+        return torch.full((), float(value), device=device, dtype=torch.float64 if like == torch.float64 else torch.float32)
     float_tensor(name, value, ndim=(0, 1))
     if value.dim() == 1 and value.shape[0] != n_rows:
         raise ValueError(f"{name} must be 0-d or have shape ({n_rows},), got {tuple(value.shape)}")
     if value.device != device:
         raise ValueError(f"{name} must be on {device} like the other inputs, got {value.device}")
-    unit_interval(name, value)
+    unit_interval(name, value, values)
     return value
 
 
-def unit_interval(name: str, t: torch.Tensor) -> None:
-    if value_checks_wanted(t) and t.numel() > 0:
+def unit_interval(name: str, t: torch.Tensor, values: bool | None = None) -> None:
+    if (value_checks_wanted(t) if values is None else values) and t.numel() > 0:
         lo, hi = value_range(t)
         if math.isnan(lo) or math.isnan(hi):
             raise ValueError(f"{name} holds NaN")
@@ -146,5 +170,5 @@ def unit_interval(name: str, t: torch.Tensor) -> None:
 def value_range(t: torch.Tensor) -> tuple:
     """``(min, max)`` of ``t`` as Python numbers, in one pass and one read-back (NaN if
     ``t`` holds NaN): the value checks' only reduction."""
-    lo, hi = torch.stack(torch.aminmax(t)).tolist()
-    return lo, hi
+    lo, hi = torch.aminmax(t)
+    return lo.item(), hi.item()

@@ -2,17 +2,22 @@
 
 Each op's forward writes the loss and its gradient with respect to the logits
 in one pass over the batch; the backward only scales that saved gradient by
-``grad_output``. Targets and ``lam`` are constants to these ops (they come from
-the frozen model and from sampling): no gradient flows to them.
+``grad_output`` (in place, skipped when it is 1: see ``_autograd.ClosedFormLoss``).
+Targets and ``lam`` are constants to these ops (they come from the frozen model and
+from sampling): no gradient flows to them.
+
+Eager calls go through ``_autograd``'s fast path; under torch.compile the calls go
+through the ops registered here, which ``opcheck`` checks.
 """
 from __future__ import annotations
 
 import torch
 
-from . import _checks
-from fastmix.backends import kernels_for
-from fastmix.backends import resolve_backend
+from fastmix.backends import kernels_for, resolve_backend
 from fastmix.backends.torch_backend import compute_dtype
+
+from . import _checks
+from ._autograd import closed_form_loss, eager, wants_grad
 
 
 @torch.library.custom_op("fastmix::contrastive_loss", mutates_args=())
@@ -40,6 +45,7 @@ def _(logits, forget_target, retain_target, lam, perm, tau, reduction, with_grad
 
 
 def _contrastive_setup(ctx, inputs, output):
+    ctx.set_materialize_grads(False)  # no zero tensor for the gradient output nobody differentiates
     ctx.save_for_backward(output[1])
 
 
@@ -50,6 +56,8 @@ def _saved_gradient(grad: torch.Tensor) -> torch.Tensor:
 
 
 def _contrastive_backward(ctx, grad_loss, _grad_of_grad):
+    if grad_loss is None:
+        return (None,) * 9
     (grad,) = ctx.saved_tensors
     return _saved_gradient(grad) * grad_loss, None, None, None, None, None, None, None, None
 
@@ -82,10 +90,13 @@ def _(retain_logits, forget_logits, retain_target, forget_target, tau, reduction
 
 
 def _real_setup(ctx, inputs, output):
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(output[1], output[2])
 
 
 def _real_backward(ctx, grad_loss, _g1, _g2):
+    if grad_loss is None:
+        return (None,) * 8
     grad_r, grad_f = ctx.saved_tensors
     return _saved_gradient(grad_r) * grad_loss, _saved_gradient(grad_f) * grad_loss, None, None, None, None, None, None
 
@@ -93,11 +104,7 @@ def _real_backward(ctx, grad_loss, _g1, _g2):
 _real.register_autograd(_real_backward, setup_context=_real_setup)
 
 
-def _wants_grad(*logits: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in logits)
-
-
-def _check_target_kinds(**targets: torch.Tensor) -> None:
+def check_target_kinds(**targets: torch.Tensor) -> None:
     kinds = {name: ("labels" if t.dtype == torch.int64 else "probabilities") for name, t in targets.items()}
     if len(set(kinds.values())) > 1:
         listing = ", ".join(f"{n} as {k}" for n, k in kinds.items())
@@ -144,16 +151,24 @@ def contrastive_loss(
     device = _checks.same_device(
         logits=logits, forget_target=forget_target, retain_target=retain_target, perm=perm
     )
-    _checks.target("forget_target", forget_target, B, C)
-    _checks.target("retain_target", retain_target, None if perm is not None else B, C)
-    _check_target_kinds(forget_target=forget_target, retain_target=retain_target)
-    _checks.perm("perm", perm, B, retain_target.shape[0])
-    lam = _checks.lam("lam", lam, B, device)
+    backend = resolve_backend(backend, device, logits.dtype)
+    values = _checks.values_wanted(logits, backend_checks=backend == "cpu")  # the C++ kernel checks them
+    _checks.target("forget_target", forget_target, B, C, values)
+    _checks.target("retain_target", retain_target, None if perm is not None else B, C, values)
+    check_target_kinds(forget_target=forget_target, retain_target=retain_target)
+    _checks.perm("perm", perm, B, retain_target.shape[0], values)
+    lam = _checks.lam("lam", lam, B, device, values, like=logits.dtype)
     tau = _checks.positive_finite("tau", tau)
     reduction = _checks.reduction_arg(reduction)
-    backend = resolve_backend(backend, device, logits.dtype)
+    if eager():
+        kernel = kernels_for(backend).contrastive_forward
+
+        def run(logits, forget_target, retain_target, lam, perm, with_grad):
+            return kernel(logits, forget_target, retain_target, lam, perm, tau, reduction, with_grad)
+
+        return closed_form_loss(run, 1, logits, forget_target, retain_target, lam, perm)
     loss, _ = _contrastive(
-        logits, forget_target, retain_target, lam, perm, tau, reduction, _wants_grad(logits), backend
+        logits, forget_target, retain_target, lam, perm, tau, reduction, wants_grad(logits), backend
     )
     return loss
 
@@ -196,10 +211,17 @@ def real_loss(
     )
     _checks.target("retain_target", retain_target, retain_logits.shape[0], C)
     _checks.target("forget_target", forget_target, forget_logits.shape[0], C)
-    _check_target_kinds(retain_target=retain_target, forget_target=forget_target)
+    check_target_kinds(retain_target=retain_target, forget_target=forget_target)
     tau = _checks.positive_finite("tau", tau)
     reduction = _checks.reduction_arg(reduction)
     backend = resolve_backend(backend, device, retain_logits.dtype)
+    if eager():
+        kernel = kernels_for(backend).real_forward
+
+        def run(retain_logits, forget_logits, retain_target, forget_target, with_grad):
+            return kernel(retain_logits, forget_logits, retain_target, forget_target, tau, reduction, with_grad)
+
+        return closed_form_loss(run, 2, retain_logits, forget_logits, retain_target, forget_target)
     loss, _, _ = _real(
         retain_logits,
         forget_logits,
@@ -207,7 +229,7 @@ def real_loss(
         forget_target,
         tau,
         reduction,
-        _wants_grad(retain_logits, forget_logits),
+        wants_grad(retain_logits, forget_logits),
         backend,
     )
     return loss

@@ -31,20 +31,52 @@ class debug_checks:
         self._previous = debug_checks_enabled()
         _state.enabled = enabled
 
-    def __enter__(self) -> "debug_checks":
+    def __enter__(self) -> debug_checks:  # noqa: PYI034 (typing.Self needs Python 3.11)
         return self
 
     def __exit__(self, *exc) -> None:
         _state.enabled = self._previous
 
 
+def trusted_inputs_enabled() -> bool:
+    return getattr(_state, "trusted", False)
+
+
+class trusted_inputs:
+    """Skip the value checks for a caller that guarantees its values (fastmix's trainer).
+
+    ``with fastmix.ops.debug.trusted_inputs(): ...`` turns off, for this thread and this
+    block, the checks that read tensor values (label and ``perm`` range, weights in [0, 1],
+    NaN or negative probabilities); shape, dtype, device and scalar checks still run.
+    Only for code that builds those tensors itself (labels from a data set's targets,
+    ``perm`` from ``randperm``, ``lam`` from ``sample_lambda``): a bad value then gives
+    wrong results instead of an error. ``debug_checks(True)`` overrides it.
+    """
+
+    def __init__(self, enabled: bool = True):
+        if not isinstance(enabled, bool):
+            raise TypeError(f"trusted_inputs: enabled must be a bool, got {type(enabled).__name__}")
+        self._previous = trusted_inputs_enabled()
+        _state.trusted = enabled
+
+    def __enter__(self) -> trusted_inputs:  # noqa: PYI034 (typing.Self needs Python 3.11)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _state.trusted = self._previous
+
+
 def value_checks_wanted(t) -> bool:
     """Whether checks that read tensor values should run for ``t``'s device.
 
-    Never while torch.compile traces: the values are not known then.
+    Never while torch.compile traces (the values are not known then), nor inside
+    ``trusted_inputs()`` unless ``debug_checks(True)`` is on too.
     """
     import torch
 
     if torch.compiler.is_compiling():
         return False
-    return t.device.type == "cpu" or debug_checks_enabled()
+    debug = debug_checks_enabled()
+    if debug:
+        return True
+    return t.device.type == "cpu" and not trusted_inputs_enabled()

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from fastmix.backends import kernels_for, resolve_backend
+
 from . import _checks
-from fastmix.backends import kernels_for
-from fastmix.backends import resolve_backend
+from ._autograd import eager, wants_grad
 
 
 @torch.library.custom_op("fastmix::mixup", mutates_args=())
@@ -59,6 +60,25 @@ def _backward(ctx, grad):
 _mixup.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _MixupFunction(torch.autograd.Function):
+    """The eager fast path: the backend's kernels without the custom ops' dispatch."""
+
+    @staticmethod
+    def forward(ctx, x_forget, x_retain, weight, perm, kernels):
+        ctx.kernels = kernels
+        ctx.save_for_backward(x_forget, x_retain, weight, perm)
+        return kernels.mixup_forward(x_forget, x_retain, weight, perm)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_forget, x_retain, weight, perm = ctx.saved_tensors
+        needs = tuple(ctx.needs_input_grad[:3])
+        if not any(needs):
+            return None, None, None, None, None
+        grads = ctx.kernels.mixup_backward(grad, x_forget, x_retain, weight, perm, needs)
+        return tuple(g if need else None for g, need in zip(grads, needs)) + (None, None)
+
+
 def mixup(
     x_forget: torch.Tensor,
     x_retain: torch.Tensor,
@@ -100,7 +120,7 @@ def mixup(
     device = _checks.same_device(x_forget=x_forget, x_retain=x_retain, perm=perm)
     B = x_forget.shape[0]
     if not isinstance(weight, torch.Tensor):
-        weight = _checks.lam("weight", weight, B, device)
+        weight = _checks.lam("weight", weight, B, device, like=x_forget.dtype)
     _checks.float_tensor("weight", weight, ndim=(0, 1, 4))
     _checks.same_device(x_forget=x_forget, weight=weight)
     if weight.dim() == 1 and weight.shape[0] != B:
@@ -115,4 +135,10 @@ def mixup(
     if perm is None and x_retain.shape[0] != B:
         raise ValueError(f"without perm, x_retain must have B={B} rows like x_forget, got {x_retain.shape[0]}")
     _checks.unit_interval("weight", weight)
-    return _mixup(x_forget, x_retain, weight, perm, resolve_backend(backend, device, x_forget.dtype))
+    backend = resolve_backend(backend, device, x_forget.dtype)
+    if not eager():
+        return _mixup(x_forget, x_retain, weight, perm, backend)
+    kernels = kernels_for(backend)
+    if wants_grad(x_forget, x_retain, weight):
+        return _MixupFunction.apply(x_forget, x_retain, weight, perm, kernels)
+    return kernels.mixup_forward(x_forget, x_retain, weight, perm)

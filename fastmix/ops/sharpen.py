@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from fastmix.backends import kernels_for, resolve_backend
+
 from . import _checks
-from fastmix.backends import kernels_for
-from fastmix.backends import resolve_backend
+from ._autograd import eager, wants_grad
 
 
 @torch.library.custom_op("fastmix::sharpen", mutates_args=())
@@ -42,6 +43,22 @@ def _backward(ctx, grad):
 _sharpen.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _SharpenFunction(torch.autograd.Function):
+    """The eager fast path: the backend's kernels without the custom ops' dispatch."""
+
+    @staticmethod
+    def forward(ctx, logits, T, kernels):
+        out = kernels.sharpen_forward(logits, T)
+        ctx.T, ctx.kernels = T, kernels
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return ctx.kernels.sharpen_backward(grad, out, ctx.T), None, None
+
+
 def sharpen(logits: torch.Tensor, T: float = 0.3, *, backend: str | None = None) -> torch.Tensor:
     """``softmax(logits / T)`` over the last dimension: the paper's Sharpen(softmax(logits), T).
 
@@ -55,4 +72,10 @@ def sharpen(logits: torch.Tensor, T: float = 0.3, *, backend: str | None = None)
     if logits.dim() == 0:
         raise ValueError("logits must have at least 1 dimension (..., C), got a 0-d tensor")
     T = _checks.positive_finite("T", T)
-    return _sharpen(logits, T, resolve_backend(backend, logits.device, logits.dtype))
+    backend = resolve_backend(backend, logits.device, logits.dtype)
+    if not eager():
+        return _sharpen(logits, T, backend)
+    kernels = kernels_for(backend)
+    if wants_grad(logits):
+        return _SharpenFunction.apply(logits, T, kernels)
+    return kernels.sharpen_forward(logits, T)

@@ -162,7 +162,7 @@ class TestRealLoss:
 class TestMixUnlearnLoss:
     @pytest.mark.parametrize("name", ["tau_gen", "tau_mix", "tau_real", "sharpen_T"])
     def test_temperatures(self, name):
-        kwargs = dict(tau_gen=0.1, tau_mix=10.0, tau_real=5.0, omega=1.0, sharpen_T=0.3)
+        kwargs = {"tau_gen": 0.1, "tau_mix": 10.0, "tau_real": 5.0, "omega": 1.0, "sharpen_T": 0.3}
         kwargs[name] = -1.0
         _raises(ValueError, f"{name} must be finite and positive", fastmix.MixUnlearnLoss, **kwargs)
 
@@ -190,3 +190,25 @@ class TestBackendChoice:
         _raises(ValueError, "backend must be one of", fastmix.sharpen, _logits(), 0.3)
         monkeypatch.setenv("FASTMIX_BACKEND", "torch")
         assert fastmix.sharpen(_logits(), 0.3).shape == (B, C)
+
+
+# --- issue 12: arguments that used to give silent garbage ---------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sample_lambda_refuses_an_alpha_whose_draws_overflow(dtype):
+    largest = torch.finfo(dtype).max / 4
+    _raises(ValueError, "alpha must be at most", fastmix.sample_lambda, 4, largest * 1.5, dtype=dtype)
+    lam = fastmix.sample_lambda(4, largest, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(lam, torch.full_like(lam, 0.5))  # was all zeros at 2e38 in float32
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@pytest.mark.parametrize("T", [1e-40, 1e-300, 5e-324, 1e-4])
+def test_sharpen_at_a_tiny_temperature_is_the_argmax(backend, T):
+    if not fastmix.backends("cpu")[backend].usable:
+        pytest.skip(f"backend {backend} is not usable here")
+    z = torch.tensor([[0.5, 2.0, -1.0], [3.0, 3.0, 1.0], [-1e30, 0.0, 1e30]])
+    out = fastmix.sharpen(z, T, backend=backend)
+    expected = torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    torch.testing.assert_close(out, expected)  # was NaN (z / T overflowed)

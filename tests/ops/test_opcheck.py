@@ -1,12 +1,12 @@
 """torch.library.opcheck on every op, and torch.compile(fullgraph=True) of a step that uses them."""
 import pytest
 import torch
-
-import fastmix
 from conftest import HAS_CUDA
 
+import fastmix
+
 DEVICE = "cuda" if HAS_CUDA else "cpu"
-BACKENDS = ["torch", "triton"]
+BACKENDS = ["torch", "triton"] + (["cpu"] if fastmix.backends("cpu")["cpu"].usable else [])
 
 
 def _op(name):
@@ -36,6 +36,22 @@ def test_opcheck_losses(backend, kind):
     torch.library.opcheck(_op("contrastive_loss"), (logits.detach(), q_f, q_r[: q_f.shape[0]], lam[0], None, 0.5, "mean", False, backend))
     retain_logits = torch.randn(q_r.shape[0], logits.shape[1], generator=gen).to(DEVICE).requires_grad_()
     torch.library.opcheck(_op("real_loss"), (retain_logits, logits, q_r, q_f, 2.0, "sum", True, backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["labels", "probabilities"])
+def test_opcheck_fused_loss(backend, kind):
+    gen = torch.Generator().manual_seed(5)
+    mix, q_f, q_r, perm = _loss_inputs(kind, gen)
+    B, C = mix.shape
+    forget = torch.randn(B, C, generator=gen).to(DEVICE).requires_grad_()
+    retain = torch.randn(q_r.shape[0], C, generator=gen).to(DEVICE).requires_grad_()
+    lam = torch.rand(B, generator=gen).to(DEVICE)
+    op = _op("mixunlearn_loss")
+    torch.library.opcheck(op, (mix, forget, retain, q_f, q_r, lam, perm, 0.5, 2.0, 1.5, "sum", True, backend))
+    torch.library.opcheck(op, (mix, None, None, q_f, q_r[:B], lam[0], None, 0.5, 2.0, 0.0, "mean", True, backend))
+    torch.library.opcheck(op, (mix.detach(), forget.detach(), retain.detach(), q_f, q_r, lam, perm, 0.5, 2.0, 1.0,
+                               "sum", False, backend))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

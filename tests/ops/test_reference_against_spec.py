@@ -1,10 +1,10 @@
 """The PyTorch reference (backend='torch') against the independent float64 spec."""
 import pytest
+import spec64
 import torch
+from tolerance import assert_close_to_exact
 
 import fastmix
-import spec64
-from tolerance import assert_close_to_exact
 
 
 def _targets(kind, n, C, gen):

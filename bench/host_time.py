@@ -1,0 +1,112 @@
+"""Host time of fastmix's ops: what an eager call costs in Python and dispatch alone.
+
+The backend's kernels are swapped for ones that return preallocated outputs (no
+arithmetic), so what remains is the host path: argument and value checks, backend
+resolution, the autograd plumbing, the scaling of the saved gradient. Timed over many
+calls, forward and backward apart, with ``time.thread_time`` (the CPU time this thread
+used: on a shared, oversubscribed machine the wall clock mostly measures the wait for a
+core); the median of several repeats is printed in microseconds per call, next to the
+floor: a bare ``torch.autograd.Function`` whose forward returns a new 0-d tensor and
+whose backward returns a preallocated gradient (what any eager op with autograd costs).
+
+    python bench/host_time.py            # the default (torch) backend's path
+    python bench/host_time.py --trusted  # inside fastmix.ops.debug.trusted_inputs()
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+import fastmix
+from fastmix.backends import Kernels, kernels_for
+
+
+def null_kernels(B: int, C: int) -> Kernels:
+    """Kernels that do nothing: each returns tensors allocated once, here (the loss is
+    a fresh 0-d tensor: autograd needs a new output tensor per call)."""
+    g = [torch.zeros(B, C) for _ in range(3)]
+    out = torch.zeros(B, C)
+    empty = torch.empty(0)
+
+    def loss_forward(*args):
+        loss = torch.empty(())
+        return (loss, *g) if args[-1] else (loss, empty, empty, empty)
+
+    return Kernels(
+        sharpen_forward=lambda z, T: out,
+        sharpen_backward=lambda g_, y, T: out,
+        mixup_forward=lambda *a: out,
+        mixup_backward=lambda *a: (out, out, out),
+        contrastive_forward=lambda *a: (torch.empty(()), g[0] if a[-1] else empty),
+        real_forward=lambda *a: (torch.empty(()), *((g[1], g[2]) if a[-1] else (empty, empty))),
+        loss_forward=loss_forward,
+    )
+
+
+def per_call_us(fn, n: int, repeats: int = 7) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.thread_time()
+        for _ in range(n):
+            fn()
+        times.append((time.thread_time() - t0) / n * 1e6)
+    return statistics.median(times)
+
+
+class _Bare(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, g):
+        ctx.g = g
+        return torch.empty(())
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.g, None
+
+
+def forward_backward_us(make_loss, inputs, n: int) -> tuple[float, float]:
+    fwd = per_call_us(make_loss, n)
+    bwd = []
+    for _ in range(7):  # each graph goes backward once
+        losses = iter([make_loss() for _ in range(n)])
+        bwd.append(per_call_us(lambda it=losses: torch.autograd.grad(next(it), inputs), n, repeats=1))
+    return fwd, statistics.median(bwd)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trusted", action="store_true", help="inside fastmix.ops.debug.trusted_inputs()")
+    parser.add_argument("-n", type=int, default=2000)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    B, C = 32, 10
+    kernels_for("torch")
+    sys.modules["fastmix.backends"]._REGISTERED["torch"] = null_kernels(B, C)
+    module = fastmix.MixUnlearnLoss(1.0, 10.0, 10.0, 1.0, backend="torch")
+    logits = [torch.randn(B, C).requires_grad_() for _ in range(3)]
+    y_f, y_r = torch.randint(0, C, (B,)), torch.randint(0, C, (B,))
+    q_f, q_r = torch.softmax(torch.randn(B, C), 1), torch.softmax(torch.randn(B, C), 1)
+    lam, perm = torch.rand(B), torch.randperm(B)
+    z = torch.randn(B, C)
+
+    context = fastmix.ops.debug.trusted_inputs(args.trusted)
+    with context:
+        g = torch.zeros(B, C)
+        rows = [("floor: a bare autograd.Function", *forward_backward_us(lambda: _Bare.apply(logits[0], g),
+                                                                          logits[:1], args.n))]
+        for name, targets in (("labels", (y_f, y_r)), ("probabilities", (q_f, q_r))):
+            fwd, bwd = forward_backward_us(lambda t=targets: module(*logits, *t, lam, perm), logits, args.n)
+            rows.append((f"MixUnlearnLoss {name}", fwd, bwd))
+        rows.append(("sharpen (no grad)", per_call_us(lambda: fastmix.sharpen(z, 0.3, backend="torch"), args.n), None))
+    print(f"host CPU time per call, us (median of 7 x {args.n} calls; kernels return preallocated outputs)"
+          f"{' inside trusted_inputs()' if args.trusted else ''}")
+    for name, fwd, bwd in rows:
+        print(f"  {name:32s} forward {fwd:6.1f}" + (f"  backward {bwd:6.1f}" if bwd is not None else ""))
+
+
+if __name__ == "__main__":
+    main()

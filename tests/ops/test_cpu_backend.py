@@ -1,0 +1,121 @@
+"""The C++ CPU kernels (backend 'cpu') against float64: odd sizes, strides, expanded and
+channels_last inputs, every dtype they take, outputs poisoned with NaN first; and their
+in-kernel value checks. (The fused loss is tested in test_fused_loss.py.)"""
+import pytest
+import spec64
+import torch
+from tolerance import assert_as_accurate
+
+import fastmix
+from fastmix.backends import cpu_backend
+
+pytestmark = pytest.mark.skipif(cpu_backend.load_error() is not None, reason=f"{cpu_backend.load_error()}")
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.fixture(autouse=True)
+def poisoned(monkeypatch):
+    monkeypatch.setattr(cpu_backend, "POISON_OUTPUTS", True)
+
+
+def _layout(t, layout):
+    if layout == "strided":
+        return torch.cat([t, t], -1)[..., ::2]
+    if layout == "expanded":
+        return t[:1].expand(t.shape)
+    return t
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "expanded"])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (33, 1000), (2, 3, 17)])
+def test_sharpen(shape, layout, dtype):
+    gen = torch.Generator().manual_seed(sum(shape))
+    z = _layout((torch.randn(shape, generator=gen) * 3).to(dtype), layout).requires_grad_()
+    g = torch.randn(shape, generator=gen).to(dtype)
+    out = fastmix.sharpen(z, 0.3, backend="cpu")
+    (grad,) = torch.autograd.grad(out, z, g)
+    ref = fastmix.sharpen(z, 0.3, backend="torch")
+    (ref_grad,) = torch.autograd.grad(ref, z, g)
+    z64 = z.detach().double().requires_grad_()
+    exact = torch.softmax(z64 / 0.3, -1)
+    (exact_grad,) = torch.autograd.grad(exact, z64, g.double())
+    assert out.dtype == dtype and out.is_contiguous()
+    assert_as_accurate(out, ref, exact, dtype, "sharpen")
+    assert_as_accurate(grad, ref_grad, exact_grad, dtype, "sharpen backward")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("weight_kind", ["scalar", "per_sample", "mask"])
+@pytest.mark.parametrize("shape,pool", [((1, 1, 1, 1), 1), ((3, 2, 5, 7), 6), ((5, 3, 9, 4), 5)])
+def test_mixup(shape, pool, weight_kind, channels_last, dtype):
+    B, C, H, W = shape
+    gen = torch.Generator().manual_seed(B * 100 + H)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x_f = torch.randn(shape, generator=gen).to(dtype).contiguous(memory_format=fmt)
+    x_r = torch.randn(pool, C, H, W, generator=gen).to(dtype).contiguous(memory_format=fmt)
+    w_shape = {"scalar": (), "per_sample": (B,), "mask": (B, 1, H, W)}[weight_kind]
+    weight = torch.rand(w_shape, generator=gen)
+    perm = torch.randint(0, pool, (B,), generator=gen)
+    perm[0] = perm[-1]  # a repeat: its retain gradient is a sum
+    g = torch.randn(shape, generator=gen).to(dtype).contiguous(memory_format=fmt)
+
+    def run(backend):
+        leaves = [t.detach().clone().requires_grad_() for t in (x_f, x_r, weight)]
+        out = fastmix.mixup(*leaves, perm, backend=backend)
+        return out, torch.autograd.grad(out, leaves, g)
+
+    out, grads = run("cpu")
+    ref, ref_grads = run("torch")
+    leaves = [t.detach().double().requires_grad_() for t in (x_f, x_r, weight)]
+    exact = spec64.mixup(*leaves, perm)
+    exact_grads = torch.autograd.grad(exact, leaves, g.double())
+    assert out.dtype == dtype and out.is_contiguous(memory_format=fmt)
+    assert_as_accurate(out, ref, exact, dtype, "mixup")
+    for a, r, e, what in zip(grads, ref_grads, exact_grads, ("x_forget", "x_retain", "weight")):
+        assert_as_accurate(a, r, e, dtype if what != "weight" else torch.float32, f"grad {what}")
+
+
+def test_mixup_forward_rounds_as_the_reference():
+    # fp-contract off: the same float32 products and sum as PyTorch's, bit for bit
+    gen = torch.Generator().manual_seed(0)
+    x_f, x_r = torch.randn(4, 3, 8, 8, generator=gen), torch.randn(4, 3, 8, 8, generator=gen)
+    mask = torch.rand(4, 1, 8, 8, generator=gen)
+    assert torch.equal(fastmix.mixup(x_f, x_r, mask, backend="cpu"), fastmix.mixup(x_f, x_r, mask, backend="torch"))
+
+
+@pytest.mark.parametrize("bad,match", [
+    ("forget_label", "forget_target holds labels outside"),
+    ("retain_label", "retain_target holds labels outside"),
+    ("perm", "perm holds indices outside"),
+    ("lam", "lam must lie in"),
+    ("forget_prob", "forget_target holds NaN"),
+    ("retain_prob", "retain_target holds NaN"),
+])
+@pytest.mark.parametrize("omega", [0.0, 1.0])
+def test_the_kernel_checks_values(bad, match, omega):
+    gen = torch.Generator().manual_seed(1)
+    B, N, C = 4, 6, 5
+    logits = [torch.randn(n, C, generator=gen) for n in (B, B, N)]
+    labels = bad.endswith("label")
+    if labels:
+        q_f, q_r = torch.randint(0, C, (B,), generator=gen), torch.randint(0, C, (N,), generator=gen)
+    else:
+        q_f, q_r = torch.softmax(torch.randn(B, C, generator=gen), 1), torch.softmax(torch.randn(N, C, generator=gen), 1)
+    lam, perm = torch.rand(B, generator=gen), torch.tensor([0, 2, 2, 1])
+    if bad == "forget_label":
+        q_f[1] = C
+    elif bad == "retain_label":
+        q_r[5] = -1  # a row perm never reaches: still refused
+    elif bad == "perm":
+        perm[2] = N
+    elif bad == "lam":
+        lam[3] = float("nan")
+    elif bad == "forget_prob":
+        q_f[0, 0] = -0.1
+    else:
+        q_r[5, 1] = float("nan")
+    loss_fn = fastmix.MixUnlearnLoss(1.0, 1.0, 1.0, omega, backend="cpu")
+    with pytest.raises(ValueError, match=match):
+        loss_fn(*logits, q_f, q_r, lam, perm)
