@@ -114,12 +114,12 @@ def main(argv=None):
                            (4096, 1000, "probabilities")):
             try:
                 report["rows"].append(loss_case(B, C, backend, kind, bw))
-            except Exception as exc:  # keep measuring the rest
+            except Exception as exc:  # noqa: BLE001 (keep measuring the rest)
                 report["rows"].append({"op": "contrastive fwd+bwd", "B": B, "C": C, "backend": backend,
                                        "error": repr(exc)})
         try:
             report["rows"].append(mixup_case(backend, bw))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (keep measuring the rest)
             report["rows"].append({"op": "mixup", "backend": backend, "error": repr(exc)})
     print(f"{report['device']}: copy bandwidth {bw / 1e9:.0f} GB/s")
     for row in report["rows"]:

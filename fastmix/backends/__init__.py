@@ -60,6 +60,8 @@ class Kernels:
     mixup_backward: Callable
     contrastive_forward: Callable
     real_forward: Callable
+    # L_mix + omega * L_real as one op; None where a backend has no fused version yet
+    loss_forward: Callable | None = None
 
 
 _REGISTERED: dict[str, Kernels] = {}

@@ -179,8 +179,30 @@ def real_forward(retain_logits, forget_logits, retain_target, forget_target, tau
     return loss, grad_r.to(retain_logits.dtype), grad_f.to(forget_logits.dtype)
 
 
+def loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain_target, lam, perm,
+                 tau_mix, tau_real, omega, reduction, with_grad):
+    """The unlearner's loss ``L_mix + omega * L_real`` (SPEC 4 and 6) and its gradients.
+
+    Returns ``(loss, grad_mix, grad_forget, grad_retain)``. With ``omega == 0`` the real
+    term is not computed: ``forget_logits`` and ``retain_logits`` may be None and their
+    gradients are empty, as every gradient is when ``with_grad`` is False.
+    """
+    loss, grad_mix = contrastive_forward(mix_logits, forget_target, retain_target, lam, perm, tau_mix, reduction,
+                                         with_grad)
+    if omega == 0:
+        return loss, grad_mix, mix_logits.new_empty(0), mix_logits.new_empty(0)
+    l_real, grad_r, grad_f = real_forward(retain_logits, forget_logits, retain_target, forget_target, tau_real,
+                                          reduction, with_grad)
+    if with_grad:
+        acc = compute_dtype(mix_logits.dtype)
+        grad_r = (grad_r.to(acc) * omega).to(retain_logits.dtype)
+        grad_f = (grad_f.to(acc) * omega).to(forget_logits.dtype)
+    return loss + omega * l_real, grad_mix, grad_f, grad_r
+
+
 register("torch", Kernels(
     sharpen_forward=sharpen_forward, sharpen_backward=sharpen_backward,
     mixup_forward=mixup_forward, mixup_backward=mixup_backward,
     contrastive_forward=contrastive_forward, real_forward=real_forward,
+    loss_forward=loss_forward,
 ))
