@@ -400,6 +400,31 @@ def _lam_args(lam: torch.Tensor):
     return lam.data_ptr(), _code(lam), 0 if lam.dim() == 0 else lam.stride(0)
 
 
+def _check_loss_shapes(B, C, Br, Bf, real, retain_logits, forget_logits, forget_target, retain_target, lam, perm):
+    """Shapes the kernels index by (host-side, no synchronisation): a mismatch would read out of bounds."""
+    def rows_of(t, name, n):
+        ok = t.dim() == 1 if t.dtype == torch.int64 else (t.dim() == 2 and t.shape[1] == C)
+        if not ok or t.shape[0] != n:
+            raise ValueError(f"{name} must hold {n} rows of {C} classes (or {n} labels), got shape {tuple(t.shape)}")
+
+    rows_of(forget_target, "forget_target", B)
+    if real:
+        for name, z in (("retain_logits", retain_logits), ("forget_logits", forget_logits)):
+            if z.dim() != 2 or z.shape[1] != C:
+                raise ValueError(f"{name} must be (rows, {C}) like mix_logits, got shape {tuple(z.shape)}")
+        if Bf != B:
+            raise ValueError(f"forget_logits must have {B} rows (forget_target's), got {Bf}")
+        rows_of(retain_target, "retain_target", Br)
+    else:  # with perm, any pool of rows
+        rows_of(retain_target, "retain_target", B if perm is None else retain_target.shape[0])
+    if (forget_target.dtype == torch.int64) != (retain_target.dtype == torch.int64):
+        raise ValueError("forget_target and retain_target must both be labels or both be probabilities")
+    if lam.dim() > 1 or (lam.dim() == 1 and lam.shape[0] != B):
+        raise ValueError(f"lam must be 0-d or ({B},), got shape {tuple(lam.shape)}")
+    if perm is not None and (perm.dim() != 1 or perm.shape[0] != B or perm.dtype != torch.int64):
+        raise ValueError(f"perm must be an int64 ({B},) tensor, got {perm.dtype} of shape {tuple(perm.shape)}")
+
+
 def loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain_target, lam, perm,
                  tau_mix, tau_real, omega, reduction, with_grad):
     """``L_mix + omega * L_real`` and its gradients to the three logits in one op (one launch for
@@ -412,6 +437,7 @@ def loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain
     lib, dev = _lib(), _device(mix_logits)
     B, C = mix_logits.shape
     Br, Bf = (retain_logits.shape[0], forget_logits.shape[0]) if real else (0, 0)
+    _check_loss_shapes(B, C, Br, Bf, real, retain_logits, forget_logits, forget_target, retain_target, lam, perm)
     mean = reduction == "mean"
     scale_mix = 1.0 / B if mean else 1.0
     scale_real = omega / Br if real and mean else float(omega)

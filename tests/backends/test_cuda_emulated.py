@@ -5,7 +5,7 @@ features it uses (threads, __syncthreads, warp shuffles, atomics, launch limits)
 the same kernel source, its indexing, reductions, NaN handling and index checks run
 through fastmix/backends/cuda_backend.py on CPU tensors. It says nothing about speed, and the
 float16/bfloat16 arithmetic is the headers' host emulation. Skipped where g++ or the
-CUDA headers are missing, or with FASTMIX_SKIP_EMULATION=1 (about 2.5 minutes on 2 cores).
+CUDA headers are missing, or with FASTMIX_SKIP_EMULATION=1.
 """
 import ctypes
 import os
@@ -204,6 +204,23 @@ def test_loss_forward(emu, B, B_r, C, omega, kind, dtype):
         assert g_f.numel() == 0 and g_r.numel() == 0
     no_grad = emu.loss_forward(*args, False)
     assert all(t.numel() == 0 for t in no_grad[1:]) and torch.equal(no_grad[0], loss)
+
+
+def test_loss_forward_rejects_shapes_the_kernels_would_overrun(emu):
+    z = torch.randn(4, 5)
+    q = torch.randint(0, 5, (4,))
+    lam = torch.rand(4)
+    cases = {
+        "forget_target": (z, z, z, q[:3], q, lam, None),
+        "retain_target": (z, z, z, q, torch.rand(4, 6), lam, None),
+        "forget_logits": (z, z[:3], z, q, q, lam, None),
+        "retain_logits": (z, z, torch.randn(4, 6), q, q, lam, None),
+        "lam": (z, z, z, q, q, torch.rand(3), None),
+        "perm": (z, z, z, q, q, lam, torch.tensor([0, 1])),
+    }
+    for name, args in cases.items():
+        with pytest.raises(ValueError, match=name):
+            emu.loss_forward(*args, 1.0, 1.0, 2.0, "sum", True)
 
 
 def test_loss_is_one_launch_for_a_small_batch(emu, emulated_library):
