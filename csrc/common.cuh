@@ -51,6 +51,14 @@ __device__ __forceinline__ void store_any(void* p, int dtype, int64_t i, float v
 #define FASTMIX_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
 #endif
 
+// 16-byte vector atomics (atomicAdd on float4): sm_90 and newer; the emulation can
+// pretend to have them (FASTMIX_EMULATE_VECTOR_ATOMICS) to test that path on the host.
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900) || defined(FASTMIX_EMULATE_VECTOR_ATOMICS)
+#define FASTMIX_VECTOR_ATOMICS 1
+#else
+#define FASTMIX_VECTOR_ATOMICS 0
+#endif
+
 // Index-error bits recorded in the device flag (see csrc/README.md).
 constexpr int kBadLabel = 1;
 constexpr int kBadPerm = 2;
@@ -100,14 +108,120 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   return r;
 }
 
+// Sums and maxima over aligned groups of G lanes (G a power of two, at most 32) inside
+// a warp: every lane of the warp must call them, whatever group it belongs to.
+__device__ __forceinline__ float lanes_sum(float v, int G) {
+  for (int o = G >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float lanes_max(float v, int G) {
+  for (int o = G >> 1; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// WARP: a group of G <= 32 lanes owns a row; else the whole block does.
 template <bool WARP>
-__device__ __forceinline__ float group_sum(float v, float* scratch) {
-  return WARP ? warp_sum(v) : block_sum(v, scratch);
+__device__ __forceinline__ float group_sum(float v, float* scratch, int G = 32) {
+  return WARP ? lanes_sum(v, G) : block_sum(v, scratch);
 }
 
 template <bool WARP>
-__device__ __forceinline__ float group_max(float v, float* scratch) {
-  return WARP ? warp_max(v) : block_max(v, scratch);
+__device__ __forceinline__ float group_max(float v, float* scratch, int G = 32) {
+  return WARP ? lanes_max(v, G) : block_max(v, scratch);
+}
+
+// ---- vector accesses -------------------------------------------------------------------
+// V consecutive elements in one access of min(16, V * sizeof(T)) bytes alignment (a
+// 32-byte run is two 16-byte loads). Callers take the vector path only when every row
+// start is 16-byte aligned and rows are contiguous; the emulation checks the alignment.
+
+template <typename T, int V>
+struct alignas(sizeof(T) * V > 16 ? 16 : sizeof(T) * V) Vec {
+  T v[V];
+};
+
+#ifdef FASTMIX_EMULATE
+#define FASTMIX_CHECK_ALIGNED(p, n) fastmix_emu::check_aligned(p, n)
+#else
+#define FASTMIX_CHECK_ALIGNED(p, n) ((void)0)
+#endif
+
+// Loads V elements from p[0..V) (V > 1: contiguous and aligned) as float32.
+template <typename T, int V>
+__device__ __forceinline__ void load_vec(const T* p, float* out) {
+  if constexpr (V == 1) {
+    out[0] = to_f(*p);
+  } else {
+    FASTMIX_CHECK_ALIGNED(p, alignof(Vec<T, V>));
+    const Vec<T, V> w = *reinterpret_cast<const Vec<T, V>*>(p);
+#pragma unroll
+    for (int v = 0; v < V; ++v) out[v] = to_f(w.v[v]);
+  }
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void store_vec(T* p, const float* in) {
+  if constexpr (V == 1) {
+    *p = from_f<T>(in[0]);
+  } else {
+    FASTMIX_CHECK_ALIGNED(p, alignof(Vec<T, V>));
+    Vec<T, V> w;
+#pragma unroll
+    for (int v = 0; v < V; ++v) w.v[v] = from_f<T>(in[v]);
+    *reinterpret_cast<Vec<T, V>*>(p) = w;
+  }
+}
+
+// V consecutive side-input values of a runtime dtype from element i (V > 1: aligned).
+template <int V>
+__device__ __forceinline__ void load_vec_any(const void* p, int dtype, int64_t i, float* out) {
+  switch (dtype) {
+    case F16: load_vec<__half, V>(static_cast<const __half*>(p) + i, out); break;
+    case BF16: load_vec<__nv_bfloat16, V>(static_cast<const __nv_bfloat16*>(p) + i, out); break;
+    case F64:
+#pragma unroll
+      for (int v = 0; v < V; ++v) out[v] = static_cast<float>(static_cast<const double*>(p)[i + v]);
+      break;
+    default: load_vec<float, V>(static_cast<const float*>(p) + i, out); break;
+  }
+}
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+inline int dtype_size(int dtype) { return dtype == F32 ? 4 : dtype == F64 || dtype == I64 ? 8 : 2; }
+
+// Whether a (rows, C) operand with strides (rs, cs) in elements of `size` bytes can be
+// read V elements at a time: contiguous rows whose starts are all 16-byte aligned.
+inline bool rows_vectorizable(const void* p, int64_t rows, int64_t C, int64_t rs, int64_t cs, int size, int V) {
+  if (C % V != 0 || !aligned16(p)) return false;
+  if (cs != 1 && C > 1) return false;
+  return rows <= 1 || (rs * size) % 16 == 0;
+}
+
+// The rows a thread's group works on: WARP: blockDim / G groups of G lanes; else one row
+// per block. A block walks its rows together (base += gridDim * per_block, row base +
+// slot), so that no lane leaves a shuffle early: a group past the last row is inactive
+// but still reduces.
+template <bool WARP>
+struct RowSlots {
+  int lane, G, per_block, slot;
+  __device__ explicit RowSlots(int lanes) {
+    G = WARP ? lanes : static_cast<int>(blockDim.x);
+    lane = threadIdx.x % G;
+    per_block = blockDim.x / G;
+    slot = threadIdx.x / G;
+  }
+  __device__ int64_t first() const { return static_cast<int64_t>(blockIdx.x) * per_block; }
+  __device__ int64_t stride() const { return static_cast<int64_t>(gridDim.x) * per_block; }
+};
+
+// The smallest power-of-two group of lanes (4 to 32) that covers a row of C values
+// in about two accesses per lane.
+inline int lanes_for(int64_t C, int V) {
+  int G = 4;
+  while (G < 32 && static_cast<int64_t>(G) * 2 * V < C) G *= 2;
+  return G;
 }
 
 // exp(a - b) that is 0 when a is -inf (an empty or all -inf partial), so that

@@ -16,7 +16,7 @@
 #define FASTMIX_API __attribute__((visibility("default")))
 #endif
 
-#define FASTMIX_ABI_VERSION 1
+#define FASTMIX_ABI_VERSION 2
 #define FASTMIX_BAD_ARGUMENT (-1)
 
 #ifdef __cplusplus
@@ -72,7 +72,8 @@ FASTMIX_API int fastmix_mixup_backward(int device, void* stream, int dtype, cons
 // (forget_t row i). Targets: dtype 4 means int64 labels at element i * rs; else
 // probabilities with strides (rs, cs). lam: element i * lam_stride (0 for one value).
 // scale is 1 (sum) or 1 / rows0 (mean). loss: one float32. grad0 / grad1: contiguous
-// in dtype, or null for no gradient. workspace: fastmix_loss_workspace_floats() floats.
+// in dtype, or null for no gradient. workspace: fastmix_loss_workspace_floats() floats
+// (rows0 + rows1: all logits rows of the call), null when that is 0.
 FASTMIX_API int64_t fastmix_loss_workspace_floats(int64_t rows0, int64_t rows1, int64_t C);
 FASTMIX_API int fastmix_loss_forward(int device, void* stream, int dtype, int mode, const void* logits0,
                                      int64_t rows0, int64_t rs0, int64_t cs0, const void* logits1, int64_t rows1,
@@ -81,6 +82,25 @@ FASTMIX_API int fastmix_loss_forward(int device, void* stream, int dtype, int mo
                                      const void* forget_t, int forget_dtype, int64_t forget_rs, int64_t forget_cs,
                                      const void* lam, int lam_dtype, int64_t lam_stride, float tau, float scale,
                                      float* loss, void* grad0, void* grad1, float* workspace, int* flag);
+
+// The unlearner's loss L_mix + omega * L_real (SPEC 4 and 6) with its three logits
+// gradients, in one pass (one launch for small batches). L_mix: B mixed rows as mode 0
+// above (keep target keep_t row perm[i] or i, forget target forget_t row i, weights
+// 1 - lam and lam, temperature tau_mix, scale_mix 1 or 1 / B). L_real: Br retain rows
+// (keep target keep_t row j) and Bf forget rows (forget target forget_t row i) as mode 1,
+// at tau_real; scale_real is omega (sum) or omega / Br (mean). Br = 0 leaves L_real out
+// (retain and forget may then be null, Bf must be 0). All logits share dtype and C.
+// workspace: fastmix_loss_workspace_floats(B, Br + Bf, C) floats.
+FASTMIX_API int fastmix_unlearn_loss_forward(int device, void* stream, int dtype, const void* mix, int64_t B,
+                                             int64_t mix_rs, int64_t mix_cs, const void* retain, int64_t Br,
+                                             int64_t retain_rs, int64_t retain_cs, const void* forget, int64_t Bf,
+                                             int64_t forget_rs, int64_t forget_cs, int64_t C, const void* keep_t,
+                                             int keep_dtype, int64_t keep_rs, int64_t keep_cs, const int64_t* perm,
+                                             int64_t keep_pool, const void* forget_t, int forget_dtype,
+                                             int64_t forget_t_rs, int64_t forget_t_cs, const void* lam,
+                                             int lam_dtype, int64_t lam_stride, float tau_mix, float scale_mix,
+                                             float tau_real, float scale_real, float* loss, void* grad_mix,
+                                             void* grad_retain, void* grad_forget, float* workspace, int* flag);
 
 #ifdef __cplusplus
 }

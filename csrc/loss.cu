@@ -1,12 +1,26 @@
-// The contrastive functional C_tau (SPEC 4) and its closed-form logits gradient.
+// The contrastive functional C_tau (SPEC 4), its closed-form logits gradient, and the
+// unlearner's loss L_mix + omega * L_real as one op.
+//
+// The rows of one call are up to three segments, one after another: mixed rows (keep
+// and forget terms weighted by lam), keep-only rows and forget-only rows. Each segment
+// belongs to a group with its own temperature, scale and log-sum-exp: C_tau(mix) is one
+// mixed segment; C_tau(real) a keep-only and a forget-only segment; the unlearner's
+// loss all three in two groups.
 //
 // Per row: one pass over logits and targets with an online softmax collects
 // sum e, sum e^2, sum e*q_r, sum e*q_f (e = exp(z - max)), enough for both cosines;
-// a second pass writes the gradient. The batch couples only through the log-sum-exp
-// of the forget terms, so:
-//   small batches: one block does stats -> LSE -> gradient (a single launch);
-//   large batches: stats kernel -> one-block LSE kernel -> gradient kernel.
+// a second pass writes the gradient. A group of G lanes (4 to 32) or a whole block owns
+// a row; contiguous, 16-byte aligned rows are read 16 bytes at a time with several
+// accesses in flight per lane. The batch couples only through the log-sum-exp of each
+// group's forget terms, so:
+//   small batches (every row its own group of lanes in one block, at most
+//   kFusedMaxElems logits): one launch: state -> log-sum-exp -> gradient;
+//   larger: a grid computes the per-row state, one block the log-sum-exps and the loss,
+//   and a grid the gradient.
 // No path synchronises with the host.
+#include <algorithm>
+#include <initializer_list>
+
 #include "common.cuh"
 
 namespace fastmix {
@@ -17,10 +31,13 @@ constexpr int NS = 12;         // floats of per-row state
 // S_A_*, S_BP_*, S_DP_* stay consecutive: target_cosine writes them as one block.
 enum Stat { S_M, S_INV_S, S_A_R, S_BP_R, S_DP_R, S_A_F, S_BP_F, S_DP_F, S_KEEP, S_X, S_KW, S_FW };
 
-constexpr int kFusedThreads = 512;
-constexpr int64_t kFusedMaxRows = 512;      // per-row state lives in shared memory
-constexpr int64_t kFusedMaxElems = 1 << 17;  // beyond this one block is too slow
+constexpr int kFusedThreads = 1024;
+constexpr int64_t kFusedMaxElems = 4096;  // beyond this a grid over rows is faster than one block
+constexpr int kRowThreads = 256;          // grid kernels: 256 / G rows per block, or one long row
 constexpr int kFinalThreads = 1024;
+constexpr int kGroups = 2;  // log-sum-exp groups: 0 (the mixed or only loss), 1 (L_real in the fused loss)
+
+enum SegKind : int { MIXED = 0, KEEP_ONLY = 1, FORGET_ONLY = 2 };
 
 struct Target {
   const void* p;
@@ -28,23 +45,31 @@ struct Target {
   int64_t rs, cs;
 };
 
+struct Segment {
+  const void* logits;
+  void* grad;  // contiguous (rows, C), or null
+  int64_t rows, rs, cs;
+  int kind, group;
+};
+
+struct Group {
+  float inv_tau, scale, n_keep;  // scale: 1 or 1/|R|, times omega for L_real in the fused loss
+  int64_t lo, hi;                // its rows
+};
+
 struct LossArgs {
-  int mode;  // 0 mixed, 1 real
-  const void* logits0;
-  int64_t rows0, rs0, cs0;
-  const void* logits1;
-  int64_t rows1, rs1, cs1;
-  int64_t C;
+  Segment seg[3];  // unused ones have 0 rows
+  Group grp[kGroups];
+  int ngroups;
+  int64_t rows, C;
   Target keep, forget;
-  const int64_t* perm;
+  const int64_t* perm;  // mixed rows' keep target row, or null (row i)
   int64_t keep_pool;
   const void* lam;
   int lam_dtype;
   int64_t lam_stride;
-  float inv_tau, scale;
   float* loss;
-  void* grad0;
-  void* grad1;
+  bool grad;
   int* flag;
 };
 
@@ -56,13 +81,26 @@ struct RowRef {
   int64_t keep_row, forget_row;  // -1: no such term
   bool keep_bad, forget_bad;
   float kw, fw;  // weights of the keep and forget terms
+  float inv_tau, scale, n_keep;
 };
 
 __device__ __forceinline__ RowRef resolve_row(const LossArgs& a, int64_t r) {
+  // constant indices only: a computed index into the kernel parameters would go through local memory
+  Segment s = a.seg[0];
+  if (r >= s.rows) {
+    r -= s.rows;
+    s = a.seg[1];
+    if (r >= s.rows) {
+      r -= s.rows;
+      s = a.seg[2];
+    }
+  }
+  const Group g = s.group == 0 ? a.grp[0] : a.grp[1];
   RowRef ref;
+  ref.logits = s.logits; ref.grad = s.grad; ref.i = r; ref.rs = s.rs; ref.cs = s.cs;
+  ref.inv_tau = g.inv_tau; ref.scale = g.scale; ref.n_keep = g.n_keep;
   ref.keep_bad = ref.forget_bad = false;
-  if (a.mode == 0) {
-    ref.logits = a.logits0; ref.grad = a.grad0; ref.i = r; ref.rs = a.rs0; ref.cs = a.cs0;
+  if (s.kind == MIXED) {
     int64_t k = a.perm ? a.perm[r] : r;
     if (k < 0 || k >= a.keep_pool) { ref.keep_bad = true; k = -1; }
     ref.keep_row = k;
@@ -70,12 +108,10 @@ __device__ __forceinline__ RowRef resolve_row(const LossArgs& a, int64_t r) {
     const float lam = load_any(a.lam, a.lam_dtype, r * a.lam_stride);
     ref.kw = 1.f - lam;
     ref.fw = lam;
-  } else if (r < a.rows0) {
-    ref.logits = a.logits0; ref.grad = a.grad0; ref.i = r; ref.rs = a.rs0; ref.cs = a.cs0;
+  } else if (s.kind == KEEP_ONLY) {
     ref.keep_row = r; ref.forget_row = -1; ref.kw = 1.f; ref.fw = 0.f;
   } else {
-    ref.logits = a.logits1; ref.grad = a.grad1; ref.i = r - a.rows0; ref.rs = a.rs1; ref.cs = a.cs1;
-    ref.keep_row = -1; ref.forget_row = r - a.rows0; ref.kw = 0.f; ref.fw = 1.f;
+    ref.keep_row = -1; ref.forget_row = r; ref.kw = 0.f; ref.fw = 1.f;
   }
   return ref;
 }
@@ -93,11 +129,20 @@ __device__ __forceinline__ int64_t label_of(const Target& t, int64_t row, int64_
   return y;
 }
 
-__device__ __forceinline__ float soft_q(const Target& t, int64_t row, int64_t k) {
-  return load_any(t.p, t.dtype, row * t.rs + k * t.cs);
+// Elements k .. k+V-1 of a row: logits (V > 1: contiguous) and soft targets.
+template <typename T, int V>
+__device__ __forceinline__ void load_logits(const T* row, int64_t k, int64_t cs, float* z) {
+  if constexpr (V == 1) z[0] = to_f(row[k * cs]);
+  else load_vec<T, V>(row + k, z);
 }
 
-// Cosine c(p, q) and its gradient pieces as fastmix.reference.cosine_parts:
+template <int V>
+__device__ __forceinline__ void load_target(const Target& t, int64_t row, int64_t k, float* q) {
+  if constexpr (V == 1) q[0] = load_any(t.p, t.dtype, row * t.rs + k * t.cs);
+  else load_vec_any<V>(t.p, t.dtype, row * t.rs + k, q);
+}
+
+// Cosine c(p, q) and its gradient pieces as fastmix.backends.torch_backend.cosine_parts:
 // dc/dp = A q - Bp p, <dc/dp, p> = Dp.
 __device__ __forceinline__ void cosine_parts(float pp, float dot, float qn, float* A, float* Bp, float* Dp,
                                              float* c) {
@@ -122,7 +167,7 @@ __device__ __forceinline__ float target_cosine(const LossArgs& a, const Target& 
     if (report) flag_error(a.flag, kBadPerm);
   } else if (t.dtype == I64) {
     const int64_t y = label_of(t, row, a.C, a.flag, report);
-    if (y >= 0) dot = exp_diff(to_f(x[ref.i * ref.rs + y * ref.cs]), M) * inv_s;
+    if (y >= 0) dot = exp_diff(to_f(x[y * ref.cs]), M) * inv_s;
   } else {
     dot = soft_dot * inv_s;
     qn = sqrtf(q2);
@@ -131,38 +176,68 @@ __device__ __forceinline__ float target_cosine(const LossArgs& a, const Target& 
   return c;
 }
 
-// Computes row r's state; every thread of the group gets it in st[].
-template <typename T, bool WARP>
-__device__ void row_stats(const LossArgs& a, int64_t r, int lane, int G, float* scratch, float* st) {
-  const RowRef ref = resolve_row(a, r);
-  const T* x = static_cast<const T*>(ref.logits);
+// Accesses of V elements each lane keeps in flight in a row pass of the grid kernels.
+// The single-block kernel (up to 1024 threads: 64 registers each) keeps fewer, or spills.
+template <int V>
+constexpr int kUnroll = V == 1 ? 4 : 2;
+template <int V>
+constexpr int kFusedUnroll = V == 1 ? 2 : 1;
+// A block per row has 8 warps on the row already (4 element loads spilled on sm_86).
+constexpr int kBlockUnroll = 2;
+
+// Computes row r's state; every lane of the group gets it in st[]. An inactive group
+// (no row left for it) still takes part in its warp's shuffles.
+template <typename T, bool WARP, int V, int U>
+__device__ void row_stats(const LossArgs& a, int64_t r, bool active, int lane, int G, float* scratch, float* st) {
+  const RowRef ref = resolve_row(a, active ? r : 0);
+  const T* x = static_cast<const T*>(ref.logits) + ref.i * ref.rs;
   const bool keep = has_keep(ref), forget = has_forget(ref);
   const bool keep_soft = keep && a.keep.dtype != I64 && ref.keep_row >= 0;
   const bool forget_soft = forget && a.forget.dtype != I64 && ref.forget_row >= 0;
   float m = -INFINITY, s = 0.f, pp = 0.f, dr = 0.f, df = 0.f, qr2 = 0.f, qf2 = 0.f;
-  for (int64_t k = lane; k < a.C; k += G) {
-    const float z = to_f(x[ref.i * ref.rs + k * ref.cs]);
-    const float qr = keep_soft ? soft_q(a.keep, ref.keep_row, k) : 0.f;
-    const float qf = forget_soft ? soft_q(a.forget, ref.forget_row, k) : 0.f;
-    qr2 += qr * qr;
-    qf2 += qf * qf;
-    if (z > m) {
-      const float f = exp_diff(m, z);
-      s = s * f + 1.f; pp = pp * f * f + 1.f; dr = dr * f + qr; df = df * f + qf;
-      m = z;
-    } else {
-      const float e = exp_diff(z, m);
-      s += e; pp += e * e; dr += e * qr; df += e * qf;
+  const int64_t C = active ? a.C : 0;
+  const int64_t step = static_cast<int64_t>(G) * V;
+  for (int64_t k0 = static_cast<int64_t>(lane) * V; k0 < C; k0 += step * U) {
+    float z[U][V] = {}, qr[U][V] = {}, qf[U][V] = {};
+#pragma unroll
+    for (int u = 0; u < U; ++u) {  // all loads first: U accesses in flight
+      const int64_t k = k0 + u * step;
+      if (k < C) {
+        load_logits<T, V>(x, k, ref.cs, z[u]);
+        if (keep_soft) load_target<V>(a.keep, ref.keep_row, k, qr[u]);
+        if (forget_soft) load_target<V>(a.forget, ref.forget_row, k, qf[u]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (k0 + u * step >= C) break;
+      float mv = z[u][0];
+#pragma unroll
+      for (int v = 1; v < V; ++v) mv = fmaxf(mv, z[u][v]);
+      const float mn = fmaxf(m, mv);  // NaN logits are skipped here but make e (and s) NaN below
+      if (mn > m) {
+        const float f = exp_diff(m, mn);
+        s *= f; pp *= f * f; dr *= f; df *= f;
+        m = mn;
+      }
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        const float e = exp_diff(z[u][v], m);
+        s += e; pp += e * e; dr += e * qr[u][v]; df += e * qf[u][v];
+        qr2 += qr[u][v] * qr[u][v];
+        qf2 += qf[u][v] * qf[u][v];
+      }
     }
   }
-  const float M = group_max<WARP>(m, scratch);
+  const float M = group_max<WARP>(m, scratch, G);
   const float f = exp_diff(m, M);
-  s = group_sum<WARP>(s * f, scratch);
-  pp = group_sum<WARP>(pp * f * f, scratch);
-  dr = group_sum<WARP>(dr * f, scratch);
-  df = group_sum<WARP>(df * f, scratch);
-  qr2 = group_sum<WARP>(qr2, scratch);
-  qf2 = group_sum<WARP>(qf2, scratch);
+  s = group_sum<WARP>(s * f, scratch, G);
+  pp = group_sum<WARP>(pp * f * f, scratch, G);
+  dr = group_sum<WARP>(dr * f, scratch, G);
+  df = group_sum<WARP>(df * f, scratch, G);
+  qr2 = group_sum<WARP>(qr2, scratch, G);
+  qf2 = group_sum<WARP>(qf2, scratch, G);
+  if (!active) return;
 
   const float inv_s = 1.f / s;
   pp *= inv_s * inv_s;
@@ -181,20 +256,21 @@ __device__ void row_stats(const LossArgs& a, int64_t r, int lane, int G, float* 
   if (forget) {
     const float c = target_cosine(a, a.forget, ref.forget_row, ref.forget_bad, x, ref, M, inv_s, df, qf2, pp, report,
                                   &st[S_A_F]);
-    st[S_X] = ref.fw * (1.f - c) * a.inv_tau;
+    st[S_X] = ref.fw * (1.f - c) * ref.inv_tau;
   }
 }
 
-// Writes row r's logits gradient from its state and the batch log-sum-exp.
-template <typename T, bool WARP>
+// Writes row r's logits gradient from its state and its group's log-sum-exp. No
+// shuffles: a lane may leave as soon as its part is written.
+template <typename T, int V, int U>
 __device__ void row_grad(const LossArgs& a, int64_t r, int lane, int G, const float* st, float lse) {
   const RowRef ref = resolve_row(a, r);
-  const T* x = static_cast<const T*>(ref.logits);
+  if (ref.grad == nullptr) return;
+  const T* x = static_cast<const T*>(ref.logits) + ref.i * ref.rs;
   T* out = static_cast<T*>(ref.grad) + ref.i * a.C;
-  const float n_keep = static_cast<float>(a.rows0);
-  const float alpha = -st[S_KW] * a.scale;
+  const float alpha = -st[S_KW] * ref.scale;
   const float w = exp_diff(st[S_X], lse);  // softmax weight of this forget term
-  const float beta = n_keep * a.inv_tau * w * st[S_FW] * a.scale;
+  const float beta = ref.n_keep * ref.inv_tau * w * st[S_FW] * ref.scale;
   const float ar = alpha * st[S_A_R], br = alpha * st[S_BP_R];
   const float af = beta * st[S_A_F], bf = beta * st[S_BP_F];
   const float gp = alpha * st[S_DP_R] + beta * st[S_DP_F];
@@ -205,127 +281,209 @@ __device__ void row_grad(const LossArgs& a, int64_t r, int lane, int G, const fl
   const bool forget_soft = ref.forget_row >= 0 && a.forget.dtype != I64;
   if (ref.keep_row >= 0 && a.keep.dtype == I64) yr = label_of(a.keep, ref.keep_row, a.C, a.flag, false);
   if (ref.forget_row >= 0 && a.forget.dtype == I64) yf = label_of(a.forget, ref.forget_row, a.C, a.flag, false);
-  for (int64_t k = lane; k < a.C; k += G) {
-    const float p = exp_diff(to_f(x[ref.i * ref.rs + k * ref.cs]), M) * inv_s;
-    const float qr = keep_soft ? soft_q(a.keep, ref.keep_row, k) : (k == yr ? 1.f : 0.f);
-    const float qf = forget_soft ? soft_q(a.forget, ref.forget_row, k) : (k == yf ? 1.f : 0.f);
-    const float g = ar * qr - br * p + af * qf - bf * p - gp;
-    out[k] = from_f<T>(p * g);
+  const int64_t step = static_cast<int64_t>(G) * V;
+  for (int64_t k0 = static_cast<int64_t>(lane) * V; k0 < a.C; k0 += step * U) {
+    float z[U][V] = {}, qr[U][V] = {}, qf[U][V] = {};
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t k = k0 + u * step;
+      if (k < a.C) {
+        load_logits<T, V>(x, k, ref.cs, z[u]);
+        if (keep_soft) load_target<V>(a.keep, ref.keep_row, k, qr[u]);
+        if (forget_soft) load_target<V>(a.forget, ref.forget_row, k, qf[u]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t k = k0 + u * step;
+      if (k >= a.C) break;
+      float o[V];
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        const float p = exp_diff(z[u][v], M) * inv_s;
+        const float q_r = keep_soft ? qr[u][v] : (k + v == yr ? 1.f : 0.f);
+        const float q_f = forget_soft ? qf[u][v] : (k + v == yf ? 1.f : 0.f);
+        o[v] = p * (ar * q_r - br * p + af * q_f - bf * p - gp);
+      }
+      store_vec<T, V>(out + k, o);
+    }
   }
 }
 
-// Reduces the per-row state of all rows to the loss; returns the LSE to every thread.
-__device__ float finish_loss(const LossArgs& a, const float* state, int64_t rows, float* scratch) {
-  float m = -INFINITY;
-  for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) m = fmaxf(m, state[r * NS + S_X]);
-  const float M = block_max(m, scratch);
-  float s = 0.f, keep = 0.f;
-  for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) {
-    s += exp_diff(state[r * NS + S_X], M);
-    keep += state[r * NS + S_KEEP];
+// Reduces per-row state (x: the scaled forget terms, keep: the weighted keep terms,
+// `stride` floats apart) to the loss; every thread gets each group's log-sum-exp.
+__device__ void finish_loss(const LossArgs& a, const float* x, const float* keep, int stride, float* scratch,
+                            float* lse) {
+  float total = 0.f;
+  for (int g = 0; g < kGroups; ++g) {
+    lse[g] = -INFINITY;
+    if (g >= a.ngroups) continue;
+    const Group grp = g == 0 ? a.grp[0] : a.grp[1];
+    float m = -INFINITY;
+    for (int64_t r = grp.lo + threadIdx.x; r < grp.hi; r += blockDim.x) m = fmaxf(m, x[r * stride]);
+    const float M = block_max(m, scratch);
+    float s = 0.f, k = 0.f;
+    for (int64_t r = grp.lo + threadIdx.x; r < grp.hi; r += blockDim.x) {
+      s += exp_diff(x[r * stride], M);
+      k += keep[r * stride];
+    }
+    s = block_sum(s, scratch);
+    k = block_sum(k, scratch);
+    lse[g] = s == 0.f ? -INFINITY : M + logf(s);
+    total += grp.scale * (k - grp.n_keep * lse[g]);
   }
-  s = block_sum(s, scratch);
-  keep = block_sum(keep, scratch);
-  const float lse = s == 0.f ? -INFINITY : M + logf(s);
-  if (threadIdx.x == 0) *a.loss = a.scale * (keep - static_cast<float>(a.rows0) * lse);
-  return lse;
+  if (threadIdx.x == 0) *a.loss = total;
 }
 
-// Small batches: the whole loss and gradient in one block, warp per row.
-template <typename T>
-__global__ void __launch_bounds__(kFusedThreads) loss_fused_kernel(LossArgs a) {
-  FASTMIX_DYNAMIC_SHARED(float, state);  // rows * NS
+__device__ __forceinline__ int group_of(const LossArgs& a, int64_t r) { return r >= a.grp[0].hi ? 1 : 0; }
+
+// Small batches: the whole loss and gradient in one block, a group of G lanes per row,
+// every row at once (no row waits for another).
+template <typename T, int V>
+__global__ void __launch_bounds__(kFusedThreads) loss_fused_kernel(LossArgs a, int G) {
+  FASTMIX_DYNAMIC_SHARED(float, state);  // rows * 2: forget term, keep term
   __shared__ float scratch[32];
-  const int64_t rows = a.rows0 + a.rows1;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int lane = threadIdx.x % G;
+  const int64_t r = threadIdx.x / G;
+  const bool active = r < a.rows;
   float st[NS];
-  for (int64_t r = warp; r < rows; r += nwarps) {
-    row_stats<T, true>(a, r, lane, 32, nullptr, st);
-    if (lane == 0)
-      for (int j = 0; j < NS; ++j) state[r * NS + j] = st[j];
+  row_stats<T, true, V, kFusedUnroll<V>>(a, r, active, lane, G, nullptr, st);
+  if (active && lane == 0) {
+    state[r * 2] = st[S_X];
+    state[r * 2 + 1] = st[S_KEEP];
   }
   __syncthreads();
-  const float lse = finish_loss(a, state, rows, scratch);
-  if (a.grad0 == nullptr && a.grad1 == nullptr) return;
-  for (int64_t r = warp; r < rows; r += nwarps) {
-    for (int j = 0; j < NS; ++j) st[j] = state[r * NS + j];
-    row_grad<T, true>(a, r, lane, 32, st, lse);
-  }
+  float lse[kGroups];
+  finish_loss(a, state, state + 1, 2, scratch, lse);
+  if (!a.grad || !active) return;
+  row_grad<T, V, kFusedUnroll<V>>(a, r, lane, G, st, lse[group_of(a, r)]);
 }
 
 // Large batches, step 1: per-row state into the workspace.
-template <typename T, bool WARP>
-__global__ void loss_stats_kernel(LossArgs a, float* ws) {
+template <typename T, bool WARP, int V>
+__global__ void __launch_bounds__(kRowThreads) loss_stats_kernel(LossArgs a, int G, float* ws) {
   __shared__ float scratch[32];
-  const int64_t rows = a.rows0 + a.rows1;
-  const int lane = WARP ? (threadIdx.x & 31) : threadIdx.x;
-  const int G = WARP ? 32 : blockDim.x;
-  const int per_block = WARP ? (blockDim.x >> 5) : 1;
-  const int64_t first = static_cast<int64_t>(blockIdx.x) * per_block + (WARP ? (threadIdx.x >> 5) : 0);
+  const RowSlots<WARP> rs(G);
   float st[NS];
-  for (int64_t r = first; r < rows; r += static_cast<int64_t>(gridDim.x) * per_block) {
-    row_stats<T, WARP>(a, r, lane, G, scratch, st);
-    if (lane == 0)
+  for (int64_t base = rs.first(); base < a.rows; base += rs.stride()) {
+    const int64_t r = base + rs.slot;
+    const bool active = r < a.rows;
+    row_stats<T, WARP, V, (WARP ? kUnroll<V> : kBlockUnroll)>(a, r, active, rs.lane, rs.G, scratch, st);
+    if (active && rs.lane == 0)
       for (int j = 0; j < NS; ++j) ws[r * NS + j] = st[j];
   }
 }
 
-// Step 2: one block turns the state into the loss and the LSE (kept after the state).
+// Step 2: one block turns the state into the loss and the log-sum-exps (kept after the state).
 __global__ void __launch_bounds__(kFinalThreads) loss_finish_kernel(LossArgs a, float* ws) {
   __shared__ float scratch[32];
-  const int64_t rows = a.rows0 + a.rows1;
-  const float lse = finish_loss(a, ws, rows, scratch);
-  if (threadIdx.x == 0) ws[rows * NS] = lse;
+  float lse[kGroups];
+  finish_loss(a, ws + S_X, ws + S_KEEP, NS, scratch, lse);
+  if (threadIdx.x < kGroups) ws[a.rows * NS + threadIdx.x] = lse[threadIdx.x];
 }
 
 // Step 3: the gradient. Rows go last to first: the stats kernel read the last rows
 // most recently, so they are the likeliest to still be in L2.
-template <typename T, bool WARP>
-__global__ void loss_grad_kernel(LossArgs a, const float* ws) {
-  const int64_t rows = a.rows0 + a.rows1;
-  const float lse = ws[rows * NS];
-  const int lane = WARP ? (threadIdx.x & 31) : threadIdx.x;
-  const int G = WARP ? 32 : blockDim.x;
-  const int per_block = WARP ? (blockDim.x >> 5) : 1;
-  const int64_t first = static_cast<int64_t>(blockIdx.x) * per_block + (WARP ? (threadIdx.x >> 5) : 0);
+template <typename T, bool WARP, int V>
+__global__ void __launch_bounds__(kRowThreads) loss_grad_kernel(LossArgs a, int G, const float* ws) {
+  const RowSlots<WARP> rs(G);
   float st[NS];
-  for (int64_t n = first; n < rows; n += static_cast<int64_t>(gridDim.x) * per_block) {
-    const int64_t r = rows - 1 - n;
+  for (int64_t n = rs.first() + rs.slot; n < a.rows; n += rs.stride()) {  // no shuffles: lanes may leave
+    const int64_t r = a.rows - 1 - n;
     for (int j = 0; j < NS; ++j) st[j] = ws[r * NS + j];
-    row_grad<T, WARP>(a, r, lane, G, st, lse);
+    row_grad<T, V, kUnroll<V>>(a, r, rs.lane, rs.G, st, ws[a.rows * NS + group_of(a, r)]);
   }
 }
 
-bool use_fused(int64_t rows, int64_t C) {
-  return rows <= kFusedMaxRows && C <= kWarpRowMaxC && rows * C <= kFusedMaxElems;
+// The single-block path's lanes per row, or 0 when the batch takes the grid path.
+int fused_lanes(int64_t rows, int64_t C) {
+  if (C > kWarpRowMaxC || rows * C > kFusedMaxElems) return 0;
+  int G = lanes_for(C, 1);
+  while (G > 4 && rows * G > kFusedThreads) G /= 2;
+  return rows * G <= kFusedThreads ? G : 0;
 }
 
+// Whether every row of the call can be read V elements at a time.
 template <typename T>
-int launch_loss(const LossArgs& a, cudaStream_t stream, float* ws) {
-  const int64_t rows = a.rows0 + a.rows1;
-  const bool grad = a.grad0 != nullptr || a.grad1 != nullptr;
-  if (use_fused(rows, a.C)) {
-    const size_t smem = static_cast<size_t>(rows) * NS * sizeof(float);
-    launch(loss_fused_kernel<T>, 1, kFusedThreads, smem, stream, a);
+bool loss_vectorizable(const LossArgs& a, int V) {
+  if (a.C % V != 0) return false;
+  for (const Segment& s : a.seg) {
+    if (s.rows == 0) continue;
+    if (!rows_vectorizable(s.logits, s.rows, a.C, s.rs, s.cs, sizeof(T), V)) return false;
+    if (s.grad && !aligned16(s.grad)) return false;
+  }
+  for (const Target* t : {&a.keep, &a.forget}) {
+    if (t->dtype == I64) continue;
+    const int64_t rows = 2;  // any row may be read: check the row stride too
+    if (!rows_vectorizable(t->p, rows, a.C, t->rs, t->cs, dtype_size(t->dtype), V)) return false;
+  }
+  return true;
+}
+
+template <typename T, int V>
+int launch_loss_v(const LossArgs& a, cudaStream_t stream, float* ws) {
+  if (int G = fused_lanes(a.rows, a.C)) {
+    G = std::min(G, lanes_for(a.C, V));  // fewer lanes when each reads V at a time
+    const int64_t threads = (a.rows * G + 31) / 32 * 32;
+    const size_t smem = static_cast<size_t>(a.rows) * 2 * sizeof(float);
+    launch(loss_fused_kernel<T, V>, 1, static_cast<unsigned>(threads), smem, stream, a, G);
     return launch_status();
   }
   if (ws == nullptr) return FASTMIX_BAD_ARGUMENT;
   if (a.C <= kWarpRowMaxC) {
-    const unsigned grid = grid_for(rows, kWarpRowThreads / 32);
-    launch(loss_stats_kernel<T, true>, grid, kWarpRowThreads, 0, stream, a, ws);
+    const int G = lanes_for(a.C, V);
+    const unsigned grid = grid_for(a.rows, kRowThreads / G);
+    launch(loss_stats_kernel<T, true, V>, grid, kRowThreads, 0, stream, a, G, ws);
     if (int e = launch_status()) return e;
     launch(loss_finish_kernel, 1, kFinalThreads, 0, stream, a, ws);
     if (int e = launch_status()) return e;
-    if (grad) launch(loss_grad_kernel<T, true>, grid, kWarpRowThreads, 0, stream, a, ws);
+    if (a.grad) launch(loss_grad_kernel<T, true, V>, grid, kRowThreads, 0, stream, a, G, ws);
   } else {
-    const unsigned grid = grid_for(rows, 1);
-    launch(loss_stats_kernel<T, false>, grid, kBlockRowThreads, 0, stream, a, ws);
+    const unsigned grid = grid_for(a.rows, 1);
+    launch(loss_stats_kernel<T, false, V>, grid, kRowThreads, 0, stream, a, 0, ws);
     if (int e = launch_status()) return e;
     launch(loss_finish_kernel, 1, kFinalThreads, 0, stream, a, ws);
     if (int e = launch_status()) return e;
-    if (grad) launch(loss_grad_kernel<T, false>, grid, kBlockRowThreads, 0, stream, a, ws);
+    if (a.grad) launch(loss_grad_kernel<T, false, V>, grid, kRowThreads, 0, stream, a, 0, ws);
   }
   return launch_status();
+}
+
+template <typename T>
+int launch_loss(const LossArgs& a, cudaStream_t stream, float* ws) {
+  constexpr int V = 16 / sizeof(T);
+  if (loss_vectorizable<T>(a, V)) return launch_loss_v<T, V>(a, stream, ws);
+  return launch_loss_v<T, 1>(a, stream, ws);
+}
+
+int dispatch(int dtype, const LossArgs& a, void* stream, float* ws) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (dtype) {
+    case F32: return launch_loss<float>(a, s, ws);
+    case F16: return launch_loss<__half>(a, s, ws);
+    case BF16: return launch_loss<__nv_bfloat16>(a, s, ws);
+    default: return FASTMIX_BAD_ARGUMENT;
+  }
+}
+
+Segment segment(const void* logits, void* grad, int64_t rows, int64_t rs, int64_t cs, int kind, int group) {
+  return Segment{logits, grad, rows, rs, cs, kind, group};
+}
+
+LossArgs common_args(int64_t C, const void* keep_t, int keep_dtype, int64_t keep_rs, int64_t keep_cs,
+                     const int64_t* perm, int64_t keep_pool, const void* forget_t, int forget_dtype,
+                     int64_t forget_rs, int64_t forget_cs, const void* lam, int lam_dtype, int64_t lam_stride,
+                     float* loss, int* flag) {
+  LossArgs a{};
+  a.C = C;
+  a.keep = Target{keep_t, keep_dtype, keep_rs, keep_cs};
+  a.forget = Target{forget_t, forget_dtype, forget_rs, forget_cs};
+  a.perm = perm;
+  a.keep_pool = keep_pool;
+  a.lam = lam; a.lam_dtype = lam_dtype; a.lam_stride = lam_stride;
+  a.loss = loss;
+  a.flag = flag;
+  return a;
 }
 
 }  // namespace
@@ -335,7 +493,7 @@ using namespace fastmix;
 
 extern "C" FASTMIX_API int64_t fastmix_loss_workspace_floats(int64_t rows0, int64_t rows1, int64_t C) {
   const int64_t rows = rows0 + rows1;
-  return use_fused(rows, C) ? 0 : rows * NS + 1;
+  return fused_lanes(rows, C) ? 0 : rows * NS + kGroups;
 }
 
 extern "C" FASTMIX_API int fastmix_loss_forward(
@@ -344,30 +502,53 @@ extern "C" FASTMIX_API int fastmix_loss_forward(
     int64_t keep_rs, int64_t keep_cs, const int64_t* perm, int64_t keep_pool, const void* forget_t,
     int forget_dtype, int64_t forget_rs, int64_t forget_cs, const void* lam, int lam_dtype, int64_t lam_stride,
     float tau, float scale, float* loss, void* grad0, void* grad1, float* workspace, int* flag) {
-  if (rows0 < 1 || C < 1 || rows1 < 0 || (mode == 1 && rows1 < 1) || (mode == 0 && (rows1 != 0 || !lam)) ||
-      (mode != 0 && mode != 1) || !logits0 || !keep_t || !forget_t || !loss || !(tau > 0.f))
+  if (rows0 < 1 || C < 1 || rows1 < 0 || (mode == 1 && (rows1 < 1 || !logits1)) ||
+      (mode == 0 && (rows1 != 0 || !lam)) || (mode != 0 && mode != 1) || !logits0 || !keep_t || !forget_t ||
+      !loss || !(tau > 0.f))
     return FASTMIX_BAD_ARGUMENT;
   DeviceGuard guard(device);
   if (guard.err != cudaSuccess) return guard.err;
-  LossArgs a;
-  a.mode = mode;
-  a.logits0 = logits0; a.rows0 = rows0; a.rs0 = rs0; a.cs0 = cs0;
-  a.logits1 = logits1; a.rows1 = rows1; a.rs1 = rs1; a.cs1 = cs1;
-  a.C = C;
-  a.keep = Target{keep_t, keep_dtype, keep_rs, keep_cs};
-  a.forget = Target{forget_t, forget_dtype, forget_rs, forget_cs};
-  a.perm = perm;
-  a.keep_pool = perm ? keep_pool : rows0;
-  a.lam = lam; a.lam_dtype = lam_dtype; a.lam_stride = lam_stride;
-  a.inv_tau = 1.f / tau;
-  a.scale = scale;
-  a.loss = loss; a.grad0 = grad0; a.grad1 = grad1;
-  a.flag = flag;
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case F32: return launch_loss<float>(a, s, workspace);
-    case F16: return launch_loss<__half>(a, s, workspace);
-    case BF16: return launch_loss<__nv_bfloat16>(a, s, workspace);
-    default: return FASTMIX_BAD_ARGUMENT;
+  LossArgs a = common_args(C, keep_t, keep_dtype, keep_rs, keep_cs, perm, perm ? keep_pool : rows0, forget_t,
+                           forget_dtype, forget_rs, forget_cs, lam, lam_dtype, lam_stride, loss, flag);
+  if (mode == 0) {
+    a.seg[0] = segment(logits0, grad0, rows0, rs0, cs0, MIXED, 0);
+  } else {
+    a.seg[0] = segment(logits0, grad0, rows0, rs0, cs0, KEEP_ONLY, 0);
+    a.seg[1] = segment(logits1, grad1, rows1, rs1, cs1, FORGET_ONLY, 0);
   }
+  a.rows = rows0 + rows1;
+  a.grp[0] = Group{1.f / tau, scale, static_cast<float>(rows0), 0, a.rows};
+  a.ngroups = 1;
+  a.grad = grad0 != nullptr || grad1 != nullptr;
+  return dispatch(dtype, a, stream, workspace);
+}
+
+extern "C" FASTMIX_API int fastmix_unlearn_loss_forward(
+    int device, void* stream, int dtype, const void* mix, int64_t B, int64_t mix_rs, int64_t mix_cs,
+    const void* retain, int64_t Br, int64_t retain_rs, int64_t retain_cs, const void* forget, int64_t Bf,
+    int64_t forget_rs, int64_t forget_cs, int64_t C, const void* keep_t, int keep_dtype, int64_t keep_rs,
+    int64_t keep_cs, const int64_t* perm, int64_t keep_pool, const void* forget_t, int forget_dtype,
+    int64_t forget_t_rs, int64_t forget_t_cs, const void* lam, int lam_dtype, int64_t lam_stride, float tau_mix,
+    float scale_mix, float tau_real, float scale_real, float* loss, void* grad_mix, void* grad_retain,
+    void* grad_forget, float* workspace, int* flag) {
+  const bool real = Br > 0;
+  if (B < 1 || C < 1 || Br < 0 || Bf < 0 || !mix || !lam || !keep_t || !forget_t || !loss || !(tau_mix > 0.f) ||
+      (real && (Bf < 1 || !retain || !forget || !(tau_real > 0.f))) || (!real && Bf != 0))
+    return FASTMIX_BAD_ARGUMENT;
+  DeviceGuard guard(device);
+  if (guard.err != cudaSuccess) return guard.err;
+  LossArgs a = common_args(C, keep_t, keep_dtype, keep_rs, keep_cs, perm, perm ? keep_pool : B, forget_t,
+                           forget_dtype, forget_t_rs, forget_t_cs, lam, lam_dtype, lam_stride, loss, flag);
+  a.seg[0] = segment(mix, grad_mix, B, mix_rs, mix_cs, MIXED, 0);
+  a.rows = B + Br + Bf;
+  a.grp[0] = Group{1.f / tau_mix, scale_mix, static_cast<float>(B), 0, B};
+  a.ngroups = 1;
+  if (real) {
+    a.seg[1] = segment(retain, grad_retain, Br, retain_rs, retain_cs, KEEP_ONLY, 1);
+    a.seg[2] = segment(forget, grad_forget, Bf, forget_rs, forget_cs, FORGET_ONLY, 1);
+    a.grp[1] = Group{1.f / tau_real, scale_real, static_cast<float>(Br), B, a.rows};
+    a.ngroups = 2;
+  }
+  a.grad = grad_mix != nullptr || grad_retain != nullptr || grad_forget != nullptr;
+  return dispatch(dtype, a, stream, workspace);
 }

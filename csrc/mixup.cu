@@ -21,11 +21,6 @@ struct MixArgs {
   int* flag;
 };
 
-template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Vec {
-  T v[VEC];
-};
-
 // The weight of element `o` of row i (o inside the row).
 __device__ __forceinline__ float mix_weight(const MixArgs& a, int64_t i, float row_w, int64_t o) {
   if (a.w_kind != 2) return row_w;
@@ -57,57 +52,75 @@ __global__ void __launch_bounds__(kMixThreads) mixup_fwd_kernel(MixArgs a, const
   const float row_w = row_weight(a, i);
   const int64_t step = static_cast<int64_t>(gridDim.y) * blockDim.x * VEC;
   for (int64_t o = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * VEC; o < a.inner; o += step) {
-    const Vec<T, VEC> f = *reinterpret_cast<const Vec<T, VEC>*>(xf + i * a.inner + o);
-    Vec<T, VEC> r{};
-    if (src >= 0) r = *reinterpret_cast<const Vec<T, VEC>*>(xr + src * a.inner + o);
-    Vec<T, VEC> y;
+    float f[VEC], r[VEC] = {}, y[VEC];
+    load_vec<T, VEC>(xf + i * a.inner + o, f);
+    if (src >= 0) load_vec<T, VEC>(xr + src * a.inner + o, r);
 #pragma unroll
     for (int v = 0; v < VEC; ++v) {
       const float m = mix_weight(a, i, row_w, o + v);
-      const float rv = src >= 0 ? to_f(r.v[v]) : NAN;  // a bad index poisons its row
-      y.v[v] = from_f<T>(m * to_f(f.v[v]) + (1.f - m) * rv);
+      const float rv = src >= 0 ? r[v] : NAN;  // a bad index poisons its row
+      y[v] = m * f[v] + (1.f - m) * rv;
     }
-    *reinterpret_cast<Vec<T, VEC>*>(out + i * a.inner + o) = y;
+    store_vec<T, VEC>(out + i * a.inner + o, y);
+  }
+}
+
+// Adds V float32 values to p[0..V) atomically: 16-byte vector atomics where the card
+// has them (sm_90: atomicAdd on float4; p is then 16-byte aligned), else one per value.
+template <int V>
+__device__ __forceinline__ void atomic_add_vec(float* p, const float* v) {
+#if FASTMIX_VECTOR_ATOMICS
+  if constexpr (V % 4 == 0) {
+#pragma unroll
+    for (int j = 0; j < V; j += 4) {
+      FASTMIX_CHECK_ALIGNED(p + j, 16);
+      atomicAdd(reinterpret_cast<float4*>(p + j), make_float4(v[j], v[j + 1], v[j + 2], v[j + 3]));
+    }
+  } else
+#endif
+  {
+#pragma unroll
+    for (int j = 0; j < V; ++j) atomicAdd(p + j, v[j]);
   }
 }
 
 // Gradients to x_f, x_r and (for one or per-row weights) the weight's per-row sums.
-// The weight's gradient sums many products that largely cancel, so it is accumulated
-// in float64 (one multiply-add per element; the kernel stays bandwidth-bound).
+// The weight's gradient sums products that largely cancel: each thread sums its few
+// elements in float32, the block sums those pairwise in float32, and one float64
+// atomic add per block joins the blocks of a row (no float64 arithmetic per element).
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kMixThreads) mixup_bwd_kernel(MixArgs a, const T* __restrict__ g,
                                                                 const T* __restrict__ xf, const T* __restrict__ xr,
                                                                 T* __restrict__ grad_f, float* grad_r,
                                                                 T* __restrict__ grad_r_native, double* grad_w) {
-  __shared__ double scratch[32];
+  __shared__ float scratch[32];
   const int64_t i = blockIdx.x;
   const int64_t src = source_row(a, i, blockIdx.y == 0 && threadIdx.x == 0);
   const float row_w = row_weight(a, i);
   const int64_t step = static_cast<int64_t>(gridDim.y) * blockDim.x * VEC;
-  double acc = 0.0;
+  float acc = 0.f;
   for (int64_t o = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * VEC; o < a.inner; o += step) {
     const int64_t e = i * a.inner + o;
-    const Vec<T, VEC> gv = *reinterpret_cast<const Vec<T, VEC>*>(g + e);
-    Vec<T, VEC> f{}, r{}, gf, gr;
+    float gv[VEC], f[VEC] = {}, r[VEC] = {}, gf[VEC], gr[VEC];
+    load_vec<T, VEC>(g + e, gv);
     if (grad_w) {
-      f = *reinterpret_cast<const Vec<T, VEC>*>(xf + e);
-      if (src >= 0) r = *reinterpret_cast<const Vec<T, VEC>*>(xr + src * a.inner + o);
+      load_vec<T, VEC>(xf + e, f);
+      if (src >= 0) load_vec<T, VEC>(xr + src * a.inner + o, r);
     }
 #pragma unroll
     for (int v = 0; v < VEC; ++v) {
       const float m = mix_weight(a, i, row_w, o + v);
-      const float gg = to_f(gv.v[v]);
-      gf.v[v] = from_f<T>(m * gg);
-      gr.v[v] = from_f<T>((1.f - m) * gg);
-      if (grad_r && src >= 0) atomicAdd(grad_r + src * a.inner + o + v, (1.f - m) * gg);
-      if (grad_w) acc += static_cast<double>(gg) * (static_cast<double>(to_f(f.v[v])) - (src >= 0 ? to_f(r.v[v]) : NAN));
+      gf[v] = m * gv[v];
+      gr[v] = (1.f - m) * gv[v];
+      if (grad_w) acc += gv[v] * (f[v] - (src >= 0 ? r[v] : NAN));
     }
-    if (grad_f) *reinterpret_cast<Vec<T, VEC>*>(grad_f + e) = gf;
-    if (grad_r_native) *reinterpret_cast<Vec<T, VEC>*>(grad_r_native + e) = gr;
+    if (grad_r && src >= 0) atomic_add_vec<VEC>(grad_r + src * a.inner + o, gr);
+    if (grad_f) store_vec<T, VEC>(grad_f + e, gf);
+    if (grad_r_native) store_vec<T, VEC>(grad_r_native + e, gr);
   }
   if (grad_w) {
     acc = block_sum(acc, scratch);
-    if (threadIdx.x == 0) atomicAdd(grad_w + i, acc);
+    if (threadIdx.x == 0) atomicAdd(grad_w + i, static_cast<double>(acc));
   }
 }
 
@@ -124,7 +137,7 @@ __global__ void __launch_bounds__(kMixThreads) mixup_bwd_mask_kernel(MixArgs a, 
   for (int64_t hw = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; hw < a.HW;
        hw += static_cast<int64_t>(gridDim.y) * blockDim.x) {
     const float m = load_any(a.w, a.w_dtype, i * a.HW + hw);
-    double acc = 0.0;
+    float acc = 0.f;  // Cc products (the channels)
     for (int64_t c = 0; c < a.Cc; ++c) {
       const int64_t o = a.channels_last ? hw * a.Cc + c : c * a.HW + hw;
       const int64_t e = i * a.inner + o;
@@ -132,13 +145,11 @@ __global__ void __launch_bounds__(kMixThreads) mixup_bwd_mask_kernel(MixArgs a, 
       if (grad_f) grad_f[e] = from_f<T>(m * gg);
       if (grad_r_native) grad_r_native[e] = from_f<T>((1.f - m) * gg);
       if (grad_r && src >= 0) atomicAdd(grad_r + src * a.inner + o, (1.f - m) * gg);
-      acc += static_cast<double>(gg) * (static_cast<double>(to_f(xf[e])) - (src >= 0 ? to_f(xr[src * a.inner + o]) : NAN));
+      acc += gg * (to_f(xf[e]) - (src >= 0 ? to_f(xr[src * a.inner + o]) : NAN));
     }
-    store_any(grad_w, a.w_dtype, i * a.HW + hw, static_cast<float>(acc));
+    store_any(grad_w, a.w_dtype, i * a.HW + hw, acc);
   }
 }
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // Threads and blocks along a row of `units` work items.
 void row_grid(int64_t B, int64_t units, dim3* grid, dim3* block) {

@@ -12,7 +12,9 @@ cudaError_t cudaGetLastError(void) {
   return e;
 }
 const char* cudaGetErrorString(cudaError_t e) {
-  return e == cudaSuccess ? "no error (emulated)" : "emulated CUDA error (invalid launch configuration)";
+  if (e == cudaSuccess) return "no error (emulated)";
+  if (e == cudaErrorMisalignedAddress) return "emulated CUDA error (misaligned address)";
+  return "emulated CUDA error (invalid launch configuration)";
 }
 cudaError_t cudaDriverGetVersion(int* v) { *v = CUDART_VERSION; return cudaSuccess; }
 cudaError_t cudaGetSymbolAddress(void** p, const void* symbol) { *p = const_cast<void*>(symbol); return cudaSuccess; }
@@ -27,4 +29,9 @@ cudaError_t cudaMemcpyToSymbolAsync(const void* symbol, const void* src, size_t 
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+// Kernel launches and vector accesses since the last call (tests only).
+__attribute__((visibility("default"))) void fastmix_emu_counters(uint64_t* launches, uint64_t* vector_accesses) {
+  *launches = fastmix_emu::launches.exchange(0);
+  *vector_accesses = fastmix_emu::vector_accesses.exchange(0);
+}
 }

@@ -47,6 +47,16 @@ inline V shfl_xor(unsigned mask, V v, int offset) {
   return r;
 }
 
+// A vector access at an address a GPU would fault on ("misaligned address"): recorded
+// here and reported by the launch, so that the tests see the vector path's preconditions.
+// Launches and vector accesses are counted for the tests (fastmix_emu_counters).
+inline std::atomic<bool> misaligned{false};
+inline std::atomic<uint64_t> vector_accesses{0}, launches{0};
+inline void check_aligned(const void* p, size_t n) {
+  vector_accesses.fetch_add(1, std::memory_order_relaxed);
+  if (reinterpret_cast<uintptr_t>(p) % n != 0) misaligned = true;
+}
+
 template <typename T>
 T* dynamic_shared() {
   return reinterpret_cast<T*>(t_block->shared.data());
@@ -59,6 +69,7 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, KArgs.
     last_error = cudaErrorInvalidConfiguration;
     return;
   }
+  launches.fetch_add(1);
   std::tuple<KArgs...> packed(args...);
   // One host thread per CUDA thread, reused block after block.
   const uint64_t blocks = static_cast<uint64_t>(grid.x) * grid.y;
@@ -92,6 +103,7 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, KArgs.
     });
   }
   for (auto& th : threads) th.join();
+  if (misaligned.exchange(false)) last_error = cudaErrorMisalignedAddress;
 }
 
 }  // namespace fastmix_emu
@@ -126,3 +138,8 @@ cudaError_t cudaMemcpyToSymbolAsync(const T& symbol, const void* src, size_t n, 
 inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
 inline double atomicAdd(double* p, double v) { return std::atomic_ref<double>(*p).fetch_add(v); }
 inline int atomicOr(int* p, int v) { return std::atomic_ref<int>(*p).fetch_or(v); }
+#ifdef FASTMIX_EMULATE_VECTOR_ATOMICS
+inline float4 atomicAdd(float4* p, float4 v) {
+  return make_float4(atomicAdd(&p->x, v.x), atomicAdd(&p->y, v.y), atomicAdd(&p->z, v.z), atomicAdd(&p->w, v.w));
+}
+#endif

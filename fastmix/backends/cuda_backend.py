@@ -32,10 +32,11 @@ from pathlib import Path
 
 import torch
 
-from . import Kernels, register, torch_backend
 from fastmix.ops.debug import debug_checks_enabled
 
-ABI_VERSION = 1  # FASTMIX_ABI_VERSION in csrc/fastmix_cuda.h
+from . import Kernels, register, torch_backend
+
+ABI_VERSION = 2  # FASTMIX_ABI_VERSION in csrc/fastmix_cuda.h
 BAD_ARGUMENT = -1
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3, torch.int64: 4}
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -64,6 +65,12 @@ _SIGNATURES = {
         _i,
         [_i, _p, _i, _i, _p, _i64, _i64, _i64, _p, _i64, _i64, _i64, _i64, _p, _i, _i64, _i64, _p, _i64,
          _p, _i, _i64, _i64, _p, _i, _i64, _f, _f, _p, _p, _p, _p, _p],
+    ),
+    "fastmix_unlearn_loss_forward": (
+        _i,
+        [_i, _p, _i, _p, _i64, _i64, _i64, _p, _i64, _i64, _i64, _p, _i64, _i64, _i64, _i64,
+         _p, _i, _i64, _i64, _p, _i64, _p, _i, _i64, _i64, _p, _i, _i64, _f, _f, _f, _f,
+         _p, _p, _p, _p, _p, _p],
     ),
 }
 LAUNCHERS = tuple(_SIGNATURES)
@@ -197,7 +204,7 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 
 def _runs_here(*tensors: torch.Tensor) -> bool:
-    """False for what the kernels do not take (float64, empty tensors): those go to the reference."""
+    """False for what the kernels do not take (float64, empty tensors): those go to the torch_backend."""
     return all(t.dtype in _KERNEL_DTYPES and t.numel() > 0 for t in tensors)
 
 
@@ -347,10 +354,7 @@ def _loss_call(op, mode, logits0, logits1, keep_t, forget_t, perm, lam, tau, sca
     n_ws = lib.fastmix_loss_workspace_floats(B0, B1, C)
     ws = torch.empty(n_ws, dtype=torch.float32, device=logits0.device) if n_ws else None
     perm = None if perm is None else perm.contiguous()
-    if lam is None:
-        lam_args = (None, 0, 0)
-    else:
-        lam_args = (lam.data_ptr(), _code(lam), 0 if lam.dim() == 0 else lam.stride(0))
+    lam_args = (None, 0, 0) if lam is None else _lam_args(lam)
     l1 = (None, 0, 0, 0) if logits1 is None else (logits1.data_ptr(), B1, logits1.stride(0), logits1.stride(1))
     code = lib.fastmix_loss_forward(
         dev, _stream(dev), _code(logits0), mode, logits0.data_ptr(), B0, logits0.stride(0), logits0.stride(1),
@@ -392,8 +396,81 @@ def real_forward(retain_logits, forget_logits, retain_target, forget_target, tau
     return loss, grad_r, grad_f
 
 
+def _lam_args(lam: torch.Tensor):
+    return lam.data_ptr(), _code(lam), 0 if lam.dim() == 0 else lam.stride(0)
+
+
+def _check_loss_shapes(B, C, Br, Bf, real, retain_logits, forget_logits, forget_target, retain_target, lam, perm):
+    """Shapes the kernels index by (host-side, no synchronisation): a mismatch would read out of bounds."""
+    def rows_of(t, name, n):
+        ok = t.dim() == 1 if t.dtype == torch.int64 else (t.dim() == 2 and t.shape[1] == C)
+        if not ok or t.shape[0] != n:
+            raise ValueError(f"{name} must hold {n} rows of {C} classes (or {n} labels), got shape {tuple(t.shape)}")
+
+    rows_of(forget_target, "forget_target", B)
+    if real:
+        for name, z in (("retain_logits", retain_logits), ("forget_logits", forget_logits)):
+            if z.dim() != 2 or z.shape[1] != C:
+                raise ValueError(f"{name} must be (rows, {C}) like mix_logits, got shape {tuple(z.shape)}")
+        if Bf != B:
+            raise ValueError(f"forget_logits must have {B} rows (forget_target's), got {Bf}")
+        rows_of(retain_target, "retain_target", Br)
+    else:  # with perm, any pool of rows
+        rows_of(retain_target, "retain_target", B if perm is None else retain_target.shape[0])
+    if (forget_target.dtype == torch.int64) != (retain_target.dtype == torch.int64):
+        raise ValueError("forget_target and retain_target must both be labels or both be probabilities")
+    if lam.dim() > 1 or (lam.dim() == 1 and lam.shape[0] != B):
+        raise ValueError(f"lam must be 0-d or ({B},), got shape {tuple(lam.shape)}")
+    if perm is not None and (perm.dim() != 1 or perm.shape[0] != B or perm.dtype != torch.int64):
+        raise ValueError(f"perm must be an int64 ({B},) tensor, got {perm.dtype} of shape {tuple(perm.shape)}")
+
+
+def loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain_target, lam, perm,
+                 tau_mix, tau_real, omega, reduction, with_grad):
+    """``L_mix + omega * L_real`` and its gradients to the three logits in one op (one launch for
+    small batches); see :func:`fastmix.backends.torch_backend.loss_forward`."""
+    real = omega != 0
+    logits = (mix_logits, retain_logits, forget_logits) if real else (mix_logits,)
+    if not _runs_here(*logits) or any(z.dtype != mix_logits.dtype for z in logits):
+        return torch_backend.loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain_target,
+                                          lam, perm, tau_mix, tau_real, omega, reduction, with_grad)
+    lib, dev = _lib(), _device(mix_logits)
+    B, C = mix_logits.shape
+    Br, Bf = (retain_logits.shape[0], forget_logits.shape[0]) if real else (0, 0)
+    _check_loss_shapes(B, C, Br, Bf, real, retain_logits, forget_logits, forget_target, retain_target, lam, perm)
+    mean = reduction == "mean"
+    scale_mix = 1.0 / B if mean else 1.0
+    scale_real = omega / Br if real and mean else float(omega)
+    dev_kw = {"device": mix_logits.device}
+    loss = torch.empty((), dtype=torch.float32, **dev_kw)
+    grad_mix = torch.empty((B, C), dtype=mix_logits.dtype, **dev_kw) if with_grad else None
+    grad_retain = torch.empty((Br, C), dtype=mix_logits.dtype, **dev_kw) if with_grad and real else None
+    grad_forget = torch.empty((Bf, C), dtype=mix_logits.dtype, **dev_kw) if with_grad and real else None
+    n_ws = lib.fastmix_loss_workspace_floats(B, Br + Bf, C)
+    ws = torch.empty(n_ws, dtype=torch.float32, **dev_kw) if n_ws else None
+    perm = None if perm is None else perm.contiguous()
+
+    def rows(z):
+        return (None, 0, 0, 0) if not real else (z.data_ptr(), z.shape[0], z.stride(0), z.stride(1))
+
+    code = lib.fastmix_unlearn_loss_forward(
+        dev, _stream(dev), _code(mix_logits), mix_logits.data_ptr(), B, mix_logits.stride(0), mix_logits.stride(1),
+        *rows(retain_logits), *rows(forget_logits), C, *_target_args(retain_target), _ptr(perm),
+        retain_target.shape[0], *_target_args(forget_target), *_lam_args(lam), tau_mix, scale_mix, tau_real,
+        scale_real, loss.data_ptr(), _ptr(grad_mix), _ptr(grad_retain), _ptr(grad_forget), _ptr(ws), _flag(dev),
+    )
+    _raise_on(code, "loss")
+    _after("loss", dev)
+
+    def out(g):  # distinct empties: a custom op's outputs may not alias each other
+        return mix_logits.new_empty(0) if g is None else g
+
+    return loss, out(grad_mix), out(grad_forget), out(grad_retain)
+
+
 register("cuda", Kernels(
     sharpen_forward=sharpen_forward, sharpen_backward=sharpen_backward,
     mixup_forward=mixup_forward, mixup_backward=mixup_backward,
     contrastive_forward=contrastive_forward, real_forward=real_forward,
+    loss_forward=loss_forward,
 ))

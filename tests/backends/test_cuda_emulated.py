@@ -5,8 +5,9 @@ features it uses (threads, __syncthreads, warp shuffles, atomics, launch limits)
 the same kernel source, its indexing, reductions, NaN handling and index checks run
 through fastmix/backends/cuda_backend.py on CPU tensors. It says nothing about speed, and the
 float16/bfloat16 arithmetic is the headers' host emulation. Skipped where g++ or the
-CUDA headers are missing, or with FASTMIX_SKIP_EMULATION=1 (about 2.5 minutes on 2 cores).
+CUDA headers are missing, or with FASTMIX_SKIP_EMULATION=1.
 """
+import ctypes
 import os
 import shutil
 import subprocess
@@ -14,11 +15,11 @@ import zlib
 from pathlib import Path
 
 import pytest
-import torch
-
 import spec64
-from fastmix.backends import cuda_backend, torch_backend
+import torch
 from tolerance import assert_as_accurate
+
+from fastmix.backends import cuda_backend, torch_backend
 
 ROOT = Path(__file__).resolve().parents[2]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -45,7 +46,7 @@ def build_emulated(out: Path, extra=()):
     cmd = [gxx, "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-DFASTMIX_EMULATE", "-Wall", "-Wextra",
            "-Wno-unknown-pragmas", f"-I{include}", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'tests'}",
            *extra, "-x", "c++", "-include", "cuda_emulate.h", *sources, "-o", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert result.returncode == 0, f"g++ failed:\n{' '.join(cmd)}\n{result.stderr[-4000:]}"
     return out
 
@@ -70,6 +71,14 @@ def emu(emulated_library, monkeypatch):
     monkeypatch.setattr(cuda_backend, "_flag_addresses", {})
     yield cuda_backend
     cuda_backend.check_index_error()  # a test that left the flag set fails here
+
+
+def _counters(lib_path):
+    """(kernel launches, vector accesses) of the emulated library since the last call."""
+    lib = ctypes.CDLL(str(lib_path))
+    launches, vectors = ctypes.c_uint64(), ctypes.c_uint64()
+    lib.fastmix_emu_counters(ctypes.byref(launches), ctypes.byref(vectors))
+    return launches.value, vectors.value
 
 
 def _gen(*seed):
@@ -147,6 +156,113 @@ def test_real(emu, B_r, B_f, C, kind, dtype):
     assert_as_accurate(g_f, ref[2], exact_grads[1], dtype, "grad forget")
 
 
+LOSS_SIZES = [  # (B, B_r, C): one block (<= 4096 logits), the grid (warp or block rows), vector or scalar
+    (1, 1, 1), (32, 32, 10), (5, 9, 12), (33, 40, 1000), (40, 50, 101), (3, 4, 1500),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["labels", "probabilities"])
+@pytest.mark.parametrize("omega", [0.0, 2.5])
+@pytest.mark.parametrize("B,B_r,C", LOSS_SIZES)
+def test_loss_forward(emu, B, B_r, C, omega, kind, dtype):
+    if (B + B_r) * C > 8192 and dtype != torch.float32:
+        pytest.skip("emulation is slow: float32 covers the grid paths, small batches the half types")
+    gen = _gen("loss", B, B_r, C, kind, omega)
+    z_mix = (torch.randn(B, C, generator=gen) * 3).to(dtype)
+    z_r = (torch.randn(B_r, C, generator=gen) * 3).to(dtype)
+    z_f = (torch.randn(B, C, generator=gen) * 3).to(dtype)
+    if C % 2:
+        z_mix = _noncontiguous(z_mix)
+    if B % 2:
+        z_f = _noncontiguous(z_f)
+    q_f, q_r = _targets(kind, B, C, gen), _targets(kind, B_r, C, gen)
+    if kind == "probabilities" and C % 3 == 0:
+        q_r = q_r.t().contiguous().t()  # column-major targets
+    perm = torch.randint(0, B_r, (B,), generator=gen) if B_r != B or C % 2 else None
+    lam = torch.rand(B, generator=gen) if C % 5 else torch.rand((), generator=gen).expand(B)
+    reduction = "mean" if (B + C) % 2 else "sum"
+    real = (z_r, z_f) if omega else (None, None)
+    args = (z_mix, real[1], real[0], q_f, q_r, lam, perm, 0.7, 5.0, omega, reduction)
+    loss, g_mix, g_f, g_r = emu.loss_forward(*args, True)
+    ref = torch_backend.loss_forward(*args, True)
+
+    def exact_fn(a, b, c):
+        value = spec64.contrastive(a, q_f, q_r, lam, 0.7, perm=perm, reduction=reduction)
+        return value + omega * spec64.real(b, c, q_r, q_f, 5.0, reduction=reduction)
+
+    exact, exact_grads = spec64.with_grads(exact_fn, z_mix, z_r, z_f)
+    assert loss.dtype == torch.float32 and loss.dim() == 0
+    assert g_mix.dtype == dtype and g_mix.shape == (B, C) and g_mix.is_contiguous()
+    assert_as_accurate(loss, ref[0], exact, dtype, "loss")
+    assert_as_accurate(g_mix, ref[1], exact_grads[0], dtype, "grad mix")
+    if omega:
+        assert g_r.shape == (B_r, C) and g_f.shape == (B, C) and g_r.dtype == g_f.dtype == dtype
+        assert_as_accurate(g_f, ref[2], exact_grads[2], dtype, "grad forget")
+        assert_as_accurate(g_r, ref[3], exact_grads[1], dtype, "grad retain")
+    else:
+        assert g_f.numel() == 0 and g_r.numel() == 0
+    no_grad = emu.loss_forward(*args, False)
+    assert all(t.numel() == 0 for t in no_grad[1:]) and torch.equal(no_grad[0], loss)
+
+
+def test_loss_forward_rejects_shapes_the_kernels_would_overrun(emu):
+    z = torch.randn(4, 5)
+    q = torch.randint(0, 5, (4,))
+    lam = torch.rand(4)
+    cases = {
+        "forget_target": (z, z, z, q[:3], q, lam, None),
+        "retain_target": (z, z, z, q, torch.rand(4, 6), lam, None),
+        "forget_logits": (z, z[:3], z, q, q, lam, None),
+        "retain_logits": (z, z, torch.randn(4, 6), q, q, lam, None),
+        "lam": (z, z, z, q, q, torch.rand(3), None),
+        "perm": (z, z, z, q, q, lam, torch.tensor([0, 1])),
+    }
+    for name, args in cases.items():
+        with pytest.raises(ValueError, match=name):
+            emu.loss_forward(*args, 1.0, 1.0, 2.0, "sum", True)
+
+
+def test_loss_is_one_launch_for_a_small_batch(emu, emulated_library):
+    # (32, 10): L_mix + omega * L_real, 96 rows, in one kernel launch; C_tau alone as well
+    gen = _gen("launches")
+    z = torch.randn(3, 32, 10, generator=gen)
+    q = torch.randint(0, 10, (32,), generator=gen)
+    lam = torch.rand(32, generator=gen)
+    _counters(emulated_library)
+    emu.loss_forward(z[0], z[1], z[2], q, q, lam, torch.randperm(32, generator=gen), 10.0, 5.0, 10.0, "sum", True)
+    assert _counters(emulated_library)[0] == 1
+    emu.contrastive_forward(z[0], q, q, lam, None, 1.0, "sum", True)
+    assert _counters(emulated_library)[0] == 1
+    big = torch.randn(300, 100, generator=gen)  # a grid: state, log-sum-exp, gradient
+    emu.contrastive_forward(big, q.repeat(10)[:300], q.repeat(10)[:300], torch.rand(300), None, 1.0, "sum", True)
+    assert _counters(emulated_library)[0] == 3
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_vector_path_only_where_aligned(emu, emulated_library, dtype):
+    # 16-byte accesses for contiguous aligned rows, element accesses otherwise; both agree
+    gen = _gen("vector", dtype)
+    C = 64
+    store = (torch.randn(9, C + 8, generator=gen) * 3).to(dtype)
+    q = _targets("probabilities", 8, C, gen)
+    lam = torch.rand(8, generator=gen)
+    cases = {
+        "aligned": (store[:8, :C].contiguous(), True),
+        "row stride": (store[:8, :C], store.stride(0) * store.element_size() % 16 == 0),
+        "offset": (store.view(-1)[1:1 + 8 * C].view(8, C), False),
+        "strided": (store[:8, ::2], False),
+    }
+    results = {}
+    for name, (z, vector) in cases.items():
+        _counters(emulated_library)
+        qq = q[:, : z.shape[1]] / q[:, : z.shape[1]].sum(1, keepdim=True)
+        results[name] = emu.contrastive_forward(z, qq, qq, lam, None, 0.5, "sum", True)
+        ref = torch_backend.contrastive_forward(z, qq, qq, lam, None, 0.5, "sum", True)
+        assert (_counters(emulated_library)[1] > 0) == vector, name
+        torch.testing.assert_close(results[name], ref, rtol=1e-2, atol=2e-2 if dtype != torch.float32 else 1e-5)
+
+
 @pytest.mark.parametrize("C", [5000, 32768])
 def test_contrastive_long_rows(emu, C):
     gen = _gen("long", C)
@@ -195,6 +311,18 @@ def test_sharpen(emu, B, C, dtype):
     y64 = exact
     exact_g = y64 * (g.double() - (g.double() * y64).sum(-1, keepdim=True)) / 0.3
     assert_as_accurate(emu.sharpen_backward(g, ref, 0.3), torch_backend.sharpen_backward(g, ref, 0.3), exact_g, dtype, "bwd")
+
+
+def test_float64_goes_to_the_reference(emu):
+    z = torch.randn(5, 7, dtype=torch.float64)
+    q = torch.randint(0, 7, (5,))
+    lam = torch.rand(5, dtype=torch.float64)
+    torch.testing.assert_close(emu.sharpen_forward(z, 0.5), torch_backend.sharpen_forward(z, 0.5))
+    torch.testing.assert_close(emu.contrastive_forward(z, q, q, lam, None, 0.5, "sum", True),
+                               torch_backend.contrastive_forward(z, q, q, lam, None, 0.5, "sum", True))
+    got = emu.loss_forward(z, z, z, q, q, lam, None, 0.5, 2.0, 1.5, "sum", True)
+    assert got[0].dtype == torch.float64
+    torch.testing.assert_close(got, torch_backend.loss_forward(z, z, z, q, q, lam, None, 0.5, 2.0, 1.5, "sum", True))
 
 
 def test_sharpen_leading_dims(emu):
@@ -248,6 +376,37 @@ def test_mixup(emu, shape, weight_kind, channels_last, dtype, with_perm):
         assert torch.equal(out[0], x_r[perm[0] if with_perm else 0])
 
 
+@pytest.fixture(scope="module")
+def vector_atomics_library(tmp_path_factory):
+    """The emulation built as for sm_90: gradients through perm by 16-byte atomic adds."""
+    out = tmp_path_factory.mktemp("emu_v") / "libfastmix_cuda_emu_v.so"
+    return build_emulated(out, extra=("-DFASTMIX_EMULATE_VECTOR_ATOMICS",))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("inner", [3 * 8 * 8, 5 * 7])  # vector rows; element rows
+def test_mixup_grad_through_perm_with_vector_atomics(emu, vector_atomics_library, monkeypatch, dtype, inner):
+    monkeypatch.setenv("FASTMIX_CUDA_LIB", str(vector_atomics_library))
+    lib, err = cuda_backend._load()
+    assert err is None, err
+    monkeypatch.setattr(cuda_backend, "_LIB", lib)
+    gen = _gen("vatomic", dtype, inner)
+    B, pool = 6, 4
+    x_f = torch.randn(B, inner, generator=gen).to(dtype)
+    x_r = torch.randn(pool, inner, generator=gen).to(dtype)
+    w = torch.rand(B, generator=gen)
+    perm = torch.tensor([0, 3, 3, 1, 0, 3])  # repeats: several rows add into one
+    g = torch.randn(B, inner, generator=gen).to(dtype)
+    _counters(vector_atomics_library)
+    got = emu.mixup_backward(g, x_f, x_r, w, perm, (True, True, True))
+    assert (_counters(vector_atomics_library)[1] > 0) == (inner % (16 // x_f.element_size()) == 0)
+    ref = torch_backend.mixup_backward(g, x_f, x_r, w, perm, (True, True, True))
+    leaves = [t.double().requires_grad_() for t in (x_f, x_r, w)]
+    exact = torch.autograd.grad(spec64.mixup(*leaves, perm), leaves, g.double())
+    for name, a, r, e in zip(("x_forget", "x_retain", "weight"), got, ref, exact):
+        assert_as_accurate(a, r, e, dtype, name)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_mixup_flat_unaligned(emu, dtype):
     gen = _gen("flat", dtype)
@@ -281,10 +440,22 @@ def test_bad_indices_are_flagged_never_followed(emu):
     assert torch.isnan(loss)
     with pytest.raises(IndexError, match="label"):
         emu.check_index_error()
+    # the fused loss: a bad keep label poisons the loss and its rows (keep terms do not couple)
+    lam4 = torch.rand(4)
+    loss, g_mix, g_f, g_r = emu.loss_forward(z, z, z, good, labels, lam4, None, 1.0, 1.0, 2.0, "sum", True)
+    assert torch.isnan(loss) and torch.isnan(g_r[3]).all() and torch.isnan(g_mix[3]).all()
+    assert torch.isfinite(g_r[:3]).all() and torch.isfinite(g_mix[:3]).all() and torch.isfinite(g_f).all()
+    with pytest.raises(IndexError, match="label"):
+        emu.check_index_error()
+    loss, g_mix, g_f, g_r = emu.loss_forward(z, z, z, good, good, lam4, perm, 1.0, 1.0, 2.0, "sum", True)
+    assert torch.isnan(loss) and torch.isnan(g_mix[2]).all() and torch.isfinite(g_mix[[0, 1, 3]]).all()
+    assert torch.isfinite(g_r).all() and torch.isfinite(g_f).all()
+    with pytest.raises(IndexError, match="perm"):
+        emu.check_index_error()
     x = torch.randn(4, 2, 3, 3)
     out = emu.mixup_forward(x, x, torch.rand(4), torch.tensor([0, 1, -1, 2]))
     assert torch.isnan(out[2]).all() and torch.isfinite(out[[0, 1, 3]]).all()
-    gf, gr, gw = emu.mixup_backward(torch.ones_like(x), x, x, torch.rand(4), perm, (True, True, True))
+    _, gr, gw = emu.mixup_backward(torch.ones_like(x), x, x, torch.rand(4), perm, (True, True, True))
     assert torch.isfinite(gr).all() and torch.isnan(gw[2]) and torch.isfinite(gw[[0, 1, 3]]).all()
     with pytest.raises(IndexError, match="perm"):
         emu.check_index_error()
@@ -295,9 +466,8 @@ def test_debug_checks_raise_at_the_op(emu):
 
     z = torch.randn(4, 3)
     labels = torch.tensor([0, 1, 2, 3])
-    with fastmix.debug_checks(True):
-        with pytest.raises(IndexError, match="contrastive_loss"):
-            emu.contrastive_forward(z, labels, labels, torch.tensor(0.5), None, 1.0, "sum", True)
+    with fastmix.debug_checks(True), pytest.raises(IndexError, match="contrastive_loss"):
+        emu.contrastive_forward(z, labels, labels, torch.tensor(0.5), None, 1.0, "sum", True)
 
 
 def test_outputs_are_fully_written(emu, monkeypatch):
@@ -310,6 +480,12 @@ def test_outputs_are_fully_written(emu, monkeypatch):
     q = torch.randint(0, 1001, (257,), generator=gen)
     loss, grad = emu.contrastive_forward(z, q, q, torch.rand(257, generator=gen), None, 0.5, "sum", True)
     assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    for B, C in ((32, 10), (40, 1000)):  # one block; the grid
+        zs = torch.randn(3, B, C, generator=gen)
+        qs = torch.randint(0, C, (B,), generator=gen)
+        out = emu.loss_forward(zs[0], zs[1], zs[2], qs, qs, torch.rand(B, generator=gen), None, 0.5, 2.0, 3.0,
+                               "mean", True)
+        assert all(torch.isfinite(t).all() for t in out)
     assert torch.isfinite(emu.sharpen_forward(z[:5], 0.3)).all()
     x = torch.randn(3, 3, 8, 8, generator=gen).contiguous(memory_format=torch.channels_last)
     m = torch.rand(3, 1, 8, 8, generator=gen)
