@@ -201,7 +201,8 @@ def cpu_extensions():
     if cxx is None:
         print("fastmix: no C++ compiler found; installing without the C++ CPU kernels", file=sys.stderr)
         return []
-    ext = CpuLibrary(CPU_LIB_NAME, sources=sorted(str(p.relative_to(HERE)) for p in (HERE / CSRC / "cpu").glob("*.cpp")))
+    ext = CpuLibrary(CPU_LIB_NAME,
+                     sources=sorted(str(p.relative_to(HERE)) for p in (HERE / CSRC / "cpu").glob("*.cpp")))
     ext.cxx = cxx
     return [ext]
 

@@ -22,13 +22,15 @@ def test_sharpen(benchmark, impl, size, dtype):
         return (torch.randn(B, C, device=DEVICE).mul_(3).to(dt),)
 
     if impl == "eager":
-        fn = lambda z: eager.sharpen(z, T)
+        def fn(z):
+            return eager.sharpen(z, T)
     elif impl == "compile":
         fn = compile_fn(lambda z: eager.sharpen(z, T))
     else:
         import fastmix
 
-        fn = lambda z: fastmix.sharpen(z, T, backend=backend)
+        def fn(z):
+            return fastmix.sharpen(z, T, backend=backend)
 
     z = make_inputs()[0]
     benchmark.group = f"sharpen {size_id(size)} {dtype}"

@@ -43,7 +43,8 @@ def float_tensor(name: str, t, ndim: int | tuple[int, ...] | None = None) -> tor
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), got {t.dtype}")
+        raise TypeError(f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), got "
+                        f"{t.dtype}")
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else ndim
         if t.dim() not in allowed:
@@ -148,7 +149,8 @@ def lam(name: str, value, n_rows: int, device: torch.device, values: bool | None
     if not isinstance(value, torch.Tensor):
         if not (0.0 <= value <= 1.0):
             raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
-        return torch.full((), float(value), device=device, dtype=torch.float64 if like == torch.float64 else torch.float32)
+        return torch.full((), float(value), device=device,
+                          dtype=torch.float64 if like == torch.float64 else torch.float32)
     float_tensor(name, value, ndim=(0, 1))
     if value.dim() == 1 and value.shape[0] != n_rows:
         raise ValueError(f"{name} must be 0-d or have shape ({n_rows},), got {tuple(value.shape)}")

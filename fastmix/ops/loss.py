@@ -143,7 +143,8 @@ def _loss(mix, forget, retain, q_f, q_r, lam, perm, tau_mix, tau_real, omega, re
             perm=perm,
         )
     # float64 anywhere goes to the reference: the kernel backends compute in float32
-    wide = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in (mix, forget, retain)) else mix.dtype
+    wide = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in (mix, forget,
+                                                                                     retain)) else mix.dtype
     backend = resolve_backend(backend, device, wide)
     values = _checks.values_wanted(mix, backend_checks=backend == "cpu")  # the C++ kernel checks them
     _checks.target("forget_target", q_f, B, C, values)

@@ -115,7 +115,8 @@ def mixup(
     _checks.same_dtype(x_forget=x_forget, x_retain=x_retain)
     if x_retain.shape[1:] != x_forget.shape[1:]:
         raise ValueError(
-            f"x_retain must have the trailing shape {tuple(x_forget.shape[1:])} of x_forget, got {tuple(x_retain.shape)}"
+            f"x_retain must have the trailing shape {tuple(x_forget.shape[1:])} of x_forget, "
+            f"got {tuple(x_retain.shape)}"
         )
     device = _checks.same_device(x_forget=x_forget, x_retain=x_retain, perm=perm)
     B = x_forget.shape[0]
@@ -127,7 +128,8 @@ def mixup(
         raise ValueError(f"weight as per-sample lambdas must have shape ({B},), got {tuple(weight.shape)}")
     if weight.dim() == 4:
         if x_forget.dim() != 4:
-            raise ValueError(f"a (B, 1, H, W) mask weight needs (B, C, H, W) images, got x_forget of shape {tuple(x_forget.shape)}")
+            raise ValueError(f"a (B, 1, H, W) mask weight needs (B, C, H, W) images, got x_forget of shape "
+                             f"{tuple(x_forget.shape)}")
         want = (B, 1, x_forget.shape[2], x_forget.shape[3])
         if tuple(weight.shape) != want:
             raise ValueError(f"weight as a mask must have shape {want}, got {tuple(weight.shape)}")

@@ -76,7 +76,8 @@ def test_exports_every_launcher(built_library):
     nm = shutil.which("nm")
     if nm is None:
         pytest.skip("nm (binutils) is not installed")
-    listing = subprocess.run([nm, "-D", "--defined-only", str(built_library)], capture_output=True, text=True, check=True)
+    listing = subprocess.run([nm, "-D", "--defined-only", str(built_library)], capture_output=True, text=True,
+                             check=True)
     exported = {line.split()[-1] for line in listing.stdout.splitlines() if line.strip()}
     missing = set(cuda_backend.LAUNCHERS) - exported
     assert not missing, f"launchers not exported: {sorted(missing)}"
@@ -130,7 +131,8 @@ def test_loader_binds_the_library(built_library):
         "print(backends()['cuda'].reason)\n"
     )
     env = dict(os.environ, FASTMIX_CUDA_LIB=str(built_library))
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
+                            check=False)
     assert result.returncode == 0, result.stderr
     err, reason = result.stdout.splitlines()[:2]
     if err != "None":  # no driver or no GPU here: the reason is reported, not an exception
@@ -140,7 +142,8 @@ def test_loader_binds_the_library(built_library):
 def test_missing_library_is_explained():
     code = "from fastmix import backends; s = backends()['cuda']; print(s.usable, s.reason)"
     env = dict(os.environ, FASTMIX_CUDA_LIB=str(ROOT / "no-such-library.so"))
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
+                            check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("False") and "without its CUDA kernels" in result.stdout
 

@@ -310,7 +310,8 @@ def test_sharpen(emu, B, C, dtype):
     assert_as_accurate(out, ref, exact, dtype, "sharpen")
     y64 = exact
     exact_g = y64 * (g.double() - (g.double() * y64).sum(-1, keepdim=True)) / 0.3
-    assert_as_accurate(emu.sharpen_backward(g, ref, 0.3), torch_backend.sharpen_backward(g, ref, 0.3), exact_g, dtype, "bwd")
+    assert_as_accurate(emu.sharpen_backward(g, ref, 0.3), torch_backend.sharpen_backward(g, ref, 0.3), exact_g,
+                       dtype, "bwd")
 
 
 def test_float64_goes_to_the_reference(emu):

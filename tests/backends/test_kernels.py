@@ -150,7 +150,8 @@ def test_contrastive_loss_at_lambda_edges(lam_value, kind, backend):
         def fn(z, backend, lam=lam):
             return fastmix.contrastive_loss(z, q_f, q_r, lam, 0.1, backend=backend)
 
-        _compare(fn, [logits], lambda z: spec64.contrastive(z, q_f, q_r, lam_value, 0.1), torch.float32, "edge", backend)
+        _compare(fn, [logits], lambda z: spec64.contrastive(z, q_f, q_r, lam_value, 0.1), torch.float32, "edge",
+                 backend)
 
 
 @pytest.mark.parametrize(
@@ -287,7 +288,8 @@ def test_mixup(shape, weight_kind, channels_last, dtype, with_perm, backend):
     exact = spec64.mixup(*leaves64, perm)
     exact_grads = torch.autograd.grad(exact, leaves64, grad_out.double())
     assert_as_accurate(out_t, results["torch"][0], exact, dtype, "mixup")
-    for name, g_t, g_r, e in zip(("x_forget", "x_retain", "weight"), results[backend][1:], results["torch"][1:], exact_grads):
+    for name, g_t, g_r, e in zip(("x_forget", "x_retain", "weight"), results[backend][1:], results["torch"][1:],
+                                 exact_grads):
         assert g_t.dtype == g_r.dtype and g_t.shape == g_r.shape
         assert_as_accurate(g_t, g_r, e, dtype, f"mixup grad {name}")
     if weight_kind == "per_sample" and B > 1:
@@ -334,7 +336,8 @@ def test_cuda_graph_capture_and_replay(backend):
     def step():
         loss = fastmix.contrastive_loss(logits, q, q, lam, 0.5, perm=perm, backend=backend)
         (g,) = torch.autograd.grad(loss, logits)
-        return loss, g, fastmix.mixup(x, x, lam, perm, backend=backend), fastmix.sharpen(logits.detach(), backend=backend)
+        return loss, g, fastmix.mixup(x, x, lam, perm, backend=backend), fastmix.sharpen(logits.detach(),
+                                                                                         backend=backend)
 
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())

@@ -25,7 +25,9 @@ def test_sample_lambda_follows_beta(alpha):
     # and the share below 0.1 matches the distribution's (computed by numeric integration)
     grid = torch.linspace(0, 0.1, 200_001, dtype=torch.float64)[1:]
     density = grid ** (alpha - 1) * (1 - grid) ** (alpha - 1)
-    norm = torch.exp(2 * torch.lgamma(torch.tensor(alpha, dtype=torch.float64)) - torch.lgamma(torch.tensor(2 * alpha, dtype=torch.float64)))
+    norm = torch.exp(2 * torch.lgamma(torch.tensor(alpha,
+                                                   dtype=torch.float64)) - torch.lgamma(torch.tensor(2 * alpha,
+                                                                                                     dtype=torch.float64)))
     cdf_01 = float(density.mean() * 0.1 / norm)
     if alpha < 1:  # the integrable singularity at 0: add the part the grid misses analytically
         cdf_01 += float((0.1 / 200_000) ** alpha / alpha / norm)

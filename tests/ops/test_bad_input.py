@@ -59,13 +59,19 @@ class TestMixup:
 
     def test_shapes(self):
         x_f, x_r, perm = self.x_f, self.x_r, self.perm
-        _raises(ValueError, "x_retain must have the trailing shape", fastmix.mixup, x_f, torch.randn(6, 3, 6, 5), 0.5, perm)
-        _raises(ValueError, r"weight as per-sample lambdas must have shape \(4,\)", fastmix.mixup, x_f, x_r, torch.rand(3), perm)
-        _raises(ValueError, r"weight as a mask must have shape \(4, 1, 6, 6\)", fastmix.mixup, x_f, x_r, torch.rand(B, 3, 6, 6), perm)
-        _raises(ValueError, "weight must have 0 or 1 or 4 dimensions", fastmix.mixup, x_f, x_r, torch.rand(B, 6, 6), perm)
-        _raises(ValueError, "a .* mask weight needs", fastmix.mixup, torch.randn(B, 36), torch.randn(B, 36), torch.rand(B, 1, 6, 6))
+        _raises(ValueError, "x_retain must have the trailing shape", fastmix.mixup, x_f, torch.randn(6, 3, 6, 5),
+                0.5, perm)
+        _raises(ValueError, r"weight as per-sample lambdas must have shape \(4,\)", fastmix.mixup, x_f, x_r,
+                torch.rand(3), perm)
+        _raises(ValueError, r"weight as a mask must have shape \(4, 1, 6, 6\)", fastmix.mixup, x_f, x_r,
+                torch.rand(B, 3, 6, 6), perm)
+        _raises(ValueError, "weight must have 0 or 1 or 4 dimensions", fastmix.mixup, x_f, x_r, torch.rand(B, 6, 6),
+                perm)
+        _raises(ValueError, "a .* mask weight needs", fastmix.mixup, torch.randn(B, 36), torch.randn(B, 36),
+                torch.rand(B, 1, 6, 6))
         _raises(ValueError, "without perm, x_retain must have B=4 rows", fastmix.mixup, x_f, x_r, 0.5)
-        _raises(ValueError, "x_forget must have a batch dimension", fastmix.mixup, torch.tensor(1.0), torch.tensor(1.0), 0.5)
+        _raises(ValueError, "x_forget must have a batch dimension", fastmix.mixup, torch.tensor(1.0),
+                torch.tensor(1.0), 0.5)
 
     def test_dtypes_and_devices(self):
         x_f, x_r, perm = self.x_f, self.x_r, self.perm
@@ -77,15 +83,18 @@ class TestMixup:
 
     def test_perm(self):
         x_f, x_r = self.x_f, self.x_r
-        _raises(TypeError, "perm must be an int64 tensor", fastmix.mixup, x_f, x_r, 0.5, torch.tensor([0, 1, 2, 3], dtype=torch.int32))
+        _raises(TypeError, "perm must be an int64 tensor", fastmix.mixup, x_f, x_r, 0.5, torch.tensor([0, 1, 2, 3],
+                                                                                                      dtype=torch.int32))
         _raises(ValueError, r"perm must have shape \(4,\)", fastmix.mixup, x_f, x_r, 0.5, torch.tensor([0, 1]))
-        _raises(ValueError, r"perm holds indices outside \[0, 6\)", fastmix.mixup, x_f, x_r, 0.5, torch.tensor([0, 1, 6, 2]))
-        _raises(ValueError, r"perm holds indices outside \[0, 6\)", fastmix.mixup, x_f, x_r, 0.5, torch.tensor([0, -1, 2, 2]))
+        outside = r"perm holds indices outside \[0, 6\)"
+        _raises(ValueError, outside, fastmix.mixup, x_f, x_r, 0.5, torch.tensor([0, 1, 6, 2]))
+        _raises(ValueError, outside, fastmix.mixup, x_f, x_r, 0.5, torch.tensor([0, -1, 2, 2]))
 
     def test_weight_values(self):
         x_f, x_r, perm = self.x_f, self.x_r, self.perm
         _raises(ValueError, r"weight must lie in \[0, 1\]", fastmix.mixup, x_f, x_r, 1.5, perm)
-        _raises(ValueError, r"weight must lie in \[0, 1\]", fastmix.mixup, x_f, x_r, torch.tensor([0.1, 0.2, -0.1, 0.5]), perm)
+        _raises(ValueError, r"weight must lie in \[0, 1\]", fastmix.mixup, x_f, x_r, torch.tensor([0.1, 0.2, -0.1,
+                                                                                                   0.5]), perm)
         _raises(ValueError, "weight holds NaN", fastmix.mixup, x_f, x_r, torch.full((B, 1, 6, 6), math.nan), perm)
 
 
@@ -97,7 +106,8 @@ class TestContrastiveLoss:
         _raises(ValueError, "logits must have 2 dimensions", loss, z[None], y, y, 0.5, 1.0)
         _raises(ValueError, "logits must have at least one row", loss, z[:0], y[:0], y[:0], 0.5, 1.0)
         _raises(ValueError, "forget_target must have 4 rows", loss, z, _labels(3), y, 0.5, 1.0)
-        _raises(ValueError, r"forget_target as probabilities must have shape \(N, 5\)", loss, z, torch.rand(B, 6), _probs(), 0.5, 1.0)
+        _raises(ValueError, r"forget_target as probabilities must have shape \(N, 5\)", loss, z, torch.rand(B, 6),
+                _probs(), 0.5, 1.0)
         _raises(ValueError, "retain_target must have 4 rows", loss, z, y, _labels(7), 0.5, 1.0)
         _raises(ValueError, "forget_target as labels must be a 1-d int64", loss, z, y[:, None], y, 0.5, 1.0)
         _raises(ValueError, r"lam must be 0-d or have shape \(4,\)", loss, z, y, y, torch.rand(3), 1.0)
@@ -115,8 +125,10 @@ class TestContrastiveLoss:
     def test_values(self):
         z, y = _logits(), _labels()
         loss = fastmix.contrastive_loss
-        _raises(ValueError, r"forget_target holds labels outside \[0, 5\)", loss, z, torch.tensor([0, 5, 1, 1]), y, 0.5, 1.0)
-        _raises(ValueError, r"retain_target holds labels outside \[0, 5\)", loss, z, y, torch.tensor([0, -2, 1, 1]), 0.5, 1.0)
+        _raises(ValueError, r"forget_target holds labels outside \[0, 5\)", loss, z, torch.tensor([0, 5, 1, 1]), y,
+                0.5, 1.0)
+        _raises(ValueError, r"retain_target holds labels outside \[0, 5\)", loss, z, y, torch.tensor([0, -2, 1, 1]),
+                0.5, 1.0)
         q = _probs()
         q[1, 2] = math.nan
         _raises(ValueError, "forget_target holds NaN", loss, z, q, _probs(), 0.5, 1.0)
@@ -129,9 +141,12 @@ class TestContrastiveLoss:
         z, y = _logits(), _labels()
         pool = _labels(9)
         loss = fastmix.contrastive_loss
-        _raises(TypeError, "perm must be an int64 tensor", loss, z, y, pool, 0.5, 1.0, perm=torch.zeros(B, dtype=torch.int32))
-        _raises(ValueError, r"perm must have shape \(4,\)", loss, z, y, pool, 0.5, 1.0, perm=torch.zeros(5, dtype=torch.int64))
-        _raises(ValueError, r"perm holds indices outside \[0, 9\)", loss, z, y, pool, 0.5, 1.0, perm=torch.tensor([0, 9, 1, 2]))
+        _raises(TypeError, "perm must be an int64 tensor", loss, z, y, pool, 0.5, 1.0, perm=torch.zeros(B,
+                                                                                                        dtype=torch.int32))
+        _raises(ValueError, r"perm must have shape \(4,\)", loss, z, y, pool, 0.5, 1.0, perm=torch.zeros(5,
+                                                                                                         dtype=torch.int64))
+        _raises(ValueError, r"perm holds indices outside \[0, 9\)", loss, z, y, pool, 0.5, 1.0,
+                perm=torch.tensor([0, 9, 1, 2]))
 
     @pytest.mark.parametrize("tau", BAD_SCALARS)
     def test_tau(self, tau):
@@ -141,8 +156,10 @@ class TestContrastiveLoss:
 
     def test_reduction(self):
         y = _labels()
-        _raises(ValueError, "reduction must be one of", fastmix.contrastive_loss, _logits(), y, y, 0.5, 1.0, reduction="none")
-        _raises(ValueError, "reduction must be one of", fastmix.real_loss, _logits(), _logits(), y, y, 1.0, reduction="avg")
+        _raises(ValueError, "reduction must be one of", fastmix.contrastive_loss, _logits(), y, y, 0.5, 1.0,
+                reduction="none")
+        _raises(ValueError, "reduction must be one of", fastmix.real_loss, _logits(), _logits(), y, y, 1.0,
+                reduction="avg")
 
 
 class TestRealLoss:
@@ -155,7 +172,8 @@ class TestRealLoss:
         _raises(ValueError, "forget_target must have 3 rows", loss, z_r, z_f, _labels(6), _labels(6), 1.0)
         _raises(TypeError, "targets must all be", loss, z_r, z_f, _labels(6), _probs(3), 1.0)
         _raises(ValueError, "forget_logits must have at least one row", loss, z_r, z_f[:0], _labels(6), _labels(0), 1.0)
-        _raises(ValueError, r"forget_target holds labels outside \[0, 5\)", loss, z_r, z_f, _labels(6), torch.tensor([1, 2, 99]), 1.0)
+        _raises(ValueError, r"forget_target holds labels outside \[0, 5\)", loss, z_r, z_f, _labels(6),
+                torch.tensor([1, 2, 99]), 1.0)
         _raises(ValueError, "one device", loss, z_r, z_f.to("meta"), _labels(6), _labels(3), 1.0)
 
 
@@ -177,7 +195,8 @@ class TestBackendChoice:
         _raises(ValueError, "backend must be one of", fastmix.sharpen, _logits(), 0.3, backend="cudnn")
 
     def test_cuda_backend_on_cpu_says_why(self):
-        _raises(RuntimeError, "fastmix backend 'cuda' cannot run on cpu: ", fastmix.sharpen, _logits(), 0.3, backend="cuda")
+        _raises(RuntimeError, "fastmix backend 'cuda' cannot run on cpu: ", fastmix.sharpen, _logits(), 0.3,
+                backend="cuda")
 
     def test_triton_on_cpu_needs_the_interpreter(self, monkeypatch):
         monkeypatch.setenv("TRITON_INTERPRET", "0")

@@ -102,7 +102,8 @@ def test_the_kernel_checks_values(bad, match, omega):
     if labels:
         q_f, q_r = torch.randint(0, C, (B,), generator=gen), torch.randint(0, C, (N,), generator=gen)
     else:
-        q_f, q_r = torch.softmax(torch.randn(B, C, generator=gen), 1), torch.softmax(torch.randn(N, C, generator=gen), 1)
+        q_f, q_r = torch.softmax(torch.randn(B, C, generator=gen), 1), torch.softmax(torch.randn(N, C,
+                                                                                                 generator=gen), 1)
     lam, perm = torch.rand(B, generator=gen), torch.tensor([0, 2, 2, 1])
     if bad == "forget_label":
         q_f[1] = C

@@ -15,7 +15,8 @@ from fastmix.backends import cpu_backend, kernels_for
 from fastmix.ops import _scale
 
 CPU_OK = cpu_backend.load_error() is None
-BACKENDS = ["torch", "triton", pytest.param("cpu", marks=pytest.mark.skipif(not CPU_OK, reason="C++ CPU kernels not built"))]
+BACKENDS = ["torch", "triton", pytest.param("cpu", marks=pytest.mark.skipif(not CPU_OK, reason="C++ CPU kernels "
+                                                                                               "not built"))]
 
 
 def _gen(*seed):
@@ -66,7 +67,8 @@ def test_loss_matches_spec(backend, kind, reduction, B, N, C, omega, monkeypatch
     args = (q_f, q_r, lam, perm)
     value, grads = _run(lambda a, b, c, *r: loss_fn(a, b, c, *r), [mix, forget, retain], args)
     ref_value, ref_grads = _run(
-        lambda a, b, c, *r: fastmix.MixUnlearnLoss(1.0, 0.7, 2.0, omega, reduction=reduction, backend="torch")(a, b, c, *r),
+        lambda a, b, c, *r: fastmix.MixUnlearnLoss(1.0, 0.7, 2.0, omega, reduction=reduction, backend="torch")(a, b,
+                                                                                                               c, *r),
         [mix, forget, retain], args,
     )
     fn = _exact(omega, 0.7, 2.0, reduction)

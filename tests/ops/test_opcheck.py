@@ -33,7 +33,8 @@ def test_opcheck_losses(backend, kind):
     logits, q_f, q_r, perm = _loss_inputs(kind, gen)
     lam = torch.rand(logits.shape[0], generator=gen).to(DEVICE)
     torch.library.opcheck(_op("contrastive_loss"), (logits, q_f, q_r, lam, perm, 0.5, "sum", True, backend))
-    torch.library.opcheck(_op("contrastive_loss"), (logits.detach(), q_f, q_r[: q_f.shape[0]], lam[0], None, 0.5, "mean", False, backend))
+    torch.library.opcheck(_op("contrastive_loss"), (logits.detach(), q_f, q_r[: q_f.shape[0]], lam[0], None, 0.5,
+                                                    "mean", False, backend))
     retain_logits = torch.randn(q_r.shape[0], logits.shape[1], generator=gen).to(DEVICE).requires_grad_()
     torch.library.opcheck(_op("real_loss"), (retain_logits, logits, q_r, q_f, 2.0, "sum", True, backend))
 

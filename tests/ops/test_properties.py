@@ -98,7 +98,8 @@ def test_sharpen(z, T, backend):
     if out is None:
         return
     assert out.dtype == z.dtype and out.shape == z.shape
-    assert_close_to_exact(out, torch.softmax((z.double() - z.double().amax(1, keepdim=True)) / T, 1), z.dtype, "sharpen")
+    assert_close_to_exact(out, torch.softmax((z.double() - z.double().amax(1, keepdim=True)) / T, 1), z.dtype,
+                          "sharpen")
     if z.dtype == torch.float64 and T > 0.05:
         assert_close_to_exact(out, spec64.sharpen(z, T), z.dtype, "sharpen (power form)")
 

@@ -30,15 +30,18 @@ def test_contrastive_matches_spec(kind, reduction, lam_kind, B, C):
     pool = B + 4
     forget_t, retain_t = _targets(kind, B, C, gen), _targets(kind, pool, C, gen)
     perm = torch.randint(0, pool, (B,), generator=gen)
-    lam = torch.rand((), generator=gen, dtype=torch.float64) if lam_kind == "scalar" else torch.rand(B, generator=gen, dtype=torch.float64)
+    lam_shape = () if lam_kind == "scalar" else (B,)
+    lam = torch.rand(lam_shape, generator=gen, dtype=torch.float64)
     tau = 0.37
 
     value, (grad,) = _grads(
-        lambda z: fastmix.contrastive_loss(z, forget_t, retain_t, lam, tau, perm=perm, reduction=reduction, backend="torch"),
+        lambda z: fastmix.contrastive_loss(z, forget_t, retain_t, lam, tau, perm=perm, reduction=reduction,
+                                           backend="torch"),
         logits,
     )
     exact, (exact_grad,) = spec64.with_grads(
-        spec64.contrastive, logits, forget_target=forget_t, retain_target=retain_t, lam=lam, tau=tau, perm=perm, reduction=reduction
+        spec64.contrastive, logits, forget_target=forget_t, retain_target=retain_t, lam=lam, tau=tau, perm=perm,
+        reduction=reduction,
     )
     assert_close_to_exact(value, exact, torch.float64, "loss")
     assert_close_to_exact(grad, exact_grad, torch.float64, "grad")
