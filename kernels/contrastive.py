@@ -554,14 +554,16 @@ def real_forward(retain_logits, forget_logits, retain_target, forget_target, tau
 
 def loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain_target, lam, perm,
                  tau_mix, tau_real, omega, reduction, with_grad):
-    """L_mix + omega * L_real (SPEC 4, 6) in one call: the mix, retain and forget rows together."""
+    """L_mix + omega * L_real (SPEC 4, 6) in one call: the mix, retain and forget rows together.
+    With ``omega == 0`` the real rows are not read and their gradients are empty, as the
+    backends' interface says."""
     mix = _mix_set(mix_logits, forget_target, retain_target, lam, perm, tau_mix, reduction, with_grad)
     retain = forget = None
-    if retain_logits is not None and forget_logits is not None:
+    if omega != 0:
+        if retain_logits is None or forget_logits is None:
+            raise ValueError("loss_forward: omega != 0 needs retain_logits and forget_logits")
         retain, forget = _real_sets(retain_logits, forget_logits, retain_target, forget_target, tau_real,
                                     reduction, float(omega), with_grad)
-    elif omega != 0:
-        raise ValueError("loss_forward: omega != 0 needs retain_logits and forget_logits")
     loss = _launch(mix, retain, forget, with_grad)
     empty = mix_logits.new_empty(0)
     return (loss, mix.grad, forget.grad if forget is not None else empty,

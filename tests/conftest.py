@@ -9,9 +9,6 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-HAS_CUDA = torch.cuda.is_available()
-needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device; none is visible here")
-
 
 @pytest.fixture(scope="module")
 def one_torch_thread():

@@ -5,7 +5,7 @@ or no built library is present; ``bench/gpu_check.sh`` runs them on a lent GPU.
 """
 import pytest
 import torch
-from conftest import HAS_CUDA
+from devices import HAS_CUDA
 
 import fastmix
 from fastmix.backends import cuda_backend

@@ -43,7 +43,3 @@ def make_digits_case() -> DigitsCase:
                         y_forget=ds.y_train[split.forget], x_retain=ds.x_train[split.retain],
                         y_retain=ds.y_train[split.retain], labels="aware", options={}, seed=0, quiet=True)
     return DigitsCase(ctx)
-
-
-def same_weights(a, b) -> bool:
-    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))

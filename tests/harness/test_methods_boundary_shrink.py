@@ -1,6 +1,6 @@
 """Boundary Shrink on digits: D_f moves to its neighbouring classes, D_r is kept."""
 import pytest
-from conftest import same_weights
+from harness.method_checks import same_weights
 
 from fastmix.harness.methods import get_method
 

@@ -1,6 +1,6 @@
 """Gradient ascent on digits: D_f's accuracy falls faster than D_r's."""
 import pytest
-from conftest import same_weights
+from harness.method_checks import same_weights
 
 from fastmix.harness.methods import get_method
 

@@ -1,6 +1,6 @@
 """l1-sparse on digits: D_f forgotten, D_r kept, the weights shrink."""
 import pytest
-from conftest import same_weights
+from harness.method_checks import same_weights
 
 from fastmix.harness.methods import get_method
 

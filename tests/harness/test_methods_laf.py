@@ -1,6 +1,6 @@
 """Label-Agnostic Forgetting on digits: D_f forgotten, D_r kept; no label is read."""
 import pytest
-from conftest import same_weights
+from harness.method_checks import same_weights
 
 from fastmix.harness.methods import get_method
 

@@ -1,6 +1,6 @@
 """SalUn on digits: D_f forgotten, D_r kept, and only the salient half of the weights moves."""
 import pytest
-from conftest import same_weights
+from harness.method_checks import same_weights
 
 from fastmix.harness.methods import get_method
 

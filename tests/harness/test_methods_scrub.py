@@ -1,6 +1,6 @@
 """SCRUB on digits: D_f forgotten, D_r kept."""
 import pytest
-from conftest import same_weights
+from harness.method_checks import same_weights
 
 from fastmix.harness.methods import get_method
 

@@ -3,7 +3,7 @@ import copy
 
 import pytest
 import torch
-from conftest import same_weights
+from harness.method_checks import same_weights
 
 from fastmix.harness.methods import get_method
 from fastmix.harness.methods.ssd import diagonal_fisher
