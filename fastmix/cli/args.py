@@ -42,6 +42,14 @@ def model_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def seed_list(text: str) -> list[int]:
+    """``--seeds 0,1,2``: distinct seeds, each as ``--seed`` takes it."""
+    seeds = [seed_int(part.strip()) for part in text.split(",") if part.strip()]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated seeds, got {text!r}")
+    return seeds
+
+
 # The split flags of each --setting (default values: Experiment's); a flag of the other setting is refused.
 SPLIT_FLAGS = {"class": ("forget_class",), "data": ("forget_classes", "forget_fraction")}
 

@@ -16,6 +16,7 @@ from .args import (
     experiment_from_args,
     positive_float,
     positive_int,
+    seed_list,
     setting_values,
 )
 
@@ -46,6 +47,9 @@ def add_parser(subparsers) -> None:
     for name, settings in METHOD_SETTINGS.items():
         if settings is not None:
             add_setting_flags(p.add_argument_group(f"{name} (baseline)"), settings)
+    p.add_argument("--seeds", type=seed_list, metavar="S,S,...",
+                   help="run everything once per seed (OUT/seed-N/) and report each metric's mean ± std; "
+                   "replaces --seed")
     p.add_argument("--no-png", action="store_true", help="skip the PNG")
     p.set_defaults(run=run)
 
@@ -82,6 +86,14 @@ def diagnostics(result) -> dict | None:
 
 
 def run(args) -> int:
+    if args.seeds:
+        return run_seeds(args)
+    rc, _, _ = run_one(args)
+    return rc
+
+
+def run_one(args):
+    """One run of every method at ``args.seed``: ``(exit code, result or None, Experiment or None)``."""
     from fastmix.harness.data import DataError
     from fastmix.harness.experiment import run_experiment
     from fastmix.harness.report import format_table, write_png, write_results
@@ -94,7 +106,7 @@ def run(args) -> int:
         exp = experiment_from_args(args, methods, options_from_args(args))
     except ValueError as e:
         print(f"fastmix unlearn: error: {e}")
-        return 2
+        return 2, None, None
     if launched_by_torchrun():  # data-parallel: one process per device, results from rank 0
         exp.device = str(init_from_env(exp.device))
         exp.quiet = exp.quiet or world()[0] != 0
@@ -109,7 +121,7 @@ def run(args) -> int:
         result = run_experiment(exp, log=log, write=write)
     except (DataError, ValueError) as e:
         print(f"fastmix unlearn: error: {e}")
-        return 2
+        return 2, None, None
     finally:
         if launched_by_torchrun():
             import torch.distributed as dist
@@ -117,7 +129,7 @@ def run(args) -> int:
             if dist.is_initialized():
                 dist.destroy_process_group()
     if result is None:  # a rank other than 0 under torchrun
-        return 0
+        return 0, None, exp
     rows, metrics = result["rows"], result["metrics"]
     print(format_table(rows, metrics))
     if not args.no_png:
@@ -128,4 +140,42 @@ def run(args) -> int:
                   mask_stats=mu.mask_stats if mu is not None else None)
     if not args.quiet:
         print(f"wrote {out / 'results.json'}" + ("" if args.no_png else f" and {out / 'results.png'}"))
+    return 0, result, exp
+
+
+def run_seeds(args) -> int:
+    """``--seeds``: one run per seed in ``OUT/seed-N/`` (its own results.json, PNG and
+    cached models), then ``OUT/results.json``, the table and the PNG with each metric's
+    mean and sample standard deviation over the seeds (``METRIC_std``)."""
+    import copy
+
+    from fastmix.harness.report import aggregate, format_table, write_png, write_results
+    from fastmix.mixunlearn.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        print("fastmix unlearn: error: --seeds runs in one process; give torchrun one --seed at a time")
+        return 2
+    out = Path(args.out)
+    per_seed, last = [], None
+    for seed in args.seeds:
+        one = copy.copy(args)
+        one.seed, one.seeds, one.out = seed, None, str(out / f"seed-{seed}")
+        if not args.quiet:
+            print(f"seed {seed}:")
+        rc, result, exp = run_one(one)
+        if rc != 0:
+            return rc
+        per_seed.append(result["rows"])
+        last = (result, exp)
+    result, exp = last
+    rows, metrics = aggregate(per_seed), result["metrics"]
+    print(f"mean ± std over seeds {', '.join(map(str, args.seeds))}:")
+    print(format_table(rows, metrics))
+    settings = results_settings(exp, result)
+    settings.pop("seed", None)
+    settings.update(seeds=list(args.seeds), out=str(out))
+    write_results(out / "results.json", rows, settings)
+    if not args.no_png:
+        title = f"{exp.dataset}, {exp.setting}-level, label-{exp.labels}, seeds {', '.join(map(str, args.seeds))}"
+        write_png(out / "results.png", rows, metrics, None, title)
     return 0

@@ -11,15 +11,34 @@ from .atomic import atomic_write
 
 
 def format_table(rows: dict[str, dict], metrics) -> str:
-    """One row per method (original, retrain, then the methods); metrics in percent."""
-    cols = [*metrics, "avg_gap", "seconds"]
+    """One row per method (original, retrain, then the methods); metrics in percent.
+    A row aggregated over seeds (:func:`aggregate`) shows ``mean ± std``."""
+    cols = [*metrics, "avg_gap", "seconds", *(["RTE"] if all("RTE" in r for r in rows.values()) else [])]
+    spread = any(f"{c}_std" in row for row in rows.values() for c in cols)
+    cell = 17 if spread else 13
     width = max(10, *(len(n) for n in rows)) + 1
-    head = "method".ljust(width) + "".join(c.rjust(13) for c in cols)
+    head = "method".ljust(width) + "".join(c.rjust(cell) for c in cols)
     lines = [head, "-" * len(head)]
     for name, row in rows.items():
-        cells = "".join(f"{row[c]:13.2f}" for c in cols)
+        cells = "".join((f"{row[c]:.2f} ± {row[c + '_std']:.2f}" if f"{c}_std" in row else f"{row[c]:.2f}").rjust(cell)
+                        for c in cols)
         lines.append(name.ljust(width) + cells)
     return "\n".join(lines)
+
+
+def aggregate(per_seed: list[dict[str, dict]]) -> dict[str, dict]:
+    """Rows of several seeds' runs as ``{name: {metric: mean, metric_std: std}}`` (the
+    sample standard deviation; 0 for one seed), over the methods every run has."""
+    names = [n for n in per_seed[0] if all(n in rows for rows in per_seed)]
+    out = {}
+    for name in names:
+        keys = [k for k in per_seed[0][name] if all(k in rows[name] for rows in per_seed)]
+        values = {k: np.array([rows[name][k] for rows in per_seed], dtype=np.float64) for k in keys}
+        out[name] = {}
+        for k, v in values.items():
+            out[name][k] = float(v.mean())
+            out[name][f"{k}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    return out
 
 
 def versions() -> dict:
@@ -109,8 +128,9 @@ def write_png(path: Path, rows: dict[str, dict], metrics, preview=None, title: s
     xs = np.arange(len(metrics))
     for i, name in enumerate(names):
         vals = [rows[name][m] for m in metrics]
-        ax.bar(xs + i * width - 0.4 + width / 2, vals, width, label=f"{name} (gap {rows[name]['avg_gap']:.1f})",
-               edgecolor="black" if name == "retrain" else None)
+        errs = [rows[name][f"{m}_std"] for m in metrics] if f"{metrics[0]}_std" in rows[name] else None
+        ax.bar(xs + i * width - 0.4 + width / 2, vals, width, yerr=errs, capsize=2,
+               label=f"{name} (gap {rows[name]['avg_gap']:.1f})", edgecolor="black" if name == "retrain" else None)
     ax.set_xticks(xs)
     ax.set_xticklabels(metrics, fontsize=8)
     ax.set_ylabel("%")

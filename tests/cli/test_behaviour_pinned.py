@@ -42,6 +42,7 @@ def comparable(doc: dict) -> dict:
     for name, row in doc.items():
         if name != "settings":
             row.pop("seconds", None)
+            row.pop("RTE", None)  # from the seconds
     settings = dict(doc["settings"])
     for key in ("out", "models_dir"):
         settings.pop(key, None)

@@ -1,0 +1,46 @@
+"""`fastmix unlearn --seeds`: one run per seed, then each metric's mean and standard
+deviation over the seeds; and the RTE column of every run."""
+import json
+import math
+
+import pytest
+
+from fastmix.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ARGS = ["unlearn", "--train-epochs", "2", "--unlearn-epochs", "1", "--method", "mixunlearn", "--quiet", "--no-png"]
+
+
+def test_seeds_report_mean_and_std_of_the_per_seed_runs(tmp_path, capsys):
+    assert main([*ARGS, "--seeds", "0,3", "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "mean ± std over seeds 0, 3" in table and "±" in table.splitlines()[-1]
+    runs = [json.loads((tmp_path / f"seed-{s}" / "results.json").read_text()) for s in (0, 3)]
+    assert [r["settings"]["seed"] for r in runs] == [0, 3]
+    assert {k: v for k, v in runs[0]["original"].items() if k not in ("seconds", "RTE")} != \
+        {k: v for k, v in runs[1]["original"].items() if k not in ("seconds", "RTE")}  # the seeds differ
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["settings"]["seeds"] == [0, 3] and "seed" not in doc["settings"]
+    for name in ("original", "retrain", "mixunlearn"):
+        for metric in ("Train_r", "Train_f", "Test_r", "ASR", "avg_gap", "RTE"):
+            values = [r[name][metric] for r in runs]
+            mean = sum(values) / 2
+            std = math.sqrt(sum((v - mean) ** 2 for v in values))  # sample std of two values: |a - b| / sqrt(2)
+            assert doc[name][metric] == pytest.approx(mean) and doc[name][f"{metric}_std"] == pytest.approx(std)
+
+
+def test_each_run_reports_rte_against_retrain(tmp_path):
+    assert main([*ARGS, "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "results.json").read_text())
+    retrain = doc["retrain"]["seconds"]
+    assert doc["retrain"]["RTE"] == pytest.approx(1.0)
+    assert doc["mixunlearn"]["RTE"] == pytest.approx(retrain / doc["mixunlearn"]["seconds"])
+
+
+@pytest.mark.parametrize("seeds", ["0,0", "", "1,x", "-1"])
+def test_bad_seed_lists_are_refused(seeds, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main([*ARGS, "--seeds", seeds, "--out", str(tmp_path)])
+    assert "--seeds" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
