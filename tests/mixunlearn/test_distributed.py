@@ -170,4 +170,6 @@ def test_torchrun_cli_writes_one_result_equal_to_one_process(tmp_path):
     one = json.loads((tmp_path / "one" / "results.json").read_text())
     for metric in ("Train_r", "Train_f", "Test_r", "Test_f", "MIA_efficacy", "avg_gap"):
         assert abs(ddp["mixunlearn"][metric] - one["mixunlearn"][metric]) <= 0.5, metric
-    assert ddp["original"] == {**one["original"], "seconds": ddp["original"]["seconds"]}
+    timing = ("seconds", "RTE")  # RTE is retrain's seconds over the row's
+    assert {k: v for k, v in ddp["original"].items() if k not in timing} == \
+        {k: v for k, v in one["original"].items() if k not in timing}
