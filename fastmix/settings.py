@@ -53,6 +53,16 @@ POSITIVE, NONNEG, OPTIONAL_NONNEG, COUNT = Check("positive"), Check("nonneg"), C
 BOOL, OPTIONAL_BOOL = Check("bool"), Check("optional_bool")
 
 
+# Seeds every run accepts: torch's generators take 64-bit seeds; 2**63 keeps them non-negative int64.
+SEED_LIMIT = 2**63
+
+
+def check_seed(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{name} must be an integer in 0..2**63-1, got {value!r}")
+    return value
+
+
 def choice(*choices) -> Check:
     return Check("choice", tuple(choices))
 

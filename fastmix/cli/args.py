@@ -8,6 +8,7 @@ from fastmix.harness.data import DATASETS
 from fastmix.harness.data.imagefolder import DEFAULT_TEST_FRACTION, NORMALIZATIONS, PROTOCOLS
 from fastmix.harness.experiment import Experiment
 from fastmix.harness.models import MODELS, check_model_name
+from fastmix.settings import SEED_LIMIT
 
 
 def _checked_number(convert, accept, what: str):
@@ -30,7 +31,7 @@ positive_int = _checked_number(int, lambda v: v >= 1, "a positive integer")
 positive_float = _checked_number(float, lambda v: 0 < v < float("inf"), "a finite positive number")
 nonneg_float = _checked_number(float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
 nonneg_int = _checked_number(int, lambda v: v >= 0, "an integer >= 0")
-seed_int = _checked_number(int, lambda v: 0 <= v < 2**63, "an integer seed in 0..2**63-1")
+seed_int = _checked_number(int, lambda v: 0 <= v < SEED_LIMIT, "an integer seed in 0..2**63-1")
 open_fraction = _checked_number(float, lambda v: 0 < v < 1, "a fraction strictly between 0 and 1")
 
 

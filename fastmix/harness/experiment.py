@@ -10,7 +10,7 @@ import torch
 
 from fastmix.mixunlearn.config import CONFIG_FIELDS, ENGINE_FIELDS, EngineOptions, MixUnlearnConfig
 from fastmix.mixunlearn.distributed import barrier, world
-from fastmix.settings import command_line_defaults
+from fastmix.settings import check_seed, command_line_defaults
 
 from .atomic import check_writable, remove_stale_tmp
 from .data import ImageDataset, load_dataset, make_split, parse_classes
@@ -123,9 +123,6 @@ def dataset_options(exp: Experiment, log) -> dict:
                 protocol=exp.protocol, seed=exp.seed, model_input=model_input, log=log)
 
 
-SEED_LIMIT = 2**63  # MixUnlearn's range of seeds (torch generators take 64-bit seeds)
-
-
 def check_device(name: str) -> torch.device:
     """``name`` as a device this machine has: ``cpu``, ``cuda``/``cuda:N`` with a GPU
     present, ``mps`` where available; anything else is refused with the reason."""
@@ -153,8 +150,7 @@ def validate_experiment(exp: Experiment) -> dict:
     not after the models are trained). Returns the resolved options."""
     if exp.dataset not in DEFAULTS:
         raise ValueError(f"dataset must be one of {', '.join(DEFAULTS)}, got {exp.dataset!r}")
-    if isinstance(exp.seed, bool) or not isinstance(exp.seed, int) or not 0 <= exp.seed < SEED_LIMIT:
-        raise ValueError(f"seed (--seed) must be an integer in 0..2**63-1, got {exp.seed!r}")
+    check_seed("seed (--seed)", exp.seed)
     if exp.eval_split not in ("test", "val"):
         raise ValueError(f"eval_split must be 'test' or 'val', got {exp.eval_split!r}")
     if isinstance(exp.val_size, bool) or not isinstance(exp.val_size, int) or exp.val_size < 0:
@@ -206,12 +202,9 @@ def prepare_data(exp: Experiment, log=lambda *a: None) -> tuple[ImageDataset, ob
     return ds, split
 
 
-def check_model(model, ds: ImageDataset, model_name: str, feature_layer: str | None) -> None:
+def check_model(model, ds: ImageDataset, model_name: str) -> None:
     """One forward pass on two training images before any training: a model that cannot
-    take the data set's images (or lacks the named feature layer) is found now."""
-    if feature_layer and feature_layer not in dict(model.named_modules()):
-        raise ValueError(f"feature layer (--feature-layer) {feature_layer!r} is not a module of {model_name}; "
-                         f"its modules: {', '.join(n for n, _ in model.named_modules() if n)}")
+    take the data set's images is found now."""
     was_training = model.training
     try:
         with torch.no_grad():
@@ -261,8 +254,8 @@ def train_original_and_retrained(exp: Experiment, ds: ImageDataset, split, log=p
     rank, world_size = world()
     if rank == 0:
         prepare_outputs(exp, results=False)
-    check_model(first.to(dev), ds, model_name, exp.options.get("feature_layer"))
-    check_feature_layer(first, exp)
+    check_feature_layer(first, model_name, exp)
+    check_model(first.to(dev), ds, model_name)
     meta_orig, meta_ret = model_meta(exp, ds, split, model_name, recipe)
     models_dir = models_dir_of(exp)
     path_orig = models_dir / f"{exp.dataset}-original-{cache_key(**meta_orig)}.pt"
@@ -287,19 +280,23 @@ def train_original_and_retrained(exp: Experiment, ds: ImageDataset, split, log=p
     return original, retrained, {"original": t_orig, "retrain": t_ret}
 
 
-def check_feature_layer(model, exp: Experiment) -> None:
-    """MixUnlearn's MixBlock needs a feature layer: ``--feature-layer`` or the model's
-    default; check it names a module before any training."""
-    from fastmix.mixunlearn.features import find_module
-
+def check_feature_layer(model, model_name: str, exp: Experiment) -> None:
+    """Before any training: a ``--feature-layer`` given must name a module of the model,
+    and MixUnlearn's MixBlock needs one (given, or the model's default)."""
+    modules = [n for n, _ in model.named_modules() if n]
+    given = exp.options.get("feature_layer")
+    if given and given not in modules:
+        raise ValueError(f"feature layer (--feature-layer) {given!r} is not a module of {model_name}; "
+                         f"its modules: {', '.join(modules)}")
     if "mixunlearn" not in exp.methods or exp.options.get("mask") == "beta":
         return
-    name = exp.options.get("feature_layer") or getattr(model, "feature_layer", None)
-    if name is None:
-        some = [n for n, _ in model.named_modules() if n][:12]
-        raise ValueError(f"{type(model).__name__} has no default feature layer: pass --feature-layer NAME, the module "
-                         f"whose output feeds the MixBlock; some names: {some}")
-    find_module(model, name)
+    name = given or getattr(model, "feature_layer", None)
+    if not name:
+        raise ValueError(f"{model_name} has no default feature layer: pass --feature-layer NAME, the module "
+                         f"whose output feeds the MixBlock; some names: {modules[:12]}")
+    if name not in modules:
+        raise ValueError(f"{model_name}'s default feature layer {name!r} is not one of its modules; pass "
+                         f"--feature-layer NAME; some names: {modules[:12]}")
 
 
 def own_model_and_data_key(exp: Experiment, ds: ImageDataset) -> dict:

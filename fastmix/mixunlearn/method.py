@@ -19,6 +19,7 @@ from torch import nn
 from fastmix.ops.loss import MixUnlearnLoss
 from fastmix.ops.mixup import mixup
 from fastmix.ops.sampling import sample_lambda
+from fastmix.settings import check_seed
 
 from . import engine
 from .augment import get_augmentation
@@ -124,7 +125,7 @@ class MixUnlearn:
     :class:`~fastmix.mixunlearn.config.EngineOptions` (how the steps run, never what
     they compute: the fast or the paper-style step, the teacher cache, augmentation,
     mixed precision, channels_last, CUDA graphs, the subnormal flush); each field says
-    its default and range. ``seed`` must be an int in [0, 2**63).
+    its default and range. ``seed`` must be an int in 0..2**63-1.
 
     The frozen original model's logits and features are computed once per sample
     (without augmentation they never change) and read by index afterwards. All
@@ -164,9 +165,7 @@ class MixUnlearn:
             param = next(model.parameters(), None)
             device = param.device if param is not None else torch.device("cpu")
         self.device = torch.device(device)
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
-        self.seed = seed
+        self.seed = check_seed("seed", seed)
         self.quiet = quiet
         self.backend = backend
         self.engine = EngineOptions(**engine_options).validate(self.device, self.config)
