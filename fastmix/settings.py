@@ -19,6 +19,14 @@ class Check:
     kind: str
     choices: tuple = ()
 
+    def __post_init__(self):
+        # a misspelt kind would otherwise fall through to the number checks
+        if self.kind not in KINDS:
+            raise ValueError(f"Check kind must be one of {KINDS}, got {self.kind!r}")
+        if (self.kind == "choice") != bool(self.choices):
+            raise ValueError(f"Check: choices go with kind 'choice' only, got kind {self.kind!r}, "
+                             f"choices {self.choices!r}")
+
     def __call__(self, name: str, value: Any) -> Any:
         if self.kind == "choice":
             if value not in self.choices:
