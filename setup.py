@@ -12,6 +12,8 @@ or when the build fails, the package installs without them.
 
 Environment:
   FASTMIX_CPU=0         never build the C++ CPU kernels
+  FASTMIX_CPU=1         build them, and fail the install if that is impossible
+  (unset)               build them when a C++ compiler is found; on a failed build warn and go on
   CXX                   the C++ compiler for them (default: c++, g++ or clang++ on PATH)
   FASTMIX_CPU_ARCH      -march for them (default "native": the library is built where it runs;
                         "none" leaves the compiler's default, e.g. for a wheel built elsewhere)
@@ -122,6 +124,8 @@ def build_cpu_library(ext, output):
             return
         except (OSError, subprocess.CalledProcessError) as exc:
             failure = exc
+    if os.environ.get("FASTMIX_CPU", "").strip() == "1":
+        raise RuntimeError(f"fastmix: FASTMIX_CPU=1 but building the C++ CPU kernels failed: {failure}") from failure
     print(f"fastmix: WARNING: building the C++ CPU kernels failed ({failure}); installing without them",
           file=sys.stderr)
     if output.exists():
@@ -199,6 +203,9 @@ def cpu_extensions():
         return []
     cxx = os.environ.get("CXX") or next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
     if cxx is None:
+        if mode == "1":
+            raise RuntimeError("FASTMIX_CPU=1 but no C++ compiler was found (set CXX, or put c++, g++ or clang++ "
+                               "on PATH)")
         print("fastmix: no C++ compiler found; installing without the C++ CPU kernels", file=sys.stderr)
         return []
     ext = CpuLibrary(CPU_LIB_NAME,

@@ -185,3 +185,25 @@ def test_build_modes(monkeypatch):
     monkeypatch.setenv("FASTMIX_CUDA_ARCH", "volta")
     with pytest.raises(ValueError, match="FASTMIX_CUDA_ARCH"):
         SETUP.cuda_extensions()
+
+
+def test_cpu_build_modes(monkeypatch, tmp_path):
+    """FASTMIX_CPU=1 makes a missing compiler or a failed build an error, as FASTMIX_CUDA=1 does."""
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("FASTMIX_CPU", "")
+    (ext,) = SETUP.cpu_extensions()
+    output = tmp_path / "lib.so"
+    SETUP.build_cpu_library(ext, output)  # unset: warn and install without the library
+    assert not output.exists()
+    monkeypatch.setenv("FASTMIX_CPU", "1")
+    with pytest.raises(RuntimeError, match="FASTMIX_CPU=1 but building"):
+        SETUP.build_cpu_library(ext, output)
+    monkeypatch.delenv("CXX")
+    monkeypatch.setattr(SETUP.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        SETUP.cpu_extensions()
+    monkeypatch.setenv("FASTMIX_CPU", "")
+    assert SETUP.cpu_extensions() == []
+    monkeypatch.setenv("FASTMIX_CPU", "yes")
+    with pytest.raises(RuntimeError, match="FASTMIX_CPU must be"):
+        SETUP.cpu_extensions()
