@@ -27,9 +27,9 @@ from . import MethodContext, MethodResult, register
 from .common import (
     done,
     fit,
-    frozen_copy,
     generator,
     needs_labels,
+    original_logits,
     read_settings,
     sgd,
     shuffled,
@@ -69,7 +69,9 @@ def run_scrub(ctx: MethodContext) -> MethodResult:
     if s.scrub_gamma > 0:
         needs_labels("scrub", ctx, "the true labels of D_r for its CE term (scrub_gamma > 0; 0 drops it)")
     start = time.perf_counter()
-    model, teacher, gen = student(ctx), frozen_copy(ctx.original), generator(ctx)
+    model, gen = student(ctx), generator(ctx)
+    # The teacher (the original, frozen) sees the same unaugmented samples every epoch: its logits once.
+    teacher = {True: original_logits(ctx, "forget"), False: original_logits(ctx, "retain")}
     n_f, n_r, bs, T = ctx.x_forget.shape[0], ctx.x_retain.shape[0], s.scrub_batch_size, s.scrub_kd_T
 
     def batches(epoch):
@@ -80,9 +82,7 @@ def run_scrub(ctx: MethodContext) -> MethodResult:
         forget, idx = batch
         x = (ctx.x_forget if forget else ctx.x_retain)[idx]
         out = model(x)
-        with torch.no_grad():
-            teacher_logits = teacher(x)
-        kl = distill_kl(out, teacher_logits, T)
+        kl = distill_kl(out, teacher[forget][idx], T)
         if forget:
             return -kl
         if s.scrub_gamma == 0:
