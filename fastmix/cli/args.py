@@ -6,6 +6,7 @@ import sys
 
 from fastmix.harness.data import DATASETS
 from fastmix.harness.data.imagefolder import DEFAULT_TEST_FRACTION, NORMALIZATIONS, PROTOCOLS
+from fastmix.harness.evaluation import AttackSettings
 from fastmix.harness.experiment import Experiment
 from fastmix.harness.models import MODELS, check_model_name
 from fastmix.settings import SEED_LIMIT
@@ -139,8 +140,21 @@ def experiment_from_args(args, methods=(), options=None) -> Experiment:
         test_fraction=args.test_fraction, protocol=args.protocol,
         model=args.model, train_epochs=args.train_epochs, train_lr=args.train_lr,
         val_size=args.val_size, eval_split=args.eval_split, seed=args.seed, out=args.out, models_dir=args.models_dir,
-        device=args.device or default_device(), quiet=args.quiet, options=options or {},
+        device=args.device or default_device(), quiet=args.quiet, attacks=attacks_from_args(args),
+        options=options or {},
     )
+
+
+def add_attack_args(p: argparse.ArgumentParser) -> None:
+    add_setting_flags(p.add_argument_group("membership-inference attacks (SPEC 8)"), AttackSettings)
+
+
+def attacks_from_args(args) -> AttackSettings:
+    """The attack settings given on the command line (a subcommand without those flags: the defaults)."""
+    from fastmix.settings import setting_fields
+
+    given = {f.name: getattr(args, f.name, None) for f in setting_fields(AttackSettings)}
+    return AttackSettings(**{k: v for k, v in given.items() if v is not None})
 
 
 def apply_threads(args) -> None:

@@ -9,6 +9,7 @@ from fastmix.harness.methods import METHOD_SETTINGS, METHODS, expand_method_name
 from fastmix.mixunlearn.config import EngineOptions, MixUnlearnConfig
 
 from .args import (
+    add_attack_args,
     add_data_args,
     add_setting_flags,
     apply_threads,
@@ -31,6 +32,7 @@ def add_parser(subparsers) -> None:
         "global --batch-size (nccl on GPUs, gloo on the CPU); rank 0 trains the models and writes the results.",
     )
     add_data_args(p)
+    add_attack_args(p)
     p.add_argument("--labels", default="aware", choices=("aware", "agnostic"),
                    help="targets: true labels, or sharpened outputs of the original model")
     p.add_argument("--method", default="mixunlearn,finetune",

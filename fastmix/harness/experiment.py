@@ -14,7 +14,7 @@ from fastmix.settings import check_seed, command_line_defaults
 
 from .atomic import check_writable, remove_stale_tmp
 from .data import ImageDataset, load_dataset, make_split, parse_classes
-from .evaluation import avg_gap, evaluate, metric_names
+from .evaluation import AttackSettings, avg_gap, check_attacks, evaluate, metric_names
 from .methods import MethodContext, get_method
 from .models import build_model, default_model_name, file_digest, input_config, load_weights
 from .training import Recipe, cache_key, check_cached, fingerprint, train_or_load
@@ -75,6 +75,7 @@ class Experiment:
     normalize: str | None = None  # imagefolder: imagenet, dataset or none (default: the model's, else dataset)
     test_fraction: float | None = None  # imagefolder, single folder: the share kept for evaluation
     protocol: str | None = None  # "paper-imagenet": the paper's ViT experiment on an image folder
+    attacks: AttackSettings = field(default_factory=AttackSettings)  # how ASR and MIA-Efficacy are run
     options: dict = field(default_factory=dict)
 
 
@@ -161,6 +162,9 @@ def validate_experiment(exp: Experiment) -> dict:
     if exp.labels not in ("aware", "agnostic"):
         raise ValueError(f"labels must be 'aware' or 'agnostic', got {exp.labels!r}")
     device = check_device(exp.device)
+    if not isinstance(exp.attacks, AttackSettings):
+        raise ValueError(f"attacks must be an AttackSettings, got {type(exp.attacks).__name__}")
+    check_attacks(exp.attacks)
     for name in exp.methods:
         get_method(name)  # an unknown name fails here, before any training
     options = resolve_options(exp.dataset, exp.options)
@@ -377,12 +381,13 @@ def run_experiment(exp: Experiment, log=print, write=None) -> dict | None:
         if write is not None:
             write({**result, "pending": list(pending)})
 
-    rows["original"] = {**evaluate(original, ds, split, exp.seed), "seconds": train_seconds["original"]}
-    rows["retrain"] = {**evaluate(retrained, ds, split, exp.seed), "seconds": train_seconds["retrain"]}
+    rows["original"] = {**evaluate(original, ds, split, exp.seed, exp.attacks), "seconds": train_seconds["original"]}
+    rows["retrain"] = {**evaluate(retrained, ds, split, exp.seed, exp.attacks), "seconds": train_seconds["retrain"]}
     finished(exp.methods)
     for i, name in enumerate(exp.methods):
         method_result = get_method(name)(method_context(exp, ds, split, original, options))
-        rows[name] = {**evaluate(method_result.model, ds, split, exp.seed), "seconds": method_result.seconds}
+        rows[name] = {**evaluate(method_result.model, ds, split, exp.seed, exp.attacks),
+                      "seconds": method_result.seconds}
         extras[name] = method_result.extras
         log(f"{name}: {method_result.seconds:.1f}s")
         finished(exp.methods[i + 1:])
