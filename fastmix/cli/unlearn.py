@@ -65,17 +65,53 @@ def options_from_args(args) -> dict:
             "feature_layer": args.feature_layer, "ft_epochs": args.ft_epochs, "ft_lr": args.ft_lr, **baselines}
 
 
-def results_settings(exp, result) -> dict:
-    """The ``settings`` record of results.json."""
+def run_settings(exp, options: dict) -> dict:
+    """What results.json's ``settings`` record of a run before its data are loaded: the
+    Experiment's fields and the resolved ``options``."""
     from dataclasses import asdict
 
     from fastmix.harness.experiment import OWN_MODEL_AND_DATA
 
     settings = {k: v for k, v in asdict(exp).items()
                 if k not in ("options", "quiet") and not (k in OWN_MODEL_AND_DATA and v is None)}
-    settings.update(options=result["options"], n_forget=int(result["split"].forget.numel()),
-                    n_retain=int(result["split"].retain.numel()), n_eval=int(result["dataset"].x_test.shape[0]))
+    settings["options"] = options
     return settings
+
+
+def results_settings(exp, result) -> dict:
+    """The ``settings`` record of results.json."""
+    settings = run_settings(exp, result["options"])
+    settings.update(n_forget=int(result["split"].forget.numel()), n_retain=int(result["split"].retain.numel()),
+                    n_eval=int(result["dataset"].x_test.shape[0]))
+    return settings
+
+
+# Settings that do not change what a run computes (where it writes) or follow from the others (the sizes).
+NOT_COMPARED = ("out", "models_dir", "n_forget", "n_retain", "n_eval")
+# Keys of results.json that are not rows.
+NOT_ROWS = ("pending", "diagnostics", "settings", "versions")
+
+
+def finished_results(path: Path, exp) -> dict | None:
+    """The rows of ``path`` (a results.json) when it holds a complete run (no ``pending``)
+    with ``exp``'s settings apart from :data:`NOT_COMPARED`, else None (missing,
+    unreadable, incomplete or other settings: the run is done again). An image folder's
+    files are not compared, only its path and sizes (as for the cached models)."""
+    import json
+
+    from fastmix.harness.experiment import validate_experiment
+
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("pending") or not isinstance(doc.get("settings"), dict):
+        return None
+    expected = json.loads(json.dumps(run_settings(exp, validate_experiment(exp)), default=str))
+    same = lambda d: {k: v for k, v in d.items() if k not in NOT_COMPARED}  # noqa: E731
+    if same(doc["settings"]) != same(expected):
+        return None
+    return {"rows": {k: v for k, v in doc.items() if k not in NOT_ROWS}, "settings": doc["settings"]}
 
 
 def diagnostics(result) -> dict | None:
@@ -148,9 +184,14 @@ def run_one(args):
 def run_seeds(args) -> int:
     """``--seeds``: one run per seed in ``OUT/seed-N/`` (its own results.json, PNG and
     cached models), then ``OUT/results.json``, the table and the PNG with each metric's
-    mean and sample standard deviation over the seeds (``METRIC_std``)."""
+    mean and sample standard deviation over the seeds (``METRIC_std``).
+
+    A seed whose results.json is complete and has this run's settings (apart from where
+    it is written) is not run again: a stopped ``--seeds`` run resumes with the seeds it
+    had left, and a seed with other settings, or whose run was stopped, is run again."""
     import copy
 
+    from fastmix.harness.evaluation import metric_names
     from fastmix.harness.report import aggregate, format_table, write_png, write_results
     from fastmix.mixunlearn.distributed import launched_by_torchrun
 
@@ -158,26 +199,45 @@ def run_seeds(args) -> int:
         print("fastmix unlearn: error: --seeds runs in one process; give torchrun one --seed at a time")
         return 2
     out = Path(args.out)
-    per_seed, last = [], None
+    per_seed = []
     for seed in args.seeds:
         one = copy.copy(args)
         one.seed, one.seeds, one.out = seed, None, str(out / f"seed-{seed}")
+        done = reusable_run(one)
+        if done is not None:
+            if not args.quiet:
+                print(f"seed {seed}: {Path(one.out) / 'results.json'} is complete with these settings; not run again")
+            per_seed.append(done)
+            continue
         if not args.quiet:
             print(f"seed {seed}:")
         rc, result, exp = run_one(one)
         if rc != 0:
             return rc
-        per_seed.append(result["rows"])
-        last = (result, exp)
-    result, exp = last
-    rows, metrics = aggregate(per_seed), result["metrics"]
+        per_seed.append({"rows": result["rows"], "settings": results_settings(exp, result)})
+    settings = dict(per_seed[-1]["settings"])
+    rows, metrics = aggregate([run["rows"] for run in per_seed]), metric_names(settings["setting"])
     print(f"mean ± std over seeds {', '.join(map(str, args.seeds))}:")
     print(format_table(rows, metrics))
-    settings = results_settings(exp, result)
     settings.pop("seed", None)
     settings.update(seeds=list(args.seeds), out=str(out))
     write_results(out / "results.json", rows, settings)
     if not args.no_png:
-        title = f"{exp.dataset}, {exp.setting}-level, label-{exp.labels}, seeds {', '.join(map(str, args.seeds))}"
+        title = (f"{settings['dataset']}, {settings['setting']}-level, label-{settings['labels']}, "
+                 f"seeds {', '.join(map(str, args.seeds))}")
         write_png(out / "results.png", rows, metrics, None, title)
     return 0
+
+
+def reusable_run(args) -> dict | None:
+    """``{"rows", "settings"}`` of ``OUT/results.json`` when it holds this run, finished
+    (:func:`finished_results`), else None (also for bad arguments, which the run reports)."""
+    try:
+        exp = experiment_from_args(args, expand_method_names(args.method), options_from_args(args))
+        check_args(args)
+    except ValueError:
+        return None
+    try:
+        return finished_results(Path(args.out) / "results.json", exp)
+    except ValueError:
+        return None
