@@ -11,12 +11,11 @@ from fastmix.mixunlearn.config import EngineOptions, MixUnlearnConfig
 from .args import (
     add_attack_args,
     add_data_args,
+    add_recipe_arg,
     add_setting_flags,
     apply_threads,
     check_args,
     experiment_from_args,
-    positive_float,
-    positive_int,
     seed_list,
     setting_values,
 )
@@ -33,6 +32,7 @@ def add_parser(subparsers) -> None:
     )
     add_data_args(p)
     add_attack_args(p)
+    add_recipe_arg(p)
     p.add_argument("--labels", default="aware", choices=("aware", "agnostic"),
                    help="targets: true labels, or sharpened outputs of the original model")
     p.add_argument("--method", default="mixunlearn,finetune",
@@ -43,12 +43,7 @@ def add_parser(subparsers) -> None:
     h.add_argument("--feature-layer", help="module feeding the MixBlock (default: the model's)")
     e = p.add_argument_group("MixUnlearn engine (how the steps run, not what they compute)")
     add_setting_flags(e, EngineOptions)
-    f = p.add_argument_group("fine-tuning baseline")
-    f.add_argument("--ft-epochs", type=positive_int)
-    f.add_argument("--ft-lr", type=positive_float)
-    for name, settings in METHOD_SETTINGS.items():
-        if settings is not None:
-            add_setting_flags(p.add_argument_group(f"{name} (baseline)"), settings)
+    add_method_flags(p)
     p.add_argument("--seeds", type=seed_list, metavar="S,S,...",
                    help="run everything once per seed (OUT/seed-N/) and report each metric's mean ± std; "
                    "replaces --seed")
@@ -56,13 +51,21 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
+def add_method_flags(p) -> None:
+    """The flags of every method's settings but MixUnlearn's (its own groups, with the engine's)."""
+    for name, settings in METHOD_SETTINGS.items():
+        if settings is not None and name != "mixunlearn":
+            add_setting_flags(p.add_argument_group(f"{name} (baseline)"), settings, DEFAULTS)
+
+
 def options_from_args(args) -> dict:
+    """The methods' options given on the command line (None: not given)."""
     baselines = {}
-    for settings in METHOD_SETTINGS.values():
-        if settings is not None:
+    for name, settings in METHOD_SETTINGS.items():
+        if settings is not None and name != "mixunlearn":
             baselines.update(setting_values(args, settings))
     return {**setting_values(args, MixUnlearnConfig), **setting_values(args, EngineOptions),
-            "feature_layer": args.feature_layer, "ft_epochs": args.ft_epochs, "ft_lr": args.ft_lr, **baselines}
+            "feature_layer": args.feature_layer, **baselines}
 
 
 def run_settings(exp, options: dict) -> dict:
@@ -73,7 +76,7 @@ def run_settings(exp, options: dict) -> dict:
     from fastmix.harness.experiment import OWN_MODEL_AND_DATA
 
     settings = {k: v for k, v in asdict(exp).items()
-                if k not in ("options", "quiet") and not (k in OWN_MODEL_AND_DATA and v is None)}
+                if k not in ("options", "quiet") and not ((k in OWN_MODEL_AND_DATA or k == "recipe") and v is None)}
     settings["options"] = options
     return settings
 

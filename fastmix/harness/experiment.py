@@ -76,15 +76,29 @@ class Experiment:
     test_fraction: float | None = None  # imagefolder, single folder: the share kept for evaluation
     protocol: str | None = None  # "paper-imagenet": the paper's ViT experiment on an image folder
     attacks: AttackSettings = field(default_factory=AttackSettings)  # how ASR and MIA-Efficacy are run
+    recipe: str | None = None  # a method recipe file (fastmix.harness.method_recipes) between options and DEFAULTS
     options: dict = field(default_factory=dict)
 
 
-def resolve_options(dataset: str, options: dict) -> dict:
-    """The methods' options of a run: each setting a user left at None takes the data set's
-    default (:data:`DEFAULTS`), else MixUnlearn's own (the command-line settings of
-    :class:`~fastmix.mixunlearn.config.MixUnlearnConfig`); engine options appear only when set."""
+def resolve_options(dataset: str, options: dict, recipe: dict | None = None) -> dict:
+    """The methods' options of a run: each setting a user left at None takes the
+    ``recipe``'s value (flat, :func:`~fastmix.harness.method_recipes.recipe_options`), else
+    the data set's default (:data:`DEFAULTS`), else MixUnlearn's own (the command-line
+    settings of :class:`~fastmix.mixunlearn.config.MixUnlearnConfig`; a baseline's own
+    defaults fill in later, when it reads its settings); engine options appear only when set."""
     base = {**command_line_defaults(MixUnlearnConfig), **{k: v for k, v in DEFAULTS[dataset].items() if k != "train"}}
-    return {**base, **{k: v for k, v in options.items() if v is not None}}
+    return {**base, **(recipe or {}), **{k: v for k, v in options.items() if v is not None}}
+
+
+def recipe_values(exp: Experiment) -> dict:
+    """The flat options ``exp.recipe`` gives ``exp``'s methods (checked; {} without a recipe)."""
+    from .method_recipes import check_recipe_applies, load_recipe, recipe_options
+
+    if exp.recipe is None:
+        return {}
+    recipe = load_recipe(exp.recipe)
+    check_recipe_applies(recipe, exp.recipe, exp.dataset, exp.setting)
+    return recipe_options(recipe, exp.methods)
 
 
 def check_protocol(exp: Experiment) -> None:
@@ -167,7 +181,7 @@ def validate_experiment(exp: Experiment) -> dict:
     check_attacks(exp.attacks)
     for name in exp.methods:
         get_method(name)  # an unknown name fails here, before any training
-    options = resolve_options(exp.dataset, exp.options)
+    options = resolve_options(exp.dataset, exp.options, recipe_values(exp))
     if "mixunlearn" in exp.methods:
         config = MixUnlearnConfig(**{k: v for k, v in options.items() if k in CONFIG_FIELDS and k != "labels"},
                                   labels=exp.labels).validate()

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fastmix.settings import COUNT, POSITIVE, setting
+from fastmix.settings import COUNT, POSITIVE, Grid, LogRange, setting
 
 from . import MethodContext, MethodResult, register
 from .common import (
@@ -49,6 +49,9 @@ class BadTeacherSettings:
 
 
 SETTINGS = BadTeacherSettings
+# Around the reference's Adam lr 1e-4, 1 epoch, T 1.
+SEARCH_SPACE = {"bad_teacher_lr": LogRange(1e-5, 1e-3), "bad_teacher_epochs": Grid((1, 2, 5)),
+                "bad_teacher_T": Grid((1.0, 2.0, 4.0))}
 
 
 def randomly_initialised(model: nn.Module, seed: int) -> nn.Module:
@@ -63,7 +66,7 @@ def randomly_initialised(model: nn.Module, seed: int) -> nn.Module:
     return fresh.eval().requires_grad_(False)
 
 
-@register("bad_teacher", settings=BadTeacherSettings)
+@register("bad_teacher", settings=BadTeacherSettings, search_space=SEARCH_SPACE)
 def run_bad_teacher(ctx: MethodContext) -> MethodResult:
     """Bad teaching (Chundawat et al. 2023)."""
     s = read_settings(BadTeacherSettings, ctx.options)

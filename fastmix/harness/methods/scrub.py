@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from fastmix.settings import COUNT, NONNEG, POSITIVE, setting
+from fastmix.settings import COUNT, NONNEG, POSITIVE, Grid, LogRange, setting
 
 from . import MethodContext, MethodResult, register
 from .common import (
@@ -52,6 +52,9 @@ class ScrubSettings:
 
 
 SETTINGS = ScrubSettings
+# Around the reference's small-scale settings (alpha 0.5 among its sweeps, lr 5e-4, kd_T 4).
+SEARCH_SPACE = {"scrub_lr": LogRange(1e-4, 1e-2), "scrub_epochs": Grid((3, 5, 10)), "scrub_msteps": Grid((1, 2, 3, 5)),
+                "scrub_alpha": Grid((0.001, 0.1, 0.5, 1.0)), "scrub_kd_T": Grid((2.0, 4.0))}
 
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
@@ -60,7 +63,7 @@ def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: fl
                     reduction="batchmean") * T * T
 
 
-@register("scrub", settings=ScrubSettings)
+@register("scrub", settings=ScrubSettings, search_space=SEARCH_SPACE)
 def run_scrub(ctx: MethodContext) -> MethodResult:
     """SCRUB (Kurmanji et al. 2023)."""
     s = read_settings(ScrubSettings, ctx.options)
