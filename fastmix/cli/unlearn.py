@@ -33,22 +33,26 @@ def add_parser(subparsers) -> None:
     add_data_args(p)
     add_attack_args(p)
     add_recipe_arg(p)
+    add_method_args(p, method_help=f"comma-separated, from: {', '.join(METHODS)}; 'all' runs every one (default "
+                    "mixunlearn,finetune)")
+    p.add_argument("--seeds", type=seed_list, metavar="S,S,...",
+                   help="run everything once per seed (OUT/seed-N/) and report each metric's mean ± std; "
+                   "replaces --seed")
+    p.add_argument("--no-png", action="store_true", help="skip the PNG")
+    p.set_defaults(run=run)
+
+
+def add_method_args(p, method_help: str, method_default: str | None = "mixunlearn,finetune") -> None:
+    """--labels, --method and every method's settings (shared by `fastmix unlearn` and `fastmix tune`)."""
     p.add_argument("--labels", default="aware", choices=("aware", "agnostic"),
                    help="targets: true labels, or sharpened outputs of the original model")
-    p.add_argument("--method", default="mixunlearn,finetune",
-                   help=f"comma-separated, from: {', '.join(METHODS)}; 'all' runs every one (default "
-                   "mixunlearn,finetune)")
+    p.add_argument("--method", default=method_default, required=method_default is None, help=method_help)
     h = p.add_argument_group("MixUnlearn (SPEC 6, 7)")
     add_setting_flags(h, MixUnlearnConfig, DEFAULTS)
     h.add_argument("--feature-layer", help="module feeding the MixBlock (default: the model's)")
     e = p.add_argument_group("MixUnlearn engine (how the steps run, not what they compute)")
     add_setting_flags(e, EngineOptions)
     add_method_flags(p)
-    p.add_argument("--seeds", type=seed_list, metavar="S,S,...",
-                   help="run everything once per seed (OUT/seed-N/) and report each metric's mean ± std; "
-                   "replaces --seed")
-    p.add_argument("--no-png", action="store_true", help="skip the PNG")
-    p.set_defaults(run=run)
 
 
 def add_method_flags(p) -> None:
