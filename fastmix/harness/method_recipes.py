@@ -136,13 +136,13 @@ def reference_recipe(dataset: str, setting: str) -> dict:
     from fastmix.settings import default_of
 
     from .experiment import DEFAULTS
-    from .methods import SEARCH_SPACES, recipe_settings
+    from .methods import METHODS, SEARCH_SPACES, recipe_settings
 
     methods = {}
-    for method, space in SEARCH_SPACES.items():
+    for method in METHODS:
         fields = recipe_settings(method)
         entries = {}
-        for name in space:
+        for name in SEARCH_SPACES[method]:
             if name in DEFAULTS[dataset]:
                 value = DEFAULTS[dataset][name]
                 where = f"fastmix.harness.experiment.DEFAULTS['{dataset}'] (its comment says where they come from)"

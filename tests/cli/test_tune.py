@@ -149,3 +149,18 @@ def test_a_search_with_other_settings_is_refused_in_the_same_folder(tmp_path, ca
     assert main(argv) == 0
     assert main([*argv, "--seed", "1"]) == 2
     assert "holds a search of finetune with other settings" in capsys.readouterr().out and len(runs) == 1
+
+
+def test_fastmix_unlearn_takes_the_recipe_tune_wrote_and_a_flag_still_wins(tmp_path):
+    out = tmp_path / "t"
+    assert main([*ARGS, "--method", "finetune", "--budget", "1", "--out", str(out)]) == 0
+    recipe = out / "digits-class.json"
+    tuned = {k: e["value"] for k, e in load_recipe(recipe)["methods"]["finetune"].items()}
+    run = ["unlearn", "--train-epochs", "1", "--method", "finetune", "--quiet", "--no-png", "--recipe", str(recipe)]
+    assert main([*run, "--out", str(tmp_path / "a")]) == 0
+    doc = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert doc["settings"]["recipe"] == str(recipe)
+    assert {k: doc["settings"]["options"][k] for k in tuned} == tuned
+    assert main([*run, "--ft-epochs", "4", "--out", str(tmp_path / "b")]) == 0
+    options = json.loads((tmp_path / "b" / "results.json").read_text())["settings"]["options"]
+    assert options["ft_epochs"] == 4 and options["ft_lr"] == tuned["ft_lr"]

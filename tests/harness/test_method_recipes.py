@@ -40,9 +40,9 @@ def test_fashion_mnist_recipes_are_shipped_for_both_settings():
 def test_every_search_space_names_settings_of_its_method_with_valid_values():
     from fastmix.settings import Grid, LogRange
 
-    for method, space in SEARCH_SPACES.items():
+    for method in expand_method_names("all"):
         fields = recipe_settings(method)
-        for name, dim in space.items():
+        for name, dim in SEARCH_SPACES[method].items():
             assert name in fields, (method, name)
             check = fields[name].metadata["check"]
             values = dim.values if isinstance(dim, Grid) else (dim.low, dim.high)
