@@ -39,6 +39,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--budget", type=positive_int, required=True,
                    help="finished trials per method (a resumed search counts the trials it already finished)")
     p.set_defaults(run=run, eval_split="val", val_size=None, out="fastmix-tune")
+    helps = {"val_size": f"training samples carved out as the validation split the trials are scored on (default "
+                         f"{DEFAULT_VAL_SHARE:.0%}% of the training set)",
+             "eval_split": "val (the default; test is refused: a search never sees the test set)",
+             "out": "output folder: the search's journal, search log, recipe and cached models (default fastmix-tune)"}
+    for action in p._actions:
+        action.help = helps.get(action.dest, action.help)
 
 
 def default_val_size(exp) -> int:

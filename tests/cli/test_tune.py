@@ -164,3 +164,10 @@ def test_fastmix_unlearn_takes_the_recipe_tune_wrote_and_a_flag_still_wins(tmp_p
     assert main([*run, "--ft-epochs", "4", "--out", str(tmp_path / "b")]) == 0
     options = json.loads((tmp_path / "b" / "results.json").read_text())["settings"]["options"]
     assert options["ft_epochs"] == 4 and options["ft_lr"] == tuned["ft_lr"]
+
+
+def test_help_names_the_validation_defaults(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["tune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert e.value.code == 0 and "default 10% of the training set" in text and "--budget" in text
