@@ -114,6 +114,10 @@ def run(args) -> int:
             return 2
     if winners:
         recipe = out / f"{exp.dataset}-{exp.setting}.json"
-        write_recipe(recipe, exp.dataset, exp.setting, winners)
+        try:
+            write_recipe(recipe, exp.dataset, exp.setting, winners)
+        except ValueError as e:  # the folder's recipe is not one: leave it, say so
+            print(f"fastmix tune: error: cannot add the winners to {recipe}: {e}")
+            return 2
         print(f"wrote {recipe} and {out / 'search-log.json'}")
     return 0 if len(winners) == len(methods) else 1
