@@ -120,3 +120,20 @@ def default_of(f: dataclasses.Field):
 def command_line_defaults(cls) -> dict:
     """``{name: default}`` of the settings of ``cls`` that have a command-line flag."""
     return {f.name: default_of(f) for f in setting_fields(cls) if f.metadata["flag"] is not None}
+
+
+# What `fastmix tune` searches: per method, ``{setting name: Grid or LogRange}``, written
+# beside the method's settings (its ``SEARCH_SPACE``) and given to ``register``.
+@dataclass(frozen=True)
+class Grid:
+    """One of these values (a categorical choice)."""
+
+    values: tuple
+
+
+@dataclass(frozen=True)
+class LogRange:
+    """A number drawn log-uniformly from ``[low, high]``."""
+
+    low: float
+    high: float

@@ -22,10 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastmix", description="Fast MixUnlearn: kernels, trainer and evaluation.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_info(subparsers)
-    from . import train, unlearn
+    from . import train, tune, unlearn
 
     train.add_parser(subparsers)
     unlearn.add_parser(subparsers)
+    tune.add_parser(subparsers)
     return parser
 
 

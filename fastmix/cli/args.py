@@ -6,7 +6,9 @@ import sys
 
 from fastmix.harness.data import DATASETS
 from fastmix.harness.data.imagefolder import DEFAULT_TEST_FRACTION, NORMALIZATIONS, PROTOCOLS
+from fastmix.harness.evaluation import AttackSettings
 from fastmix.harness.experiment import Experiment
+from fastmix.harness.method_recipes import NO_RECIPE, packaged_recipe
 from fastmix.harness.models import MODELS, check_model_name
 from fastmix.settings import SEED_LIMIT
 
@@ -139,8 +141,39 @@ def experiment_from_args(args, methods=(), options=None) -> Experiment:
         test_fraction=args.test_fraction, protocol=args.protocol,
         model=args.model, train_epochs=args.train_epochs, train_lr=args.train_lr,
         val_size=args.val_size, eval_split=args.eval_split, seed=args.seed, out=args.out, models_dir=args.models_dir,
-        device=args.device or default_device(), quiet=args.quiet, options=options or {},
+        device=args.device or default_device(), quiet=args.quiet, attacks=attacks_from_args(args),
+        recipe=recipe_of(args), options=options or {},
     )
+
+
+def add_recipe_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", metavar="PATH",
+                   help="the methods' settings for this data set and setting, each with its source (JSON, see "
+                   "fastmix/harness/method_recipes.py); default: the one fastmix ships for the data set and "
+                   f"--setting, if any; '{NO_RECIPE}': none. Flags given win over it, it wins over the defaults")
+
+
+def recipe_of(args) -> str | None:
+    """``--recipe``, else the packaged recipe of the data set and setting (None: no recipe;
+    a subcommand without ``--recipe`` runs no method and takes none)."""
+    if not hasattr(args, "recipe") or args.recipe == NO_RECIPE:
+        return None
+    if args.recipe:
+        return args.recipe
+    found = packaged_recipe(args.dataset, effective_setting(args))
+    return str(found) if found else None
+
+
+def add_attack_args(p: argparse.ArgumentParser) -> None:
+    add_setting_flags(p.add_argument_group("membership-inference attacks (SPEC 8)"), AttackSettings)
+
+
+def attacks_from_args(args) -> AttackSettings:
+    """The attack settings given on the command line (a subcommand without those flags: the defaults)."""
+    from fastmix.settings import setting_fields
+
+    given = {f.name: getattr(args, f.name, None) for f in setting_fields(AttackSettings)}
+    return AttackSettings(**{k: v for k, v in given.items() if v is not None})
 
 
 def apply_threads(args) -> None:

@@ -9,13 +9,13 @@ from fastmix.harness.methods import METHOD_SETTINGS, METHODS, expand_method_name
 from fastmix.mixunlearn.config import EngineOptions, MixUnlearnConfig
 
 from .args import (
+    add_attack_args,
     add_data_args,
+    add_recipe_arg,
     add_setting_flags,
     apply_threads,
     check_args,
     experiment_from_args,
-    positive_float,
-    positive_int,
     seed_list,
     setting_values,
 )
@@ -31,22 +31,10 @@ def add_parser(subparsers) -> None:
         "global --batch-size (nccl on GPUs, gloo on the CPU); rank 0 trains the models and writes the results.",
     )
     add_data_args(p)
-    p.add_argument("--labels", default="aware", choices=("aware", "agnostic"),
-                   help="targets: true labels, or sharpened outputs of the original model")
-    p.add_argument("--method", default="mixunlearn,finetune",
-                   help=f"comma-separated, from: {', '.join(METHODS)}; 'all' runs every one (default "
-                   "mixunlearn,finetune)")
-    h = p.add_argument_group("MixUnlearn (SPEC 6, 7)")
-    add_setting_flags(h, MixUnlearnConfig, DEFAULTS)
-    h.add_argument("--feature-layer", help="module feeding the MixBlock (default: the model's)")
-    e = p.add_argument_group("MixUnlearn engine (how the steps run, not what they compute)")
-    add_setting_flags(e, EngineOptions)
-    f = p.add_argument_group("fine-tuning baseline")
-    f.add_argument("--ft-epochs", type=positive_int)
-    f.add_argument("--ft-lr", type=positive_float)
-    for name, settings in METHOD_SETTINGS.items():
-        if settings is not None:
-            add_setting_flags(p.add_argument_group(f"{name} (baseline)"), settings)
+    add_attack_args(p)
+    add_recipe_arg(p)
+    add_method_args(p, method_help=f"comma-separated, from: {', '.join(METHODS)}; 'all' runs every one (default "
+                    "mixunlearn,finetune)")
     p.add_argument("--seeds", type=seed_list, metavar="S,S,...",
                    help="run everything once per seed (OUT/seed-N/) and report each metric's mean ± std; "
                    "replaces --seed")
@@ -54,26 +42,83 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
+def add_method_args(p, method_help: str, method_default: str | None = "mixunlearn,finetune") -> None:
+    """--labels, --method and every method's settings (shared by `fastmix unlearn` and `fastmix tune`)."""
+    p.add_argument("--labels", default="aware", choices=("aware", "agnostic"),
+                   help="targets: true labels, or sharpened outputs of the original model")
+    p.add_argument("--method", default=method_default, required=method_default is None, help=method_help)
+    h = p.add_argument_group("MixUnlearn (SPEC 6, 7)")
+    add_setting_flags(h, MixUnlearnConfig, DEFAULTS)
+    h.add_argument("--feature-layer", help="module feeding the MixBlock (default: the model's)")
+    e = p.add_argument_group("MixUnlearn engine (how the steps run, not what they compute)")
+    add_setting_flags(e, EngineOptions)
+    add_method_flags(p)
+
+
+def add_method_flags(p) -> None:
+    """The flags of every method's settings but MixUnlearn's (its own groups, with the engine's)."""
+    for name, settings in METHOD_SETTINGS.items():
+        if settings is not None and name != "mixunlearn":
+            add_setting_flags(p.add_argument_group(f"{name} (baseline)"), settings, DEFAULTS)
+
+
 def options_from_args(args) -> dict:
+    """The methods' options given on the command line (None: not given)."""
     baselines = {}
-    for settings in METHOD_SETTINGS.values():
-        if settings is not None:
+    for name, settings in METHOD_SETTINGS.items():
+        if settings is not None and name != "mixunlearn":
             baselines.update(setting_values(args, settings))
     return {**setting_values(args, MixUnlearnConfig), **setting_values(args, EngineOptions),
-            "feature_layer": args.feature_layer, "ft_epochs": args.ft_epochs, "ft_lr": args.ft_lr, **baselines}
+            "feature_layer": args.feature_layer, **baselines}
 
 
-def results_settings(exp, result) -> dict:
-    """The ``settings`` record of results.json."""
+def run_settings(exp, options: dict) -> dict:
+    """What results.json's ``settings`` record of a run before its data are loaded: the
+    Experiment's fields and the resolved ``options``."""
     from dataclasses import asdict
 
     from fastmix.harness.experiment import OWN_MODEL_AND_DATA
 
     settings = {k: v for k, v in asdict(exp).items()
-                if k not in ("options", "quiet") and not (k in OWN_MODEL_AND_DATA and v is None)}
-    settings.update(options=result["options"], n_forget=int(result["split"].forget.numel()),
-                    n_retain=int(result["split"].retain.numel()), n_eval=int(result["dataset"].x_test.shape[0]))
+                if k not in ("options", "quiet") and not ((k in OWN_MODEL_AND_DATA or k == "recipe") and v is None)}
+    settings["options"] = options
     return settings
+
+
+def results_settings(exp, result) -> dict:
+    """The ``settings`` record of results.json."""
+    settings = run_settings(exp, result["options"])
+    settings.update(n_forget=int(result["split"].forget.numel()), n_retain=int(result["split"].retain.numel()),
+                    n_eval=int(result["dataset"].x_test.shape[0]))
+    return settings
+
+
+# Settings that do not change what a run computes (where it writes) or follow from the others (the sizes).
+NOT_COMPARED = ("out", "models_dir", "n_forget", "n_retain", "n_eval")
+# Keys of results.json that are not rows.
+NOT_ROWS = ("pending", "diagnostics", "settings", "versions")
+
+
+def finished_results(path: Path, exp) -> dict | None:
+    """The rows of ``path`` (a results.json) when it holds a complete run (no ``pending``)
+    with ``exp``'s settings apart from :data:`NOT_COMPARED`, else None (missing,
+    unreadable, incomplete or other settings: the run is done again). An image folder's
+    files are not compared, only its path and sizes (as for the cached models)."""
+    import json
+
+    from fastmix.harness.experiment import validate_experiment
+
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("pending") or not isinstance(doc.get("settings"), dict):
+        return None
+    expected = json.loads(json.dumps(run_settings(exp, validate_experiment(exp)), default=str))
+    same = lambda d: {k: v for k, v in d.items() if k not in NOT_COMPARED}  # noqa: E731
+    if same(doc["settings"]) != same(expected):
+        return None
+    return {"rows": {k: v for k, v in doc.items() if k not in NOT_ROWS}, "settings": doc["settings"]}
 
 
 def diagnostics(result) -> dict | None:
@@ -146,9 +191,14 @@ def run_one(args):
 def run_seeds(args) -> int:
     """``--seeds``: one run per seed in ``OUT/seed-N/`` (its own results.json, PNG and
     cached models), then ``OUT/results.json``, the table and the PNG with each metric's
-    mean and sample standard deviation over the seeds (``METRIC_std``)."""
+    mean and sample standard deviation over the seeds (``METRIC_std``).
+
+    A seed whose results.json is complete and has this run's settings (apart from where
+    it is written) is not run again: a stopped ``--seeds`` run resumes with the seeds it
+    had left, and a seed with other settings, or whose run was stopped, is run again."""
     import copy
 
+    from fastmix.harness.evaluation import metric_names
     from fastmix.harness.report import aggregate, format_table, write_png, write_results
     from fastmix.mixunlearn.distributed import launched_by_torchrun
 
@@ -156,26 +206,45 @@ def run_seeds(args) -> int:
         print("fastmix unlearn: error: --seeds runs in one process; give torchrun one --seed at a time")
         return 2
     out = Path(args.out)
-    per_seed, last = [], None
+    per_seed = []
     for seed in args.seeds:
         one = copy.copy(args)
         one.seed, one.seeds, one.out = seed, None, str(out / f"seed-{seed}")
+        done = reusable_run(one)
+        if done is not None:
+            if not args.quiet:
+                print(f"seed {seed}: {Path(one.out) / 'results.json'} is complete with these settings; not run again")
+            per_seed.append(done)
+            continue
         if not args.quiet:
             print(f"seed {seed}:")
         rc, result, exp = run_one(one)
         if rc != 0:
             return rc
-        per_seed.append(result["rows"])
-        last = (result, exp)
-    result, exp = last
-    rows, metrics = aggregate(per_seed), result["metrics"]
+        per_seed.append({"rows": result["rows"], "settings": results_settings(exp, result)})
+    settings = dict(per_seed[-1]["settings"])
+    rows, metrics = aggregate([run["rows"] for run in per_seed]), metric_names(settings["setting"])
     print(f"mean ± std over seeds {', '.join(map(str, args.seeds))}:")
     print(format_table(rows, metrics))
-    settings = results_settings(exp, result)
     settings.pop("seed", None)
     settings.update(seeds=list(args.seeds), out=str(out))
     write_results(out / "results.json", rows, settings)
     if not args.no_png:
-        title = f"{exp.dataset}, {exp.setting}-level, label-{exp.labels}, seeds {', '.join(map(str, args.seeds))}"
+        title = (f"{settings['dataset']}, {settings['setting']}-level, label-{settings['labels']}, "
+                 f"seeds {', '.join(map(str, args.seeds))}")
         write_png(out / "results.png", rows, metrics, None, title)
     return 0
+
+
+def reusable_run(args) -> dict | None:
+    """``{"rows", "settings"}`` of ``OUT/results.json`` when it holds this run, finished
+    (:func:`finished_results`), else None (also for bad arguments, which the run reports)."""
+    try:
+        exp = experiment_from_args(args, expand_method_names(args.method), options_from_args(args))
+        check_args(args)
+    except ValueError:
+        return None
+    try:
+        return finished_results(Path(args.out) / "results.json", exp)
+    except ValueError:
+        return None

@@ -14,7 +14,7 @@ from fastmix.settings import check_seed, command_line_defaults
 
 from .atomic import check_writable, remove_stale_tmp
 from .data import ImageDataset, load_dataset, make_split, parse_classes
-from .evaluation import avg_gap, evaluate, metric_names
+from .evaluation import AttackSettings, avg_gap, check_attacks, evaluate, metric_names
 from .methods import MethodContext, get_method
 from .models import build_model, default_model_name, file_digest, input_config, load_weights
 from .training import Recipe, cache_key, check_cached, fingerprint, train_or_load
@@ -75,15 +75,30 @@ class Experiment:
     normalize: str | None = None  # imagefolder: imagenet, dataset or none (default: the model's, else dataset)
     test_fraction: float | None = None  # imagefolder, single folder: the share kept for evaluation
     protocol: str | None = None  # "paper-imagenet": the paper's ViT experiment on an image folder
+    attacks: AttackSettings = field(default_factory=AttackSettings)  # how ASR and MIA-Efficacy are run
+    recipe: str | None = None  # a method recipe file (fastmix.harness.method_recipes) between options and DEFAULTS
     options: dict = field(default_factory=dict)
 
 
-def resolve_options(dataset: str, options: dict) -> dict:
-    """The methods' options of a run: each setting a user left at None takes the data set's
-    default (:data:`DEFAULTS`), else MixUnlearn's own (the command-line settings of
-    :class:`~fastmix.mixunlearn.config.MixUnlearnConfig`); engine options appear only when set."""
+def resolve_options(dataset: str, options: dict, recipe: dict | None = None) -> dict:
+    """The methods' options of a run: each setting a user left at None takes the
+    ``recipe``'s value (flat, :func:`~fastmix.harness.method_recipes.recipe_options`), else
+    the data set's default (:data:`DEFAULTS`), else MixUnlearn's own (the command-line
+    settings of :class:`~fastmix.mixunlearn.config.MixUnlearnConfig`; a baseline's own
+    defaults fill in later, when it reads its settings); engine options appear only when set."""
     base = {**command_line_defaults(MixUnlearnConfig), **{k: v for k, v in DEFAULTS[dataset].items() if k != "train"}}
-    return {**base, **{k: v for k, v in options.items() if v is not None}}
+    return {**base, **(recipe or {}), **{k: v for k, v in options.items() if v is not None}}
+
+
+def recipe_values(exp: Experiment) -> dict:
+    """The flat options ``exp.recipe`` gives ``exp``'s methods (checked; {} without a recipe)."""
+    from .method_recipes import check_recipe_applies, load_recipe, recipe_options
+
+    if exp.recipe is None:
+        return {}
+    recipe = load_recipe(exp.recipe)
+    check_recipe_applies(recipe, exp.recipe, exp.dataset, exp.setting)
+    return recipe_options(recipe, exp.methods)
 
 
 def check_protocol(exp: Experiment) -> None:
@@ -161,9 +176,12 @@ def validate_experiment(exp: Experiment) -> dict:
     if exp.labels not in ("aware", "agnostic"):
         raise ValueError(f"labels must be 'aware' or 'agnostic', got {exp.labels!r}")
     device = check_device(exp.device)
+    if not isinstance(exp.attacks, AttackSettings):
+        raise ValueError(f"attacks must be an AttackSettings, got {type(exp.attacks).__name__}")
+    check_attacks(exp.attacks)
     for name in exp.methods:
         get_method(name)  # an unknown name fails here, before any training
-    options = resolve_options(exp.dataset, exp.options)
+    options = resolve_options(exp.dataset, exp.options, recipe_values(exp))
     if "mixunlearn" in exp.methods:
         config = MixUnlearnConfig(**{k: v for k, v in options.items() if k in CONFIG_FIELDS and k != "labels"},
                                   labels=exp.labels).validate()
@@ -377,12 +395,13 @@ def run_experiment(exp: Experiment, log=print, write=None) -> dict | None:
         if write is not None:
             write({**result, "pending": list(pending)})
 
-    rows["original"] = {**evaluate(original, ds, split, exp.seed), "seconds": train_seconds["original"]}
-    rows["retrain"] = {**evaluate(retrained, ds, split, exp.seed), "seconds": train_seconds["retrain"]}
+    rows["original"] = {**evaluate(original, ds, split, exp.seed, exp.attacks), "seconds": train_seconds["original"]}
+    rows["retrain"] = {**evaluate(retrained, ds, split, exp.seed, exp.attacks), "seconds": train_seconds["retrain"]}
     finished(exp.methods)
     for i, name in enumerate(exp.methods):
         method_result = get_method(name)(method_context(exp, ds, split, original, options))
-        rows[name] = {**evaluate(method_result.model, ds, split, exp.seed), "seconds": method_result.seconds}
+        rows[name] = {**evaluate(method_result.model, ds, split, exp.seed, exp.attacks),
+                      "seconds": method_result.seconds}
         extras[name] = method_result.extras
         log(f"{name}: {method_result.seconds:.1f}s")
         finished(exp.methods[i + 1:])

@@ -19,6 +19,7 @@ from fastmix.settings import (
     OPTIONAL_NONNEG,
     POSITIVE,
     Flag,
+    Grid,
     choice,
     setting,
     setting_fields,
@@ -170,6 +171,10 @@ class EngineOptions:
         torch's default (foreach), which the CUDA-graph path captures with ``capturable=True``."""
         return self.step == "fast" and device.type == "cpu"
 
+
+# What `fastmix tune` searches: the paper's grids (SPEC 7).
+SEARCH_SPACE = {"omega": Grid((0.5, 1.0, 10.0, 20.0, 30.0)), "tau_real": Grid((2.0, 5.0, 10.0, 20.0, 40.0)),
+                "tau_mix": Grid((1.0, 10.0, 20.0, 50.0)), "tau_gen": Grid((0.05, 0.1, 0.5, 1.0, 5.0))}
 
 CONFIG_FIELDS = tuple(f.name for f in setting_fields(MixUnlearnConfig))
 ENGINE_FIELDS = tuple(f.name for f in setting_fields(EngineOptions))

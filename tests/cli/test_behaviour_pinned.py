@@ -33,6 +33,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # comparison at their defaults only: any other value still fails it.
 ADDED_SETTINGS = {"lambda_per": "sample", "generator_opponent": "live", "mixblock_init": "torch",
                   "mask_upsample": "bilinear"}
+# The same for the run's settings outside the options.
+ADDED_RUN_SETTINGS = {"attacks": {"asr_model": "hgb", "mia_sampling": "fastmix"}}
 
 
 def comparable(doc: dict) -> dict:
@@ -46,6 +48,9 @@ def comparable(doc: dict) -> dict:
     settings = dict(doc["settings"])
     for key in ("out", "models_dir"):
         settings.pop(key, None)
+    for key, default in ADDED_RUN_SETTINGS.items():
+        if settings.get(key) == default:
+            del settings[key]
     if "options" in settings:
         settings["options"] = {k: v for k, v in settings["options"].items()
                                if not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])}

@@ -44,3 +44,34 @@ def test_bad_seed_lists_are_refused(seeds, tmp_path, capsys):
         main([*ARGS, "--seeds", seeds, "--out", str(tmp_path)])
     assert "--seeds" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_rerun_skips_finished_seeds_and_reruns_stopped_or_changed_ones(tmp_path, monkeypatch):
+    import fastmix.harness.experiment as experiment
+
+    runs = []
+    real = experiment.run_experiment
+
+    def counting(exp, **kw):
+        runs.append(exp.seed)
+        return real(exp, **kw)
+
+    monkeypatch.setattr(experiment, "run_experiment", counting)
+    argv = [*ARGS, "--seeds", "0,3", "--out", str(tmp_path)]
+    assert main(argv) == 0 and runs == [0, 3]
+    files = [tmp_path / f"seed-{s}" / "results.json" for s in (0, 3)]
+    stamps = [p.stat().st_mtime_ns for p in files]
+    first = json.loads((tmp_path / "results.json").read_text())
+
+    assert main(argv) == 0 and runs == [0, 3]  # both complete with the same settings: nothing runs
+    assert [p.stat().st_mtime_ns for p in files] == stamps
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert {k: v for k, v in again.items() if k != "versions"} == {k: v for k, v in first.items() if k != "versions"}
+
+    stopped = json.loads(files[1].read_text())
+    files[1].write_text(json.dumps({**stopped, "pending": ["mixunlearn"]}))  # as a run stopped half-way leaves it
+    assert main(argv) == 0 and runs == [0, 3, 3]
+    assert "pending" not in json.loads(files[1].read_text())
+
+    assert main([*argv, "--omega", "2"]) == 0 and runs == [0, 3, 3, 0, 3]  # other settings: both again
+    assert json.loads(files[0].read_text())["settings"]["options"]["omega"] == 2.0

@@ -11,6 +11,7 @@ from fastmix.cli.args import add_setting_flags
 from fastmix.harness.methods import (
     METHOD_SETTINGS,
     METHODS,
+    SEARCH_SPACES,
     MethodContext,
     expand_method_names,
     get_method,
@@ -117,5 +118,6 @@ def test_register_stays_open_and_get_method_returns_the_callable():
 
     try:
         assert get_method("test_registry_probe") is probe and method_settings("test_registry_probe") is None
+        assert SEARCH_SPACES["test_registry_probe"] == {}
     finally:
-        del METHODS["test_registry_probe"], METHOD_SETTINGS["test_registry_probe"]
+        del METHODS["test_registry_probe"], METHOD_SETTINGS["test_registry_probe"], SEARCH_SPACES["test_registry_probe"]

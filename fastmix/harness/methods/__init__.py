@@ -1,9 +1,10 @@
 """Unlearning methods by name, one module each in this package.
 
 Every method has the same signature: it takes a :class:`MethodContext` and returns a
-:class:`MethodResult`. A module adds its method with ``@register("name", settings=...)``,
-where ``settings`` is the dataclass of its settings (:mod:`fastmix.settings`), read
-from ``ctx.options`` by field name; the modules below are imported at the end of this
+:class:`MethodResult`. A module adds its method with ``@register("name", settings=...,
+search_space=...)``, where ``settings`` is the dataclass of its settings
+(:mod:`fastmix.settings`), read from ``ctx.options`` by field name, and ``search_space``
+what ``fastmix tune`` searches (``{setting: Grid or LogRange}``); the modules below are imported at the end of this
 file, so that importing the registry registers all of them. ``register`` stays open for
 methods defined elsewhere.
 """
@@ -42,12 +43,15 @@ class MethodResult:
 METHODS: dict[str, Callable[[MethodContext], MethodResult]] = {}
 # The settings dataclass of each method (None: the method reads ``ctx.options`` its own way).
 METHOD_SETTINGS: dict[str, type | None] = {}
+# What `fastmix tune` searches for each method: {setting name: fastmix.settings.Grid or LogRange}.
+SEARCH_SPACES: dict[str, dict] = {}
 
 
-def register(name: str, settings: type | None = None):
+def register(name: str, settings: type | None = None, search_space: dict | None = None):
     def wrap(fn):
         METHODS[name] = fn
         METHOD_SETTINGS[name] = settings
+        SEARCH_SPACES[name] = dict(search_space or {})
         return fn
 
     return wrap
@@ -63,6 +67,15 @@ def method_settings(name: str) -> type | None:
     """The settings dataclass ``name`` was registered with (None if it has none)."""
     get_method(name)
     return METHOD_SETTINGS[name]
+
+
+def recipe_settings(name: str) -> dict:
+    """``{setting name: dataclass field}`` of method ``name`` that a recipe or a search may
+    set: the fields of its settings dataclass that have a command-line flag."""
+    from fastmix.settings import setting_fields
+
+    cls = method_settings(name)
+    return {} if cls is None else {f.name: f for f in setting_fields(cls) if f.metadata["flag"] is not None}
 
 
 def expand_method_names(text: str) -> list[str]:

@@ -22,10 +22,20 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fastmix.settings import COUNT, POSITIVE, setting
+from fastmix.settings import COUNT, POSITIVE, Grid, LogRange, setting
 
 from . import MethodContext, MethodResult, register
-from .common import done, fit, frozen_copy, generator, read_settings, shuffled, steps_per_epoch, student
+from .common import (
+    done,
+    fit,
+    generator,
+    logits_of,
+    original_logits,
+    read_settings,
+    shuffled,
+    steps_per_epoch,
+    student,
+)
 
 
 @dataclass
@@ -39,6 +49,9 @@ class BadTeacherSettings:
 
 
 SETTINGS = BadTeacherSettings
+# Around the reference's Adam lr 1e-4, 1 epoch, T 1.
+SEARCH_SPACE = {"bad_teacher_lr": LogRange(1e-5, 1e-3), "bad_teacher_epochs": Grid((1, 2, 5)),
+                "bad_teacher_T": Grid((1.0, 2.0, 4.0))}
 
 
 def randomly_initialised(model: nn.Module, seed: int) -> nn.Module:
@@ -53,7 +66,7 @@ def randomly_initialised(model: nn.Module, seed: int) -> nn.Module:
     return fresh.eval().requires_grad_(False)
 
 
-@register("bad_teacher", settings=BadTeacherSettings)
+@register("bad_teacher", settings=BadTeacherSettings, search_space=SEARCH_SPACE)
 def run_bad_teacher(ctx: MethodContext) -> MethodResult:
     """Bad teaching (Chundawat et al. 2023)."""
     s = read_settings(BadTeacherSettings, ctx.options)
@@ -61,20 +74,21 @@ def run_bad_teacher(ctx: MethodContext) -> MethodResult:
         raise ValueError(f"bad_teacher_retain_share must be in (0, 1], got {s.bad_teacher_retain_share}")
     start = time.perf_counter()
     model, gen = student(ctx), generator(ctx)
-    good, bad = frozen_copy(ctx.original), randomly_initialised(ctx.original, ctx.seed + 1)
+    bad = randomly_initialised(ctx.original, ctx.seed + 1)
     n_r = ctx.x_retain.shape[0]
     keep = torch.randperm(n_r, generator=gen, device=gen.device)[: max(1, int(s.bad_teacher_retain_share * n_r))]
     x = torch.cat([ctx.x_forget, ctx.x_retain[keep]])
     is_forget = torch.zeros(x.shape[0], 1, device=x.device)
     is_forget[: ctx.x_forget.shape[0]] = 1.0
     T = s.bad_teacher_T
+    # Both teachers are frozen and the data unaugmented: their targets once, not every epoch.
+    good_logits = torch.cat([original_logits(ctx, "forget"), original_logits(ctx, "retain")[keep]])
+    with torch.no_grad():
+        targets = is_forget * F.softmax(logits_of(bad, x) / T, 1) + (1 - is_forget) * F.softmax(good_logits / T, 1)
 
     def loss(_, idx):
-        xb, u = x[idx], is_forget[idx]
-        with torch.no_grad():
-            target = u * F.softmax(bad(xb) / T, 1) + (1 - u) * F.softmax(good(xb) / T, 1)
-        out = F.log_softmax(model(xb) / T, 1)
-        return F.kl_div(out, target, reduction="sum") / out.numel()
+        out = F.log_softmax(model(x[idx]) / T, 1)
+        return F.kl_div(out, targets[idx], reduction="sum") / out.numel()
 
     n = x.shape[0]
     fit(torch.optim.Adam(model.parameters(), lr=s.bad_teacher_lr), loss,

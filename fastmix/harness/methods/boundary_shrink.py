@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fastmix.settings import COUNT, POSITIVE, setting
+from fastmix.settings import COUNT, POSITIVE, Grid, LogRange, setting
 
 from . import MethodContext, MethodResult, register
 from .common import (
@@ -54,6 +54,9 @@ class BoundaryShrinkSettings:
 
 
 SETTINGS = BoundaryShrinkSettings
+# Around the reference's step 0.1, lr 1e-5 and 10 passes.
+SEARCH_SPACE = {"boundary_eps": Grid((0.05, 0.1, 0.2)), "boundary_lr": LogRange(1e-6, 1e-3),
+                "boundary_epochs": Grid((5, 10))}
 
 
 def channel_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +80,7 @@ def nearest_wrong_class(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     return torch.cat(out)
 
 
-@register("boundary_shrink", settings=BoundaryShrinkSettings)
+@register("boundary_shrink", settings=BoundaryShrinkSettings, search_space=SEARCH_SPACE)
 def run_boundary_shrink(ctx: MethodContext) -> MethodResult:
     """Boundary Shrink (Chen et al. 2023)."""
     s = read_settings(BoundaryShrinkSettings, ctx.options)

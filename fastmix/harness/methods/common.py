@@ -94,6 +94,20 @@ def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torc
     return out
 
 
+def original_logits(ctx: MethodContext, which: str) -> torch.Tensor:
+    """The original model's logits on D_f (``which="forget"``) or D_r (``"retain"``), one
+    row per sample, computed once per run (eval mode, batches of 1024, no autograd).
+
+    For the distillation-style baselines: the original is frozen and the data are not
+    augmented, so its logits on a sample are the same in every epoch; indexing these
+    rows gives what a forward pass of the frozen copy on each batch gave (a model whose
+    outputs for a sample depend on the other samples of its batch would differ, but
+    in eval mode BatchNorm uses its running statistics)."""
+    if which not in ("forget", "retain"):
+        raise ValueError(f"which must be 'forget' or 'retain', got {which!r}")
+    return logits_of(ctx.original, ctx.x_forget if which == "forget" else ctx.x_retain)
+
+
 def num_classes(ctx: MethodContext) -> int:
     return int(logits_of(ctx.original, ctx.x_forget[:1]).shape[1])
 

@@ -3,15 +3,30 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 
 import torch
 
 from fastmix.harness.training import Recipe, train_classifier
+from fastmix.settings import COUNT, POSITIVE, Grid, LogRange, setting
 
 from . import MethodContext, MethodResult, register
 
 
-@register("finetune")
+@dataclass
+class FinetuneSettings:
+    """Its defaults are the data set's (fastmix.harness.experiment.DEFAULTS); these are
+    the ones of the paper-size data sets."""
+
+    ft_lr: float = setting(1e-4, "fine-tuning: Adam learning rate", POSITIVE, flag="--ft-lr")
+    ft_epochs: int = setting(2, "fine-tuning: passes over D_r", COUNT, flag="--ft-epochs")
+
+
+SETTINGS = FinetuneSettings
+SEARCH_SPACE = {"ft_lr": LogRange(1e-5, 1e-2), "ft_epochs": Grid((1, 2, 5))}
+
+
+@register("finetune", settings=FinetuneSettings, search_space=SEARCH_SPACE)
 def run_finetune(ctx: MethodContext) -> MethodResult:
     """Fine-tune the original model on D_r with cross-entropy (Adam, ``ft_lr``,
     ``ft_epochs``). Label-agnostic: the labels are the original model's predictions."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from fastmix.settings import COUNT, NONNEG, POSITIVE, setting
+from fastmix.settings import COUNT, NONNEG, POSITIVE, Grid, LogRange, setting
 
 from . import MethodContext, MethodResult, register
 from .common import done, fit, generator, needs_labels, read_settings, sgd, shuffled, steps_per_epoch, student
@@ -33,9 +33,11 @@ class L1SparseSettings:
 
 
 SETTINGS = L1SparseSettings
+# lr and alpha around the reference's 0.01 and 1e-4.
+SEARCH_SPACE = {"l1_lr": LogRange(1e-3, 0.1), "l1_epochs": Grid((2, 5, 10)), "l1_alpha": LogRange(1e-6, 1e-3)}
 
 
-@register("l1_sparse", settings=L1SparseSettings)
+@register("l1_sparse", settings=L1SparseSettings, search_space=SEARCH_SPACE)
 def run_l1_sparse(ctx: MethodContext) -> MethodResult:
     """l1-sparse fine-tuning (Jia et al. 2023)."""
     s = read_settings(L1SparseSettings, ctx.options)

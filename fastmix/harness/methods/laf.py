@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fastmix.progress import progress_bar
-from fastmix.settings import COUNT, NONNEG, POSITIVE, setting
+from fastmix.settings import COUNT, NONNEG, POSITIVE, Grid, LogRange, setting
 
 from . import MethodContext, MethodResult, register
 from .common import done, fit, generator, read_settings, shuffled, steps_per_epoch, student
@@ -62,6 +62,9 @@ class LAFSettings:
 
 
 SETTINGS = LAFSettings
+# Around hyperparameter.md's lrs (5e-5, 1e-4), epochs (20) and T (20 class-level, 5 data-level).
+SEARCH_SPACE = {"laf_ue_lr": LogRange(1e-5, 1e-3), "laf_ra_lr": LogRange(1e-5, 1e-3), "laf_epochs": Grid((5, 10, 20)),
+                "laf_T": Grid((5.0, 10.0, 20.0))}
 
 
 class RepresentationVAE(nn.Module):
@@ -115,7 +118,7 @@ def nmse(vae: RepresentationVAE, e: torch.Tensor, gen: torch.Generator) -> torch
     return torch.exp(m / (m + 1)).sum()
 
 
-@register("laf", settings=LAFSettings)
+@register("laf", settings=LAFSettings, search_space=SEARCH_SPACE)
 def run_laf(ctx: MethodContext) -> MethodResult:
     """Label-Agnostic Forgetting (Shen et al. 2024)."""
     s = read_settings(LAFSettings, ctx.options)

@@ -1,13 +1,13 @@
 """MixUnlearn (ICLR 2025) through :class:`fastmix.MixUnlearn`."""
 from __future__ import annotations
 
-from fastmix.mixunlearn.config import SETTING_NAMES
+from fastmix.mixunlearn.config import SEARCH_SPACE, SETTING_NAMES, MixUnlearnConfig
 from fastmix.mixunlearn.method import MixUnlearn
 
 from . import MethodContext, MethodResult, register
 
 
-@register("mixunlearn")
+@register("mixunlearn", settings=MixUnlearnConfig, search_space=SEARCH_SPACE)
 def run_mixunlearn(ctx: MethodContext) -> MethodResult:
     opts = ctx.options
     mu = MixUnlearn(

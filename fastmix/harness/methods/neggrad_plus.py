@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from torch.nn import functional as F
 
-from fastmix.settings import COUNT, NONNEG, POSITIVE, setting
+from fastmix.settings import COUNT, NONNEG, POSITIVE, Grid, LogRange, setting
 
 from . import MethodContext, MethodResult, register
 from .common import cycled, done, fit, generator, needs_labels, read_settings, sgd, shuffled, steps_per_epoch, student
@@ -34,9 +34,12 @@ class NegGradPlusSettings:
 
 
 SETTINGS = NegGradPlusSettings
+# The reference's sweep of alpha (0.95 to 0.9999), lr around its 0.01.
+SEARCH_SPACE = {"neggrad_alpha": Grid((0.95, 0.99, 0.999, 0.9999)), "neggrad_lr": LogRange(1e-3, 0.1),
+                "neggrad_epochs": Grid((1, 3, 5))}
 
 
-@register("neggrad_plus", settings=NegGradPlusSettings)
+@register("neggrad_plus", settings=NegGradPlusSettings, search_space=SEARCH_SPACE)
 def run_neggrad_plus(ctx: MethodContext) -> MethodResult:
     """NegGrad+ (Kurmanji et al. 2023): alpha * CE(D_r) - (1 - alpha) * CE(D_f)."""
     s = read_settings(NegGradPlusSettings, ctx.options)

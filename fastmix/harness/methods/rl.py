@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fastmix.settings import COUNT, POSITIVE, setting
+from fastmix.settings import COUNT, POSITIVE, Grid, LogRange, setting
 
 from . import MethodContext, MethodResult, register
 from .common import (
@@ -48,6 +48,8 @@ class RLSettings:
 
 
 SETTINGS = RLSettings
+# lr around the reference's 0.013, up to its 10 epochs.
+SEARCH_SPACE = {"rl_lr": LogRange(1e-3, 0.1), "rl_epochs": Grid((2, 5, 10))}
 
 
 def random_label_loop(ctx: MethodContext, model: nn.Module, opt: torch.optim.Optimizer, *, epochs: int,
@@ -71,7 +73,7 @@ def random_label_loop(ctx: MethodContext, model: nn.Module, opt: torch.optim.Opt
     fit(opt, loss, batches, epochs=epochs, total=epochs * per_epoch, desc=desc, quiet=ctx.quiet, after_step=after_step)
 
 
-@register("rl", settings=RLSettings)
+@register("rl", settings=RLSettings, search_space=SEARCH_SPACE)
 def run_rl(ctx: MethodContext) -> MethodResult:
     """Random labelling (Golatkar et al. 2020; the SalUn paper's RL)."""
     s = read_settings(RLSettings, ctx.options)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fastmix.settings import COUNT, POSITIVE, setting
+from fastmix.settings import COUNT, POSITIVE, Grid, LogRange, setting
 
 from . import MethodContext, MethodResult, register
 from .common import done, needs_labels, read_settings, sgd, student
@@ -41,6 +41,9 @@ class SalUnSettings:
 
 
 SETTINGS = SalUnSettings
+# lr around the reference's 0.013; the SalUn paper's sparsity ratios.
+SEARCH_SPACE = {"salun_lr": LogRange(1e-3, 0.1), "salun_epochs": Grid((2, 5, 10)),
+                "salun_ratio": Grid((0.1, 0.3, 0.5, 0.7, 0.9))}
 
 
 def saliency_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ratio: float, batch_size: int) -> list:
@@ -59,7 +62,7 @@ def saliency_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ratio: flo
     return list(keep.split([p.numel() for p in params]))
 
 
-@register("salun", settings=SalUnSettings)
+@register("salun", settings=SalUnSettings, search_space=SEARCH_SPACE)
 def run_salun(ctx: MethodContext) -> MethodResult:
     """SalUn (Fan et al. 2024): random labelling on the salient weights only."""
     s = read_settings(SalUnSettings, ctx.options)

@@ -21,15 +21,15 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from fastmix.settings import COUNT, NONNEG, POSITIVE, setting
+from fastmix.settings import COUNT, NONNEG, POSITIVE, Grid, LogRange, setting
 
 from . import MethodContext, MethodResult, register
 from .common import (
     done,
     fit,
-    frozen_copy,
     generator,
     needs_labels,
+    original_logits,
     read_settings,
     sgd,
     shuffled,
@@ -52,6 +52,9 @@ class ScrubSettings:
 
 
 SETTINGS = ScrubSettings
+# Around the reference's small-scale settings (alpha 0.5 among its sweeps, lr 5e-4, kd_T 4).
+SEARCH_SPACE = {"scrub_lr": LogRange(1e-4, 1e-2), "scrub_epochs": Grid((3, 5, 10)), "scrub_msteps": Grid((1, 2, 3, 5)),
+                "scrub_alpha": Grid((0.001, 0.1, 0.5, 1.0)), "scrub_kd_T": Grid((2.0, 4.0))}
 
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
@@ -60,7 +63,7 @@ def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: fl
                     reduction="batchmean") * T * T
 
 
-@register("scrub", settings=ScrubSettings)
+@register("scrub", settings=ScrubSettings, search_space=SEARCH_SPACE)
 def run_scrub(ctx: MethodContext) -> MethodResult:
     """SCRUB (Kurmanji et al. 2023)."""
     s = read_settings(ScrubSettings, ctx.options)
@@ -69,7 +72,9 @@ def run_scrub(ctx: MethodContext) -> MethodResult:
     if s.scrub_gamma > 0:
         needs_labels("scrub", ctx, "the true labels of D_r for its CE term (scrub_gamma > 0; 0 drops it)")
     start = time.perf_counter()
-    model, teacher, gen = student(ctx), frozen_copy(ctx.original), generator(ctx)
+    model, gen = student(ctx), generator(ctx)
+    # The teacher (the original, frozen) sees the same unaugmented samples every epoch: its logits once.
+    teacher = {True: original_logits(ctx, "forget"), False: original_logits(ctx, "retain")}
     n_f, n_r, bs, T = ctx.x_forget.shape[0], ctx.x_retain.shape[0], s.scrub_batch_size, s.scrub_kd_T
 
     def batches(epoch):
@@ -80,9 +85,7 @@ def run_scrub(ctx: MethodContext) -> MethodResult:
         forget, idx = batch
         x = (ctx.x_forget if forget else ctx.x_retain)[idx]
         out = model(x)
-        with torch.no_grad():
-            teacher_logits = teacher(x)
-        kl = distill_kl(out, teacher_logits, T)
+        kl = distill_kl(out, teacher[forget][idx], T)
         if forget:
             return -kl
         if s.scrub_gamma == 0:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fastmix.settings import COUNT, POSITIVE, setting
+from fastmix.settings import COUNT, POSITIVE, Grid, setting
 
 from . import MethodContext, MethodResult, register
 from .common import done, needs_labels, read_settings, student
@@ -36,6 +36,8 @@ class SSDSettings:
 
 
 SETTINGS = SSDSettings
+# Around the paper's alpha 10 and lambda 1 (its ablations vary both).
+SEARCH_SPACE = {"ssd_alpha": Grid((1.0, 5.0, 10.0, 50.0, 100.0)), "ssd_lambda": Grid((0.1, 0.5, 1.0))}
 
 
 def diagonal_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
@@ -50,7 +52,7 @@ def diagonal_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
     return [t / len(starts) for t in total]
 
 
-@register("ssd", settings=SSDSettings)
+@register("ssd", settings=SSDSettings, search_space=SEARCH_SPACE)
 def run_ssd(ctx: MethodContext) -> MethodResult:
     """Selective Synaptic Dampening (Foster et al. 2024)."""
     s = read_settings(SSDSettings, ctx.options)
