@@ -10,6 +10,7 @@ import torch
 
 from fastmix.mixunlearn.config import CONFIG_FIELDS, ENGINE_FIELDS, EngineOptions, MixUnlearnConfig
 from fastmix.mixunlearn.distributed import barrier, world
+from fastmix.mixunlearn.rows import Rows
 from fastmix.settings import check_seed, command_line_defaults
 
 from .atomic import check_writable, remove_stale_tmp
@@ -272,7 +273,7 @@ def train_original_and_retrained(exp: Experiment, ds: ImageDataset, split, log=p
     )
     retain = split.retain.to(dev)
     retrained, t_ret, _ = train_or_load(
-        path_ret, make, x[retain], y[retain], recipe, seed=exp.seed, meta=meta_ret, desc="retrain",
+        path_ret, make, Rows(x, retain), y[retain], recipe, seed=exp.seed, meta=meta_ret, desc="retrain",
         quiet=exp.quiet, log=log,
     )
     if rank == 0 and world_size > 1:
@@ -324,11 +325,13 @@ DATA_PARALLEL_METHODS = ("mixunlearn",)
 
 
 def method_context(exp: Experiment, ds: ImageDataset, split, original, options: dict) -> MethodContext:
+    """D_f and D_r as :class:`Rows` of the one training tensor: the images are not copied
+    (their labels are)."""
     dev = torch.device(exp.device)
     x, y = ds.x_train.to(dev), ds.y_train.to(dev)
     f_idx, r_idx = split.forget.to(dev), split.retain.to(dev)
     return MethodContext(
-        original=original, x_forget=x[f_idx], y_forget=y[f_idx], x_retain=x[r_idx],
+        original=original, x_forget=Rows(x, f_idx), y_forget=y[f_idx], x_retain=Rows(x, r_idx),
         y_retain=y[r_idx], labels=exp.labels, options=options, seed=exp.seed, quiet=exp.quiet,
     )
 

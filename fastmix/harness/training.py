@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fastmix.mixunlearn.engine import flush_subnormals_, is_convolutional
+from fastmix.mixunlearn.rows import Rows
 from fastmix.progress import progress_bar
 
 from .atomic import atomic_write
@@ -30,7 +31,7 @@ class Recipe:
 
 def train_classifier(
     model: nn.Module,
-    x: torch.Tensor,
+    x: torch.Tensor | Rows,
     y: torch.Tensor,
     recipe: Recipe,
     *,
@@ -38,7 +39,8 @@ def train_classifier(
     desc: str = "train",
     quiet: bool = False,
 ) -> nn.Module:
-    """Train ``model`` in place on ``(x, y)`` (on the model's device) and return it.
+    """Train ``model`` in place on ``(x, y)`` (on the model's device) and return it;
+    ``x`` a tensor or :class:`Rows` (its batches are gathered, nothing else is copied).
 
     Batches come from ``torch.randperm`` with a generator on the data's device seeded
     from ``seed``; no value is read back to the host inside the loop. The last
