@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from fastmix.cli import main
 from fastmix.harness import experiment
-from fastmix.harness.experiment import Experiment, model_meta, validate_experiment
+from fastmix.harness.experiment import Experiment, check_protocol, model_meta, validate_experiment
 from fastmix.harness.models import LafResNet18, build_model
 from fastmix.harness.training import Recipe, cache_key, train_classifier
 from fastmix.mixunlearn.augment import random_resized_crop_flip
@@ -78,7 +78,9 @@ def test_laf_run_trains_lafs_resnet_with_its_augmentation(laf_run):
 
 
 def test_laf_defaults_are_spec_7s():
-    options = validate_experiment(Experiment(dataset="svhn", protocol="laf", methods=("mixunlearn",)))
+    exp = Experiment(dataset="svhn", protocol="laf", methods=("mixunlearn",))
+    check_protocol(exp)  # SVHN is LAF's too
+    options = validate_experiment(exp)
     assert options["lr"] == 1e-5 and options["epochs"] == 40
 
 
