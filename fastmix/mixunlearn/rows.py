@@ -102,8 +102,8 @@ class Rows:
     def __getitem__(self, key) -> torch.Tensor:
         if isinstance(key, int):
             return self.base[key if self.index is None else int(self.index[key])]
-        if isinstance(key, slice) and self.index is None:
-            out = self.base[key]  # a view, as a tensor's slice
+        if isinstance(key, slice):
+            out = self.base[key] if self.index is None else self.base.index_select(0, self.index[key])
         else:
             out = self.base.index_select(0, self.positions(self._long_index(key)))
         return out.contiguous(memory_format=self.memory_format)
