@@ -5,9 +5,9 @@ import argparse
 import sys
 
 from fastmix.harness.data import DATASETS
-from fastmix.harness.data.imagefolder import DEFAULT_TEST_FRACTION, NORMALIZATIONS, PROTOCOLS
+from fastmix.harness.data.imagefolder import DEFAULT_TEST_FRACTION, NORMALIZATIONS
 from fastmix.harness.evaluation import AttackSettings
-from fastmix.harness.experiment import Experiment
+from fastmix.harness.experiment import LAF_DATASETS, LAF_IMAGE_SIZE, PROTOCOLS, Experiment
 from fastmix.harness.method_recipes import NO_RECIPE, packaged_recipe
 from fastmix.harness.models import MODELS, check_model_name
 from fastmix.settings import SEED_LIMIT
@@ -79,7 +79,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     i = p.add_argument_group("your own images (--dataset imagefolder)")
     i.add_argument("--image-size", type=positive_int,
                    help="side in pixels the images are scaled and centre-cropped to (required unless a timm model "
-                   "gives its own)")
+                   f"gives its own); under --protocol laf, the side each batch is resized to "
+                   f"(default {LAF_IMAGE_SIZE})")
     i.add_argument("--normalize", choices=NORMALIZATIONS,
                    help="imagenet (ImageNet's mean and std), dataset (the training images') or none "
                    "(default: a timm model's own, else dataset)")
@@ -89,7 +90,10 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     i.add_argument("--protocol", choices=PROTOCOLS,
                    help="paper-imagenet: the paper's ViT experiment; splits the folder 40,000 / 10,000 (smaller "
                    "folders 4:1), forgets --forget-fraction (0.1 to 0.4) of classes 5-9 (implies --setting data), "
-                   "fine-tunes both models from --checkpoint")
+                   f"fine-tunes both models from --checkpoint. laf ({', '.join(LAF_DATASETS)}): LAF's protocol, "
+                   "the paper's: an ImageNet-stem ResNet-18 with a 512-256-classes head on images resized to "
+                   f"--image-size ({LAF_IMAGE_SIZE}), trained with RandomResizedCrop and flips; without it, "
+                   "fastmix's fast 32x32 CIFAR-stem ResNet-18, unaugmented")
     m = p.add_argument_group("models")
     m.add_argument("--model", type=model_name, metavar="NAME",
                    help=f"{', '.join(sorted(MODELS))}, timm:NAME or torchvision:NAME (pip install "

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastmix.mixunlearn.rows import Rows
 from fastmix.settings import choice, setting
 
 # Upper bounds on the attack sets: the SVC is quadratic in its training size.
@@ -15,8 +16,9 @@ MIA_MAX_TRAIN = 2000
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Softmax outputs of ``model`` on ``x`` (on the model's device), as a CPU float64 tensor."""
+def predict_proba(model: nn.Module, x: torch.Tensor | Rows, batch_size: int = 1024) -> torch.Tensor:
+    """Softmax outputs of ``model`` on ``x`` (a tensor or :class:`Rows`; batches are moved
+    to the model's device), as a CPU float64 tensor."""
     model.eval()
     device = next(model.parameters()).device
     out = [torch.softmax(model(x[i : i + batch_size].to(device)).double(), dim=1).cpu()
@@ -161,8 +163,8 @@ def evaluate(model, dataset, split, seed: int = 0, attacks: AttackSettings | Non
     """
     attacks = attacks or AttackSettings()
     x_tr, y_tr = dataset.x_train, dataset.y_train
-    p_r = predict_proba(model, x_tr[split.retain])
-    p_f = predict_proba(model, x_tr[split.forget])
+    p_r = predict_proba(model, Rows(x_tr, split.retain))  # batches gathered from the one training tensor
+    p_f = predict_proba(model, Rows(x_tr, split.forget))
     p_t = predict_proba(model, dataset.x_test)
     y_r, y_f, y_t = y_tr[split.retain], y_tr[split.forget], dataset.y_test
     out = {"Train_r": accuracy(p_r, y_r), "Train_f": accuracy(p_f, y_f)}

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import torch
 
+from fastmix.mixunlearn.augment import random_resized_crop_flip
 from fastmix.mixunlearn.config import CONFIG_FIELDS, ENGINE_FIELDS, EngineOptions, MixUnlearnConfig
 from fastmix.mixunlearn.distributed import barrier, world
+from fastmix.mixunlearn.rows import Rows
 from fastmix.settings import check_seed, command_line_defaults
 
 from .atomic import check_writable, remove_stale_tmp
@@ -40,9 +42,16 @@ DEFAULTS = {
                         tau_gen=1.0, tau_mix=10.0, tau_real=10.0, omega=10.0),
 }
 
-# Experiment fields that only an image folder or a model of your own uses; results.json
-# leaves them out while they are None.
+# Experiment fields that only an image folder, a model of your own or a protocol uses;
+# results.json leaves them out while they are None.
 OWN_MODEL_AND_DATA = ("checkpoint", "image_size", "normalize", "test_fraction", "protocol")
+
+# The paper's protocols (check_protocol): its ViT experiment on an image folder, and LAF's
+# protocol for CIFAR-10 and SVHN, which the paper followed there.
+PROTOCOLS = ("paper-imagenet", "laf")
+LAF_DATASETS = ("cifar10", "svhn")
+LAF_MODEL = "resnet18-laf"
+LAF_IMAGE_SIZE = 224
 
 
 
@@ -74,7 +83,7 @@ class Experiment:
     image_size: int | None = None  # imagefolder: the side images are scaled and cropped to
     normalize: str | None = None  # imagefolder: imagenet, dataset or none (default: the model's, else dataset)
     test_fraction: float | None = None  # imagefolder, single folder: the share kept for evaluation
-    protocol: str | None = None  # "paper-imagenet": the paper's ViT experiment on an image folder
+    protocol: str | None = None  # one of PROTOCOLS (check_protocol); None: fastmix's own set-up
     attacks: AttackSettings = field(default_factory=AttackSettings)  # how ASR and MIA-Efficacy are run
     recipe: str | None = None  # a method recipe file (fastmix.harness.method_recipes) between options and DEFAULTS
     options: dict = field(default_factory=dict)
@@ -105,11 +114,34 @@ def check_protocol(exp: Experiment) -> None:
     """``paper-imagenet``: the paper's ViT experiment. Data-level forgetting of a
     ``forget_fraction`` in [0.1, 0.4] of classes 5 to 9, on an image folder split
     40,000 / 10,000 (:mod:`fastmix.harness.data.imagefolder`), with both models
-    fine-tuned from the pretrained ``checkpoint`` (the retrained one without D_f)."""
+    fine-tuned from the pretrained ``checkpoint`` (the retrained one without D_f).
+
+    ``laf``: LAF's protocol for CIFAR-10 and SVHN, the one the paper followed (fastmix's
+    default there, a 32x32 CIFAR-stem ResNet-18 without augmentation, is the fast
+    variant). The model is LAF's torchvision-style ResNet-18 with an ImageNet stem and a
+    512 -> 256 -> classes head (``resnet18-laf``, :class:`~fastmix.harness.models.LafResNet18`;
+    ``layer3`` feeds the MixBlock), which resizes each batch to ``image_size`` (default
+    224, LAF's; smaller for a quick try); the original and retrained models train with
+    torchvision's ``RandomResizedCrop(image_size)`` (scale (0.08, 1), its and LAF's
+    default) and a horizontal flip, drawn from a seeded generator
+    (:func:`~fastmix.mixunlearn.augment.random_resized_crop_flip`); evaluation and the
+    methods see the images unaugmented. Unlearning takes SPEC 7's lr 1e-5 and 40 epochs
+    (the CIFAR-10 and SVHN defaults, :data:`DEFAULTS`). The images stay 32x32 in memory,
+    so MixUnlearn mixes them at 32x32, before the model's resize."""
     if exp.protocol is None:
         return
-    if exp.protocol != "paper-imagenet":
-        raise ValueError(f"protocol must be 'paper-imagenet', got {exp.protocol!r}")
+    if exp.protocol not in PROTOCOLS:
+        raise ValueError(f"protocol (--protocol) must be one of {', '.join(PROTOCOLS)}, got {exp.protocol!r}")
+    if exp.protocol == "laf":
+        if exp.dataset not in LAF_DATASETS:
+            raise ValueError(f"--protocol laf runs on --dataset {' or '.join(LAF_DATASETS)}, got {exp.dataset}")
+        if exp.model not in (None, LAF_MODEL):
+            raise ValueError(f"--protocol laf trains LAF's ResNet-18 ({LAF_MODEL}); leave --model out, got "
+                             f"--model {exp.model}")
+        if exp.image_size is not None and (isinstance(exp.image_size, bool) or not isinstance(exp.image_size, int)
+                                           or exp.image_size < 1):
+            raise ValueError(f"image_size (--image-size) must be a positive integer, got {exp.image_size!r}")
+        return
     if exp.dataset != "imagefolder":
         raise ValueError(f"--protocol paper-imagenet runs on --dataset imagefolder, got {exp.dataset}")
     if exp.setting != "data" or parse_classes(exp.forget_classes) != (5, 6, 7, 8, 9):
@@ -127,9 +159,12 @@ def dataset_options(exp: Experiment, log) -> dict:
     own input size and normalisation (a timm model's) fill what the flags leave out."""
     given = {k: getattr(exp, k) for k in ("image_size", "normalize", "test_fraction") if getattr(exp, k) is not None}
     if exp.dataset != "imagefolder":
+        if exp.protocol == "laf":
+            given.pop("image_size", None)  # the size LAF's model resizes batches to
         if given:
+            also = " (--image-size also under --protocol laf)" if "image_size" in given else ""
             raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in given)}: only for --dataset "
-                             f"imagefolder, not {exp.dataset}")
+                             f"imagefolder{also}, not {exp.dataset}")
         return {}
     model_input = {}
     if exp.model and exp.model.startswith("timm:") and (exp.image_size is None or exp.normalize is None):
@@ -261,10 +296,15 @@ def train_original_and_retrained(exp: Experiment, ds: ImageDataset, split, log=p
     its weights (fine-tuning); else from the seed's. Returns ``(original, retrain, seconds)``."""
     d = DEFAULTS[exp.dataset]["train"]
     recipe = Recipe(exp.train_epochs or d.epochs, d.batch_size, exp.train_lr or d.lr, d.weight_decay)
-    model_name = exp.model or default_model_name(ds.image_shape)
+    laf = exp.protocol == "laf"
+    model_name = exp.model or (LAF_MODEL if laf else default_model_name(ds.image_shape))
+    size = exp.image_size or LAF_IMAGE_SIZE
+    augment = (lambda xb, gen: random_resized_crop_flip(xb, gen, size)) if laf else None
 
     def make():
         model = build_model(model_name, ds.num_classes, ds.image_shape[0], exp.seed)
+        if laf:
+            model.input_size = size
         return load_weights(model, exp.checkpoint) if exp.checkpoint else model
 
     first = make()  # a bad checkpoint or feature layer fails here, before any training
@@ -286,12 +326,12 @@ def train_original_and_retrained(exp: Experiment, ds: ImageDataset, split, log=p
         barrier()  # under torchrun rank 0 trains (or finds) the models first; the others load them
     original, t_orig, _ = train_or_load(
         path_orig, lambda: first, x, y, recipe, seed=exp.seed, meta=meta_orig, desc="original", quiet=exp.quiet,
-        log=log,
+        log=log, augment=augment,
     )
     retain = split.retain.to(dev)
     retrained, t_ret, _ = train_or_load(
-        path_ret, make, x[retain], y[retain], recipe, seed=exp.seed, meta=meta_ret, desc="retrain",
-        quiet=exp.quiet, log=log,
+        path_ret, make, Rows(x, retain), y[retain], recipe, seed=exp.seed, meta=meta_ret, desc="retrain",
+        quiet=exp.quiet, log=log, augment=augment,
     )
     if rank == 0 and world_size > 1:
         barrier()
@@ -319,10 +359,14 @@ def check_feature_layer(model, model_name: str, exp: Experiment) -> None:
 
 def own_model_and_data_key(exp: Experiment, ds: ImageDataset) -> dict:
     """What else determines a trained model: the image folder and its preparation, the
-    checkpoint's bytes. Empty for a built-in data set without a checkpoint, so that their
-    cached models keep their names. (A folder is known by its path and image counts, not
-    by its contents: after changing its files, pass another --models-dir or clear it.)"""
+    protocol (LAF's: its input size and training augmentation), the checkpoint's bytes.
+    Empty for a built-in data set without a protocol or checkpoint, so that their cached
+    models keep their names. (A folder is known by its path and image counts, not by its
+    contents: after changing its files, pass another --models-dir or clear it.)"""
     key = {}
+    if exp.protocol == "laf":
+        key.update(protocol="laf", image_size=exp.image_size or LAF_IMAGE_SIZE,
+                   augment="random-resized-crop(0.08-1)+flip")
     if exp.dataset == "imagefolder":
         key.update(data_root=str(Path(exp.data_root).resolve()), image_shape=list(ds.image_shape),
                    n_eval=int(ds.x_test.shape[0]), normalize=exp.normalize, test_fraction=exp.test_fraction,
@@ -342,11 +386,13 @@ DATA_PARALLEL_METHODS = ("mixunlearn",)
 
 
 def method_context(exp: Experiment, ds: ImageDataset, split, original, options: dict) -> MethodContext:
+    """D_f and D_r as :class:`Rows` of the one training tensor: the images are not copied
+    (their labels are)."""
     dev = torch.device(exp.device)
     x, y = ds.x_train.to(dev), ds.y_train.to(dev)
     f_idx, r_idx = split.forget.to(dev), split.retain.to(dev)
     return MethodContext(
-        original=original, x_forget=x[f_idx], y_forget=y[f_idx], x_retain=x[r_idx],
+        original=original, x_forget=Rows(x, f_idx), y_forget=y[f_idx], x_retain=Rows(x, r_idx),
         y_retain=y[r_idx], labels=exp.labels, options=options, seed=exp.seed, quiet=exp.quiet,
     )
 

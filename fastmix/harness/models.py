@@ -92,7 +92,65 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
-MODELS = {"digits-cnn": DigitsCNN, "mnist-cnn": MnistCNN, "resnet18": ResNet18}
+class TorchvisionBlock(nn.Module):
+    """torchvision's ResNet BasicBlock, with its module names (``downsample``)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class LafResNet18(nn.Module):
+    """LAF's classifier for CIFAR-10 and SVHN (``--protocol laf``, the protocol the paper
+    followed): a torchvision-style ResNet-18 (ImageNet stem: 7x7 conv stride 2, 3x3
+    max-pool stride 2; torchvision's module names and initialisation) whose ``fc`` is a
+    head 512 -> 256 -> ReLU -> classes.
+
+    The images stay as decoded (32x32); the first thing :meth:`forward` does is resize
+    each batch to ``input_size`` x ``input_size`` (224 as LAF, bilinear, as
+    torchvision's ``Resize``), so a run never holds the data set at 224x224.
+    ``layer3`` (256x14x14 at 224) feeds the MixBlock, as in fastmix's own ResNet-18.
+    """
+
+    feature_layer = "layer3"
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, input_size: int = 224):
+        super().__init__()
+        self.input_size = input_size
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        layers, in_planes = [], 64
+        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers.append(nn.Sequential(TorchvisionBlock(in_planes, planes, stride), TorchvisionBlock(planes, planes)))
+            in_planes = planes
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.fc = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, num_classes))
+        for m in self.modules():  # torchvision's
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        size = (self.input_size, self.input_size)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        out = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+
+
+MODELS = {"digits-cnn": DigitsCNN, "mnist-cnn": MnistCNN, "resnet18": ResNet18, "resnet18-laf": LafResNet18}
 
 # Models from other packages, ``--model FAMILY:NAME``: the package each family needs.
 FAMILIES = {"timm": "timm", "torchvision": "torchvision"}

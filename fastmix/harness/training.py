@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fastmix.mixunlearn.engine import flush_subnormals_, is_convolutional
+from fastmix.mixunlearn.rows import Rows
 from fastmix.progress import progress_bar
 
 from .atomic import atomic_write
@@ -30,15 +31,17 @@ class Recipe:
 
 def train_classifier(
     model: nn.Module,
-    x: torch.Tensor,
+    x: torch.Tensor | Rows,
     y: torch.Tensor,
     recipe: Recipe,
     *,
     seed: int,
     desc: str = "train",
     quiet: bool = False,
+    augment=None,
 ) -> nn.Module:
-    """Train ``model`` in place on ``(x, y)`` (on the model's device) and return it.
+    """Train ``model`` in place on ``(x, y)`` (on the model's device) and return it;
+    ``x`` a tensor or :class:`Rows` (its batches are gathered, nothing else is copied).
 
     Batches come from ``torch.randperm`` with a generator on the data's device seeded
     from ``seed``; no value is read back to the host inside the loop. The last
@@ -48,12 +51,17 @@ def train_classifier(
     in channels_last (and are handed back in the default format); on the CPU, Adam is
     the fused implementation and the subnormal weights that weight decay leaves are
     zeroed before each epoch (BENCHMARKS.md, "CPU: training the original, retrained and fine-tuned models").
+
+    ``augment(batch, generator)``, when given, transforms each training batch; it draws
+    from a generator of its own (seeded from ``seed + 1``), so the batches are the same
+    with and without it.
     """
     device = x.device
     cpu = device.type == "cpu"
     fmt = torch.channels_last if is_convolutional(model, x.dim()) else torch.contiguous_format
     model.to(memory_format=fmt)
     gen = torch.Generator(device=device).manual_seed(seed)
+    aug_gen = torch.Generator(device=device).manual_seed((seed + 1) % 2**63) if augment is not None else None
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, fused=cpu or None)
     n, bs = x.shape[0], recipe.batch_size
     steps = (n + bs - 1) // bs
@@ -65,7 +73,10 @@ def train_classifier(
             order = torch.randperm(n, generator=gen, device=device)
             for s in range(steps):
                 idx = order[s * bs : (s + 1) * bs]
-                xb = x.index_select(0, idx).contiguous(memory_format=fmt)
+                xb = x.index_select(0, idx)
+                if augment is not None:
+                    xb = augment(xb, aug_gen)
+                xb = xb.contiguous(memory_format=fmt)
                 loss = F.cross_entropy(model(xb), y.index_select(0, idx))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -155,12 +166,15 @@ def train_or_load(
     desc: str,
     quiet: bool = False,
     log=print,
+    augment=None,
 ) -> tuple[nn.Module, float, bool]:
     """The model cached at ``path``, or a new one trained and saved there.
 
     ``meta`` is what determines the model (data fingerprint, split, seed, model, recipe,
     fastmix version: :func:`fastmix.harness.experiment.model_meta`); a cached model
     whose stored metadata differ from it is refused (:func:`check_meta`), never reused.
+
+    ``augment`` goes to :func:`train_classifier` (what it does must be in ``meta``).
 
     Returns ``(model, training_seconds, reused)``; a reused model reports the
     seconds its training took when it was made.
@@ -172,7 +186,7 @@ def train_or_load(
         log(f"reusing {path} (trained in {stored.get('seconds', float('nan')):.1f}s)")
         return model.eval(), float(stored.get("seconds", float("nan"))), True
     start = time.perf_counter()
-    train_classifier(model, x, y, recipe, seed=seed, desc=desc, quiet=quiet)
+    train_classifier(model, x, y, recipe, seed=seed, desc=desc, quiet=quiet, augment=augment)
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     seconds = time.perf_counter() - start

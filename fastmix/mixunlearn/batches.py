@@ -9,18 +9,20 @@ import torch
 from fastmix.ops.loss import MixUnlearnLoss
 
 from .features import FrozenOriginal
+from .rows import Rows
 from .state import Batch
 from .teacher_cache import TeacherCache
 
 
 @dataclass
 class RunData:
-    """A run's forget and retain samples on the device (labels None when label-agnostic),
-    in the run's ``memory_format``, which the models' copies take too."""
+    """A run's forget and retain samples on the device (labels None when label-agnostic):
+    :class:`Rows` of the images given, never copies, which give batches in the run's
+    ``memory_format`` (the models' copies take it too)."""
 
-    x_f: torch.Tensor
+    x_f: Rows
     y_f: torch.Tensor | None
-    x_r: torch.Tensor
+    x_r: Rows
     y_r: torch.Tensor | None
     memory_format: torch.memory_format = torch.contiguous_format
 

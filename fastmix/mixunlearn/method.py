@@ -30,15 +30,17 @@ from .distributed import RowShard, world
 from .features import FrozenOriginal
 from .loop import LoopPlan, Losses, fast_loop
 from .mixblock import MixBlock
+from .rows import Rows, all_finite
 from .state import Batch, MaskStats, StepState
 from .teacher_cache import TeacherCache
 
 
 def _as_tensors(data, name: str, need_labels: bool):
-    """``x``, ``(x, y)`` or a map-style Dataset of ``(x, y)`` -> ``(x, y or None)``."""
-    if isinstance(data, torch.Tensor):
+    """``x``, ``(x, y)`` or a map-style Dataset of ``(x, y)`` -> ``(x, y or None)``; ``x``
+    a tensor or :class:`~fastmix.mixunlearn.rows.Rows` (a Dataset is stacked into one)."""
+    if isinstance(data, (torch.Tensor, Rows)):
         x, y = data, None
-    elif isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], (torch.Tensor, Rows)):
         x, y = data
     elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         items = [data[i] for i in range(len(data))]
@@ -74,7 +76,7 @@ def _check_images(name: str, x: torch.Tensor, model: nn.Module) -> None:
     if conv is not None and x.dim() == 4 and x.shape[1] != conv.in_channels:
         raise ValueError(f"{name} has {x.shape[1]} channels per image, but the model's first convolution takes "
                          f"{conv.in_channels}; got samples of shape {tuple(x.shape[1:])}")
-    if not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         raise ValueError(f"{name} holds NaN or infinite pixels")
 
 
@@ -119,7 +121,12 @@ class MixUnlearn:
     starts as a copy). ``feature_layer`` names the module whose output feeds the
     MixBlock (a 4-d map, or transformer tokens that reshape to a square grid); it
     defaults to the model's ``feature_layer`` attribute. Data are ``(x, y)`` tensor
-    pairs (``x`` alone in the label-agnostic setting) or Datasets of ``(x, y)``.
+    pairs (``x`` alone in the label-agnostic setting) or Datasets of ``(x, y)``. The
+    images are not copied, whatever their layout: each batch is gathered from them (and
+    put in channels_last then, where the run uses it). Only a Dataset is stacked into a
+    tensor, and images on another device are moved to ``device`` once.
+    ``fastmix.mixunlearn.rows.Rows(x, index)`` passes rows of a larger tensor without
+    copying them.
     Keyword settings are the fields of :class:`~fastmix.mixunlearn.config.MixUnlearnConfig`
     (the method's hyperparameters and ablations) and of
     :class:`~fastmix.mixunlearn.config.EngineOptions` (how the steps run, never what
@@ -190,7 +197,9 @@ class MixUnlearn:
     # --- set-up ----------------------------------------------------------------------------
 
     def _data(self, forget_data, retain_data) -> RunData:
-        """The forget and retain samples, checked, on the device in the run's memory format."""
+        """The forget and retain samples, checked, on the device, read as
+        :class:`~fastmix.mixunlearn.rows.Rows` that give batches in the run's memory format:
+        the images are not copied (but to another device), whatever their layout."""
         cfg, eng = self.config, self.engine
         aware = cfg.labels == "aware"
         x_f, y_f = _as_tensors(forget_data, "forget_data", aware)
@@ -208,8 +217,8 @@ class MixUnlearn:
         fmt = torch.channels_last if eng.use_channels_last(self.model, x_f.dim()) else torch.contiguous_format
         dev = self.device
         return RunData(
-            x_f=x_f.to(dev).contiguous(memory_format=fmt), y_f=y_f.to(dev) if y_f is not None else None,
-            x_r=x_r.to(dev).contiguous(memory_format=fmt), y_r=y_r.to(dev) if y_r is not None else None,
+            x_f=Rows.of(x_f).to(dev).with_format(fmt), y_f=y_f.to(dev) if y_f is not None else None,
+            x_r=Rows.of(x_r).to(dev).with_format(fmt), y_r=y_r.to(dev) if y_r is not None else None,
             memory_format=fmt,
         )
 

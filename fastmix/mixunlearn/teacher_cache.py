@@ -18,6 +18,7 @@ import math
 import torch
 
 from .features import FrozenOriginal
+from .rows import Rows
 
 CHUNK = 1024  # samples per f_D pass
 
@@ -26,11 +27,10 @@ class TeacherCache:
     def __init__(self, original: FrozenOriginal, loss_fn, x_f, x_r, aware: bool, feat_shape, num_classes: int):
         self.original, self.loss_fn, self.aware = original, loss_fn, aware
         with_features = original.has_features
-        self.x_f, self.x_r = x_f, x_r
+        self.x_f, self.x_r = x_f, x_r = Rows.of(x_f), Rows.of(x_r)
         dev = x_f.device
         n_f, n_r = x_f.shape[0], x_r.shape[0]
-        fmt = dict(memory_format=torch.channels_last) if (
-            x_f.dim() == 4 and not x_f.is_contiguous() and x_f.is_contiguous(memory_format=torch.channels_last)) else {}
+        fmt = dict(memory_format=torch.channels_last) if x_f.channels_last else {}  # the run's layout
 
         def empty(n, *shape):
             t = torch.empty(n, *shape, device=dev)

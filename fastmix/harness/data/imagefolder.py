@@ -36,7 +36,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DEFAULT_TEST_FRACTION = 0.2
 NORMALIZATIONS = ("imagenet", "dataset", "none")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-PROTOCOLS = ("paper-imagenet",)
+FOLDER_PROTOCOLS = ("paper-imagenet",)  # the protocols of an image folder (experiment.PROTOCOLS has all)
 PAPER_IMAGENET_SPLIT = (40_000, 10_000)  # training and evaluation images of the paper's ImageNet split
 # Decoded images may take this share of the available memory: the harness hands the methods
 # D_f and D_r as one more copy (fastmix.harness.experiment.method_context).
@@ -209,8 +209,8 @@ def load_image_folder(
     log = log or (lambda *a: None)
     if not data_root:
         raise DataError("imagefolder: pass --data-root DIR (train/<class>/... and val/<class>/..., or <class>/...)")
-    if protocol is not None and protocol not in PROTOCOLS:
-        raise DataError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol is not None and protocol not in FOLDER_PROTOCOLS:
+        raise DataError(f"protocol must be one of {FOLDER_PROTOCOLS}, got {protocol!r}")
     if test_fraction is not None and not 0 < test_fraction < 1:
         raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
     root = Path(data_root)

@@ -16,16 +16,23 @@ from typing import Callable
 import torch
 from torch import nn
 
+from fastmix.mixunlearn.rows import Rows
+
 
 @dataclass
 class MethodContext:
     """What a method may use: the original model, D_f and D_r on the device (with
-    labels; in the label-agnostic setting a method must not use them), the options."""
+    labels; in the label-agnostic setting a method must not use them), the options.
+
+    The images are tensors or, from :func:`~fastmix.harness.experiment.run_experiment`,
+    :class:`Rows` of the one training tensor (no copies): a method reads them by batch
+    (``x[idx]``, ``x[i:j]``, ``x.shape``) and joins or subsets them with ``cat_rows`` and
+    ``take_rows`` (:mod:`fastmix.mixunlearn.rows`), never ``torch.cat`` on whole sets."""
 
     original: nn.Module
-    x_forget: torch.Tensor
+    x_forget: torch.Tensor | Rows
     y_forget: torch.Tensor
-    x_retain: torch.Tensor
+    x_retain: torch.Tensor | Rows
     y_retain: torch.Tensor
     labels: str  # "aware" or "agnostic"
     options: dict

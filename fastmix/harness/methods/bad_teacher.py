@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fastmix.mixunlearn.rows import cat_rows, take_rows
 from fastmix.settings import COUNT, POSITIVE, Grid, LogRange, setting
 
 from . import MethodContext, MethodResult, register
@@ -77,7 +78,7 @@ def run_bad_teacher(ctx: MethodContext) -> MethodResult:
     bad = randomly_initialised(ctx.original, ctx.seed + 1)
     n_r = ctx.x_retain.shape[0]
     keep = torch.randperm(n_r, generator=gen, device=gen.device)[: max(1, int(s.bad_teacher_retain_share * n_r))]
-    x = torch.cat([ctx.x_forget, ctx.x_retain[keep]])
+    x = cat_rows([ctx.x_forget, take_rows(ctx.x_retain, keep)])
     is_forget = torch.zeros(x.shape[0], 1, device=x.device)
     is_forget[: ctx.x_forget.shape[0]] = 1.0
     T = s.bad_teacher_T

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fastmix.mixunlearn.rows import Rows
 from fastmix.settings import COUNT, POSITIVE, Grid, LogRange, setting
 
 from . import MethodContext, MethodResult, register
@@ -59,10 +60,16 @@ SEARCH_SPACE = {"boundary_eps": Grid((0.05, 0.1, 0.2)), "boundary_lr": LogRange(
                 "boundary_epochs": Grid((5, 10))}
 
 
-def channel_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per channel (dim 1), the lowest and highest value in ``x``, shaped to broadcast."""
-    dims = [d for d in range(x.dim()) if d != 1]
-    return x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
+def channel_range(*sets) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel (dim 1), the lowest and highest value in ``sets`` (tensors or
+    :class:`Rows`, read a chunk of rows at a time), shaped to broadcast."""
+    lows, highs = [], []
+    for x in sets:
+        dims = [d for d in range(x.dim()) if d != 1]
+        for chunk in Rows.of(x).chunks():
+            lows.append(chunk.amin(dim=dims, keepdim=True))
+            highs.append(chunk.amax(dim=dims, keepdim=True))
+    return torch.cat(lows).amin(dim=0, keepdim=True), torch.cat(highs).amax(dim=0, keepdim=True)
 
 
 def nearest_wrong_class(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, value_range,
@@ -87,7 +94,7 @@ def run_boundary_shrink(ctx: MethodContext) -> MethodResult:
     needs_labels("boundary_shrink", ctx, "the true labels of D_f (its FGSM step and nearest wrong class)")
     start = time.perf_counter()
     model, gen = student(ctx), generator(ctx)
-    value_range = channel_range(torch.cat([ctx.x_retain, ctx.x_forget]))
+    value_range = channel_range(ctx.x_retain, ctx.x_forget)
     targets = nearest_wrong_class(frozen_copy(ctx.original), ctx.x_forget, ctx.y_forget, s.boundary_eps, value_range)
     n = ctx.x_forget.shape[0]
     fit(sgd(model, s.boundary_lr, weight_decay=0.0),

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fastmix.mixunlearn.rows import cat_rows
 from fastmix.settings import COUNT, POSITIVE, Grid, setting
 
 from . import MethodContext, MethodResult, register
@@ -59,7 +60,7 @@ def run_ssd(ctx: MethodContext) -> MethodResult:
     needs_labels("ssd", ctx, "the true labels of D_f and D_r (the Fisher information of the loss)")
     start = time.perf_counter()
     model = student(ctx).eval()
-    x_all, y_all = torch.cat([ctx.x_retain, ctx.x_forget]), torch.cat([ctx.y_retain, ctx.y_forget])
+    x_all, y_all = cat_rows([ctx.x_retain, ctx.x_forget]), torch.cat([ctx.y_retain, ctx.y_forget])
     i_all = diagonal_fisher(model, x_all, y_all, s.ssd_batch_size)
     i_f = diagonal_fisher(model, ctx.x_forget, ctx.y_forget, s.ssd_batch_size)
     dampened = 0
