@@ -70,7 +70,7 @@ def run(args) -> int:
     try:
         if args.eval_split != "val":
             raise ValueError("fastmix tune scores on the validation split (--eval-split val), never on the test set")
-        methods = expand_method_names(args.method)
+        methods = expand_method_names(args.method, args.labels, options_from_args(args))
         check_args(args)
         given_val = args.val_size
         args.val_size = args.val_size or 0

@@ -146,7 +146,7 @@ def run_one(args):
 
     apply_threads(args)
     try:
-        methods = expand_method_names(args.method)
+        methods = expand_method_names(args.method, args.labels, options_from_args(args))
         check_args(args)
         exp = experiment_from_args(args, methods, options_from_args(args))
     except ValueError as e:
@@ -240,7 +240,8 @@ def reusable_run(args) -> dict | None:
     """``{"rows", "settings"}`` of ``OUT/results.json`` when it holds this run, finished
     (:func:`finished_results`), else None (also for bad arguments, which the run reports)."""
     try:
-        exp = experiment_from_args(args, expand_method_names(args.method), options_from_args(args))
+        options = options_from_args(args)
+        exp = experiment_from_args(args, expand_method_names(args.method, args.labels, options), options)
         check_args(args)
     except ValueError:
         return None

@@ -17,7 +17,7 @@ from fastmix.settings import check_seed, command_line_defaults
 from .atomic import check_writable, remove_stale_tmp
 from .data import ImageDataset, load_dataset, make_split, parse_classes
 from .evaluation import AttackSettings, avg_gap, check_attacks, evaluate, metric_names
-from .methods import MethodContext, get_method
+from .methods import MethodContext, check_labels, get_method
 from .models import build_model, default_model_name, file_digest, input_config, load_weights
 from .training import Recipe, cache_key, check_cached, fingerprint, train_or_load
 
@@ -217,6 +217,8 @@ def validate_experiment(exp: Experiment) -> dict:
     for name in exp.methods:
         get_method(name)  # an unknown name fails here, before any training
     options = resolve_options(exp.dataset, exp.options, recipe_values(exp))
+    for name in exp.methods:
+        check_labels(name, exp.labels, options)  # not after hours of training the models
     if "mixunlearn" in exp.methods:
         config = MixUnlearnConfig(**{k: v for k, v in options.items() if k in CONFIG_FIELDS and k != "labels"},
                                   labels=exp.labels).validate()

@@ -121,3 +121,24 @@ def test_register_stays_open_and_get_method_returns_the_callable():
         assert SEARCH_SPACES["test_registry_probe"] == {}
     finally:
         del METHODS["test_registry_probe"], METHOD_SETTINGS["test_registry_probe"], SEARCH_SPACES["test_registry_probe"]
+
+
+def test_all_in_the_label_agnostic_setting_is_every_method_that_runs_there():
+    # before, --method all --labels agnostic stopped at the third method, after the models were trained
+    agnostic = expand_method_names("all", "agnostic")
+    assert agnostic == [m for m in METHODS if m not in NEED_LABELS]
+    assert "scrub" in expand_method_names("all", "agnostic", {"scrub_gamma": 0.0})  # without its CE term
+    assert expand_method_names("ga", "agnostic") == ["ga"]  # named explicitly: refused by the run, not dropped
+
+
+@pytest.mark.parametrize("name", NEED_LABELS)
+def test_the_experiment_refuses_a_method_that_needs_labels_before_training(name, monkeypatch, tmp_path):
+    from fastmix.harness import experiment
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setattr(experiment, "train_original_and_retrained", no_training)
+    exp = experiment.Experiment(labels="agnostic", methods=("mixunlearn", name), out=str(tmp_path))
+    with pytest.raises(ValueError, match=f"'{name}'.*label-agnostic"):
+        experiment.run_experiment(exp, log=lambda *a: None)

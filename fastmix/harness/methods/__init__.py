@@ -52,16 +52,42 @@ METHODS: dict[str, Callable[[MethodContext], MethodResult]] = {}
 METHOD_SETTINGS: dict[str, type | None] = {}
 # What `fastmix tune` searches for each method: {setting name: fastmix.settings.Grid or LogRange}.
 SEARCH_SPACES: dict[str, dict] = {}
+# What a method needs the true labels for ({options} -> text, or None when it needs none): such a method
+# cannot run label-agnostic. Missing: it runs in both settings.
+LABEL_NEEDS: dict[str, Callable[[dict], str | None]] = {}
 
 
-def register(name: str, settings: type | None = None, search_space: dict | None = None):
+def register(name: str, settings: type | None = None, search_space: dict | None = None,
+             needs_labels: str | Callable[[dict], str | None] | None = None):
+    """Add a method. ``needs_labels``: what it uses the true labels for (a text, or a function
+    of the resolved options giving the text or None); such a method is refused in the
+    label-agnostic setting before any work, and ``--method all`` leaves it out there."""
     def wrap(fn):
         METHODS[name] = fn
         METHOD_SETTINGS[name] = settings
         SEARCH_SPACES[name] = dict(search_space or {})
+        if needs_labels is None:
+            LABEL_NEEDS.pop(name, None)
+        else:
+            LABEL_NEEDS[name] = needs_labels if callable(needs_labels) else (lambda options: needs_labels)
         return fn
 
     return wrap
+
+
+def labels_needed(name: str, options: dict | None = None) -> str | None:
+    """What method ``name`` needs the true labels for with these options, or None."""
+    get_method(name)
+    need = LABEL_NEEDS.get(name)
+    return need(options or {}) if need else None
+
+
+def check_labels(name: str, labels: str, options: dict | None = None) -> None:
+    """Refuse a method that needs the true labels in the label-agnostic setting."""
+    what = labels_needed(name, options) if labels == "agnostic" else None
+    if what:
+        raise ValueError(f"method {name!r} needs {what}, so it cannot run in the label-agnostic setting "
+                         "(labels='agnostic'); run it label-aware")
 
 
 def get_method(name: str):
@@ -85,13 +111,15 @@ def recipe_settings(name: str) -> dict:
     return {} if cls is None else {f.name: f for f in setting_fields(cls) if f.metadata["flag"] is not None}
 
 
-def expand_method_names(text: str) -> list[str]:
+def expand_method_names(text: str, labels: str = "aware", options: dict | None = None) -> list[str]:
     """``"mixunlearn,ga"`` -> ``["mixunlearn", "ga"]``; ``all`` stands for every registered
-    method, in registration order. Repeats are dropped; unknown names are refused."""
+    method that runs in the ``labels`` setting (with ``options``), in registration order.
+    Repeats are dropped; unknown names are refused."""
     names: list[str] = []
     for part in str(text).split(","):
         part = part.strip()
-        for name in (METHODS if part == "all" else [part] if part else []):
+        every = [m for m in METHODS if labels != "agnostic" or not labels_needed(m, options)]
+        for name in (every if part == "all" else [part] if part else []):
             get_method(name)
             if name not in names:
                 names.append(name)

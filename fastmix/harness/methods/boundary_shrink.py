@@ -87,11 +87,12 @@ def nearest_wrong_class(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     return torch.cat(out)
 
 
-@register("boundary_shrink", settings=BoundaryShrinkSettings, search_space=SEARCH_SPACE)
+@register("boundary_shrink", settings=BoundaryShrinkSettings, search_space=SEARCH_SPACE,
+          needs_labels="the true labels of D_f (its FGSM step and nearest wrong class)")
 def run_boundary_shrink(ctx: MethodContext) -> MethodResult:
     """Boundary Shrink (Chen et al. 2023)."""
     s = read_settings(BoundaryShrinkSettings, ctx.options)
-    needs_labels("boundary_shrink", ctx, "the true labels of D_f (its FGSM step and nearest wrong class)")
+    needs_labels("boundary_shrink", ctx)
     start = time.perf_counter()
     model, gen = student(ctx), generator(ctx)
     value_range = channel_range(ctx.x_retain, ctx.x_forget)

@@ -12,7 +12,7 @@ from torch import nn
 from fastmix.progress import progress_bar
 from fastmix.settings import setting_fields, validate
 
-from . import MethodContext, MethodResult
+from . import MethodContext, MethodResult, check_labels
 
 
 def read_settings(cls, options: dict):
@@ -23,13 +23,12 @@ def read_settings(cls, options: dict):
     return validate(cls(**given))
 
 
-def needs_labels(method: str, ctx: MethodContext, what: str) -> None:
-    """Refuse the label-agnostic setting, before any work, for a method that uses ``what``."""
+def needs_labels(method: str, ctx: MethodContext) -> None:
+    """Refuse the label-agnostic setting, before any work, for a method registered as needing
+    the true labels (``register(..., needs_labels=...)``) with these options."""
     if ctx.labels not in ("aware", "agnostic"):
         raise ValueError(f"labels must be 'aware' or 'agnostic', got {ctx.labels!r}")
-    if ctx.labels == "agnostic":
-        raise ValueError(f"method {method!r} needs {what}, so it cannot run in the label-agnostic setting "
-                         "(labels='agnostic'); run it label-aware")
+    check_labels(method, ctx.labels, ctx.options)
 
 
 def student(ctx: MethodContext) -> nn.Module:

@@ -34,11 +34,12 @@ SETTINGS = GASettings
 SEARCH_SPACE = {"ga_lr": LogRange(1e-5, 1e-3), "ga_epochs": Grid((1, 5, 10))}
 
 
-@register("ga", settings=GASettings, search_space=SEARCH_SPACE)
+@register("ga", settings=GASettings, search_space=SEARCH_SPACE,
+          needs_labels="the true labels of D_f")
 def run_ga(ctx: MethodContext) -> MethodResult:
     """Gradient ascent on D_f's cross-entropy (Thudi et al. 2022; Unlearn-Sparse)."""
     s = read_settings(GASettings, ctx.options)
-    needs_labels("ga", ctx, "the true labels of D_f")
+    needs_labels("ga", ctx)
     start = time.perf_counter()
     model, gen = student(ctx), generator(ctx)
     n = ctx.x_forget.shape[0]

@@ -37,11 +37,12 @@ SETTINGS = L1SparseSettings
 SEARCH_SPACE = {"l1_lr": LogRange(1e-3, 0.1), "l1_epochs": Grid((2, 5, 10)), "l1_alpha": LogRange(1e-6, 1e-3)}
 
 
-@register("l1_sparse", settings=L1SparseSettings, search_space=SEARCH_SPACE)
+@register("l1_sparse", settings=L1SparseSettings, search_space=SEARCH_SPACE,
+          needs_labels="the true labels of D_r")
 def run_l1_sparse(ctx: MethodContext) -> MethodResult:
     """l1-sparse fine-tuning (Jia et al. 2023)."""
     s = read_settings(L1SparseSettings, ctx.options)
-    needs_labels("l1_sparse", ctx, "the true labels of D_r")
+    needs_labels("l1_sparse", ctx)
     start = time.perf_counter()
     model, gen = student(ctx), generator(ctx)
     params = list(model.parameters())

@@ -39,13 +39,14 @@ SEARCH_SPACE = {"neggrad_alpha": Grid((0.95, 0.99, 0.999, 0.9999)), "neggrad_lr"
                 "neggrad_epochs": Grid((1, 3, 5))}
 
 
-@register("neggrad_plus", settings=NegGradPlusSettings, search_space=SEARCH_SPACE)
+@register("neggrad_plus", settings=NegGradPlusSettings, search_space=SEARCH_SPACE,
+          needs_labels="the true labels of D_f and D_r")
 def run_neggrad_plus(ctx: MethodContext) -> MethodResult:
     """NegGrad+ (Kurmanji et al. 2023): alpha * CE(D_r) - (1 - alpha) * CE(D_f)."""
     s = read_settings(NegGradPlusSettings, ctx.options)
     if not 0.0 <= s.neggrad_alpha <= 1.0:
         raise ValueError(f"neggrad_alpha must be in [0, 1], got {s.neggrad_alpha}")
-    needs_labels("neggrad_plus", ctx, "the true labels of D_f and D_r")
+    needs_labels("neggrad_plus", ctx)
     start = time.perf_counter()
     model, gen = student(ctx), generator(ctx)
     n_r, n_f, bs, a = ctx.x_retain.shape[0], ctx.x_forget.shape[0], s.neggrad_batch_size, s.neggrad_alpha

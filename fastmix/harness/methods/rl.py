@@ -73,11 +73,12 @@ def random_label_loop(ctx: MethodContext, model: nn.Module, opt: torch.optim.Opt
     fit(opt, loss, batches, epochs=epochs, total=epochs * per_epoch, desc=desc, quiet=ctx.quiet, after_step=after_step)
 
 
-@register("rl", settings=RLSettings, search_space=SEARCH_SPACE)
+@register("rl", settings=RLSettings, search_space=SEARCH_SPACE,
+          needs_labels="the true labels of D_r")
 def run_rl(ctx: MethodContext) -> MethodResult:
     """Random labelling (Golatkar et al. 2020; the SalUn paper's RL)."""
     s = read_settings(RLSettings, ctx.options)
-    needs_labels("rl", ctx, "the true labels of D_r")
+    needs_labels("rl", ctx)
     start = time.perf_counter()
     model = student(ctx)
     random_label_loop(ctx, model, sgd(model, s.rl_lr), epochs=s.rl_epochs, batch_size=s.rl_batch_size, desc="rl")

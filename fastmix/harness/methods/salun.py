@@ -62,13 +62,14 @@ def saliency_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ratio: flo
     return list(keep.split([p.numel() for p in params]))
 
 
-@register("salun", settings=SalUnSettings, search_space=SEARCH_SPACE)
+@register("salun", settings=SalUnSettings, search_space=SEARCH_SPACE,
+          needs_labels="the true labels of D_f (saliency) and D_r")
 def run_salun(ctx: MethodContext) -> MethodResult:
     """SalUn (Fan et al. 2024): random labelling on the salient weights only."""
     s = read_settings(SalUnSettings, ctx.options)
     if not s.salun_ratio <= 1.0:
         raise ValueError(f"salun_ratio must be in (0, 1], got {s.salun_ratio}")
-    needs_labels("salun", ctx, "the true labels of D_f (saliency) and D_r")
+    needs_labels("salun", ctx)
     start = time.perf_counter()
     model = student(ctx)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -63,14 +63,19 @@ def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: fl
                     reduction="batchmean") * T * T
 
 
-@register("scrub", settings=ScrubSettings, search_space=SEARCH_SPACE)
+def labels_for_ce(options: dict) -> str | None:
+    gamma = options.get("scrub_gamma")
+    gamma = ScrubSettings.scrub_gamma if gamma is None else gamma
+    return "the true labels of D_r for its CE term (scrub_gamma > 0; 0 drops it)" if gamma > 0 else None
+
+
+@register("scrub", settings=ScrubSettings, search_space=SEARCH_SPACE, needs_labels=labels_for_ce)
 def run_scrub(ctx: MethodContext) -> MethodResult:
     """SCRUB (Kurmanji et al. 2023)."""
     s = read_settings(ScrubSettings, ctx.options)
     if not isinstance(s.scrub_msteps, int) or isinstance(s.scrub_msteps, bool):
         raise ValueError(f"scrub_msteps must be an int >= 0, got {s.scrub_msteps!r}")
-    if s.scrub_gamma > 0:
-        needs_labels("scrub", ctx, "the true labels of D_r for its CE term (scrub_gamma > 0; 0 drops it)")
+    needs_labels("scrub", ctx)
     start = time.perf_counter()
     model, gen = student(ctx), generator(ctx)
     # The teacher (the original, frozen) sees the same unaugmented samples every epoch: its logits once.

@@ -53,11 +53,12 @@ def diagonal_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
     return [t / len(starts) for t in total]
 
 
-@register("ssd", settings=SSDSettings, search_space=SEARCH_SPACE)
+@register("ssd", settings=SSDSettings, search_space=SEARCH_SPACE,
+          needs_labels="the true labels of D_f and D_r (the Fisher information of the loss)")
 def run_ssd(ctx: MethodContext) -> MethodResult:
     """Selective Synaptic Dampening (Foster et al. 2024)."""
     s = read_settings(SSDSettings, ctx.options)
-    needs_labels("ssd", ctx, "the true labels of D_f and D_r (the Fisher information of the loss)")
+    needs_labels("ssd", ctx)
     start = time.perf_counter()
     model = student(ctx).eval()
     x_all, y_all = cat_rows([ctx.x_retain, ctx.x_forget]), torch.cat([ctx.y_retain, ctx.y_forget])

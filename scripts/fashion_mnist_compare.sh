@@ -1,0 +1,36 @@
+#!/bin/sh
+# Issue 16's comparison on Fashion-MNIST (RESULTS.md): every registered method, tuned on
+# equal terms, then 3 seeds of each of the four settings, scored on the test set.
+#
+#   sh scripts/fashion_mnist_compare.sh OUT      # resumable: rerun after a stop
+#
+# 1. tune: `fastmix tune --method all --budget 6` per label-aware setting (class, data),
+#    on a 5000-image validation split carved from the training data; the two searches
+#    run side by side, one thread each. Optuna's journal in OUT/tune-SETTING resumes a
+#    stopped search; the winners are OUT/tune-SETTING/fashion-mnist-SETTING.json.
+# 2. tables: `fastmix unlearn --method all --seeds 0,1,2` per setting and label mode with
+#    that recipe (the label-agnostic runs reuse the label-aware recipes), two at a time;
+#    a finished seed is not run again.
+# The paper's 20-epoch original and retrained models are trained once per seed and kept
+# in OUT/models (shared with scripts/fashion_mnist_options.py when given the same OUT).
+# The IDX files come from Debian's dataset-fashion-mnist, or set DATA_ROOT.
+set -e
+OUT=${1:?usage: sh scripts/fashion_mnist_compare.sh OUT}
+BUDGET=${BUDGET:-6}
+DATA=${DATA_ROOT:+--data-root $DATA_ROOT}
+COMMON="--dataset fashion-mnist $DATA --val-size 5000 --train-epochs 20 --models-dir $OUT/models --threads 1 --quiet"
+mkdir -p "$OUT"
+
+for setting in class data; do
+  python -m fastmix tune $COMMON --setting "$setting" --method all --budget "$BUDGET" --seed 0 \
+    --out "$OUT/tune-$setting" > "$OUT/tune-$setting.txt" 2>&1 &
+done
+wait
+
+run_table() {  # setting labels
+  python -m fastmix unlearn $COMMON --setting "$1" --labels "$2" --method all --seeds 0,1,2 \
+    --recipe "$OUT/tune-$1/fashion-mnist-$1.json" --out "$OUT/$1-$2" > "$OUT/$1-$2.txt" 2>&1
+}
+run_table class aware & run_table data aware & wait
+run_table class agnostic & run_table data agnostic & wait
+for d in class-aware class-agnostic data-aware data-agnostic; do cat "$OUT/$d.txt"; done
