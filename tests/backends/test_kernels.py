@@ -464,19 +464,36 @@ def test_small_losses_are_one_triton_launch_and_nothing_else(loss, kind, launche
     assert launches.aten == []
 
 
-def test_large_loss_is_two_launches_over_rows(launches):
-    # past the tile size every set's rows run in parallel: a program per row, then a persistent grid
+@pytest.mark.parametrize("loss", ["contrastive", "real", "fused"])
+def test_large_losses_are_launches_over_rows(loss, launches):
+    # past the tile every row runs in parallel: a program per mix row, then two persistent grids
     from fastmix import kernels
 
-    gen = _gen("two launches")
+    gen = _gen("launches over rows", loss)
     z = torch.randn(200, 30, generator=gen)
     labels = torch.randint(0, 30, (200,), generator=gen)
     lam = torch.rand(200, generator=gen)
     with launches.mode:
-        kernels.loss_forward(z, z[:150], z[:120], labels, labels, lam, None, 0.5, 2.0, 0.3, "sum", True)
-    assert [name for name, _ in launches.triton] == ["_terms_kernel", "_grad_kernel"]
-    assert launches.triton[0][1] == (200 + 120 + 150,)
+        if loss == "contrastive":
+            kernels.contrastive_forward(z, labels, labels, lam, None, 0.5, "sum", True)
+        elif loss == "real":
+            kernels.real_forward(z[:120], z[:150], labels, labels, 0.5, "sum", True)
+        else:
+            kernels.loss_forward(z, z, z[:120], labels, labels, lam, None, 0.5, 2.0, 0.3, "sum", True)
+    names = [name for name, _ in launches.triton]
+    assert names == (["_mix_terms_kernel"] if loss != "real" else []) + ["_rows_kernel", "_grad_kernel"]
+    if loss != "real":
+        assert launches.triton[0][1] == (200,)
     assert launches.aten == []
+
+
+def test_loss_forward_pairs_mix_and_forget_rows():
+    # mix row i and forget row i share q_f[i] in the same program, so the row counts must agree
+    from fastmix import kernels
+
+    z, labels, lam = torch.randn(70, 30), torch.randint(0, 30, (70,)), torch.rand(70)
+    with pytest.raises(ValueError, match="pair row by row"):
+        kernels.loss_forward(z, z[:60], z, labels, labels, lam, None, 0.5, 2.0, 0.3, "sum", True)
 
 
 def test_tile_limit_keeps_programs_small():
@@ -604,14 +621,28 @@ def _fused_exact(z_mix, z_f, z_r, q_f, q_r, lam, perm, omega, reduction):
     return mix + omega * spec64.real(z_r, z_f, q_r, q_f, 2.0, reduction=reduction)
 
 
+@pytest.fixture(params=["default", "rows"])
+def loss_path(request, monkeypatch):
+    """"rows": the Triton launches over rows (the large-batch path) at any size, each row in
+    chunks of 16 logits, so that small cases exercise it under the interpreter."""
+    if request.param == "rows":
+        from fastmix.kernels import contrastive
+
+        monkeypatch.setattr(contrastive, "TILE_ELEMENTS", 1)
+        monkeypatch.setattr(contrastive, "MAX_BLOCK", 16)
+    return request.param
+
+
 @pytest.mark.parametrize("omega", [0.0, 0.7])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("kind", ["labels", "probabilities"])
 @pytest.mark.parametrize("B,B_r,C", [(32, 32, 10), (5, 3, 7), (3, 9, 1), (37, 41, 30)])
-def test_loss_forward(B, B_r, C, kind, reduction, omega, backend):
+def test_loss_forward(B, B_r, C, kind, reduction, omega, backend, loss_path):
     kernel = _kernels(backend).loss_forward
     if kernel is None:
         pytest.skip(f"the {backend} backend has no loss_forward yet")
+    if loss_path == "rows" and backend != "triton":
+        pytest.skip("the row path's limits are the Triton launcher's")
     gen = _gen("fused", B, B_r, C, kind, reduction, omega)
     pool = B_r
     z_mix = (torch.randn(B, C, generator=gen) * 3).to(DEVICE)
