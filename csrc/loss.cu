@@ -359,7 +359,12 @@ __global__ void __launch_bounds__(kFusedThreads) loss_fused_kernel(LossArgs a, i
   row_grad<T, V, kFusedUnroll<V>>(a, r, lane, G, st, lse[group_of(a, r)]);
 }
 
-// Large batches, step 1: per-row state into the workspace.
+// Whether row r has a forget term, i.e. whether its gradient needs its group's log-sum-exp.
+__device__ __forceinline__ bool needs_lse(const LossArgs& a, int64_t r) { return has_forget(resolve_row(a, r)); }
+
+// Large batches, step 1: per-row state into the workspace. A keep-only row's gradient
+// does not depend on the log-sum-exp: it is written here, from the row just read (L1/L2),
+// so that step 3 reads only the rows with a forget term again.
 template <typename T, bool WARP, int V>
 __global__ void __launch_bounds__(kRowThreads) loss_stats_kernel(LossArgs a, int G, float* ws) {
   __shared__ float scratch[32];
@@ -371,6 +376,8 @@ __global__ void __launch_bounds__(kRowThreads) loss_stats_kernel(LossArgs a, int
     row_stats<T, WARP, V, (WARP ? kUnroll<V> : kBlockUnroll)>(a, r, active, rs.lane, rs.G, scratch, st);
     if (active && rs.lane == 0)
       for (int j = 0; j < NS; ++j) ws[r * NS + j] = st[j];
+    if (active && a.grad && !needs_lse(a, r))
+      row_grad<T, V, (WARP ? kUnroll<V> : kBlockUnroll)>(a, r, rs.lane, rs.G, st, 0.f);
   }
 }
 
@@ -382,14 +389,16 @@ __global__ void __launch_bounds__(kFinalThreads) loss_finish_kernel(LossArgs a, 
   if (threadIdx.x < kGroups) ws[a.rows * NS + threadIdx.x] = lse[threadIdx.x];
 }
 
-// Step 3: the gradient. Rows go last to first: the stats kernel read the last rows
-// most recently, so they are the likeliest to still be in L2.
+// Step 3: the gradient of the rows with a forget term (step 1 wrote the others). Rows go
+// last to first: the stats kernel read the last rows most recently, so they are the
+// likeliest to still be in L2.
 template <typename T, bool WARP, int V>
 __global__ void __launch_bounds__(kRowThreads) loss_grad_kernel(LossArgs a, int G, const float* ws) {
   const RowSlots<WARP> rs(G);
   float st[NS];
   for (int64_t n = rs.first() + rs.slot; n < a.rows; n += rs.stride()) {  // no shuffles: lanes may leave
     const int64_t r = a.rows - 1 - n;
+    if (!needs_lse(a, r)) continue;
     for (int j = 0; j < NS; ++j) st[j] = ws[r * NS + j];
     row_grad<T, V, kUnroll<V>>(a, r, rs.lane, rs.G, st, ws[a.rows * NS + group_of(a, r)]);
   }
