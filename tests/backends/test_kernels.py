@@ -730,6 +730,44 @@ def test_loss_forward(B, B_r, C, kind, reduction, omega, backend, loss_path):
     assert all(g.numel() == 0 for g in no_grad[1:])
 
 
+@pytest.mark.parametrize("kind", ["labels", "probabilities"])
+@pytest.mark.parametrize("loss", ["contrastive", "real"])
+def test_single_losses_on_the_row_path(loss, kind, monkeypatch):
+    # C_tau on mixes alone (three launches, the last only the loss) and L_real alone (no mix
+    # launch), on the row path at odd sizes with rows in chunks of 16 logits
+    from fastmix.kernels import contrastive
+
+    monkeypatch.setattr(contrastive, "TILE_ELEMENTS", 1)
+    monkeypatch.setattr(contrastive, "MAX_BLOCK", 16)
+    gen = _gen("row path", loss, kind)
+    C = 37
+    if loss == "contrastive":
+        z = _noncontiguous((torch.randn(7, C, generator=gen) * 3).to(DEVICE))
+        q_f, q_r = _targets(kind, 7, C, gen), _targets(kind, 11, C, gen)
+        perm = _strided(torch.randint(0, 11, (7,), generator=gen).to(DEVICE))
+        lam = torch.rand(7, generator=gen).to(DEVICE)
+
+        def fn(a, backend):
+            return fastmix.contrastive_loss(a, q_f, q_r, lam, 0.3, perm=perm, reduction="mean", backend=backend)
+
+        def exact(a):
+            return spec64.contrastive(a, q_f, q_r, lam, 0.3, perm=perm, reduction="mean")
+
+        _compare(fn, [z], exact, torch.float32, f"row path {loss} {kind}", "triton")
+    else:
+        z_r = (torch.randn(9, C, generator=gen) * 3).to(DEVICE)
+        z_f = _noncontiguous((torch.randn(5, C, generator=gen) * 3).to(DEVICE))
+        q_r, q_f = _targets(kind, 9, C, gen), _targets(kind, 5, C, gen)
+
+        def fn(a, b, backend):
+            return fastmix.real_loss(a, b, q_r, q_f, 2.0, backend=backend)
+
+        def exact(a, b):
+            return spec64.real(a, b, q_r, q_f, 2.0)
+
+        _compare(fn, [z_r, z_f], exact, torch.float32, f"row path {loss} {kind}", "triton")
+
+
 @pytest.mark.parametrize("B,C", [(4, 6), (130, 17)])  # the tile, and past it
 def test_loss_forward_without_real_logits(B, C, backend):
     kernel = _kernels(backend).loss_forward
