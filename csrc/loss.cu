@@ -15,8 +15,9 @@
 // group's forget terms, so:
 //   small batches (every row its own group of lanes in one block, at most
 //   kFusedMaxElems logits): one launch: state -> log-sum-exp -> gradient;
-//   larger: a grid computes the per-row state, one block the log-sum-exps and the loss,
-//   and a grid the gradient.
+//   larger: a grid computes the per-row state (and the gradient of keep-only rows, which
+//   needs no log-sum-exp), one block the log-sum-exps and the loss, and a grid the
+//   gradient of the rows with a forget term.
 // No path synchronises with the host.
 #include <algorithm>
 #include <initializer_list>
