@@ -336,7 +336,9 @@ __device__ void finish_loss(const LossArgs& a, const float* x, const float* keep
   if (threadIdx.x == 0) *a.loss = total;
 }
 
-__device__ __forceinline__ int group_of(const LossArgs& a, int64_t r) { return r >= a.grp[0].hi ? 1 : 0; }
+__device__ __forceinline__ int group_of(const LossArgs& a, int64_t r) {
+  return r >= a.grp[0].lo && r < a.grp[0].hi ? 0 : 1;
+}
 
 // Small batches: the whole loss and gradient in one block, a group of G lanes per row,
 // every row at once (no row waits for another).
@@ -554,9 +556,13 @@ extern "C" FASTMIX_API int fastmix_unlearn_loss_forward(
   a.grp[0] = Group{1.f / tau_mix, scale_mix, static_cast<float>(B), 0, B};
   a.ngroups = 1;
   if (real) {
-    a.seg[1] = segment(retain, grad_retain, Br, retain_rs, retain_cs, KEEP_ONLY, 1);
-    a.seg[2] = segment(forget, grad_forget, Bf, forget_rs, forget_cs, FORGET_ONLY, 1);
-    a.grp[1] = Group{1.f / tau_real, scale_real, static_cast<float>(Br), B, a.rows};
+    // Retain rows first (the state pass writes their gradient), mix rows last: the gradient
+    // pass, last row to first, then re-reads only rows with a forget term, newest first.
+    a.seg[0] = segment(retain, grad_retain, Br, retain_rs, retain_cs, KEEP_ONLY, 1);
+    a.seg[1] = segment(forget, grad_forget, Bf, forget_rs, forget_cs, FORGET_ONLY, 1);
+    a.seg[2] = segment(mix, grad_mix, B, mix_rs, mix_cs, MIXED, 0);
+    a.grp[0] = Group{1.f / tau_mix, scale_mix, static_cast<float>(B), Br + Bf, a.rows};
+    a.grp[1] = Group{1.f / tau_real, scale_real, static_cast<float>(Br), 0, Br + Bf};
     a.ngroups = 2;
   }
   a.grad = grad_mix != nullptr || grad_retain != nullptr || grad_forget != nullptr;
