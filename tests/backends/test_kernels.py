@@ -679,8 +679,9 @@ def _fused_exact(z_mix, z_f, z_r, q_f, q_r, lam, perm, omega, reduction):
 
 @pytest.fixture(params=["default", "rows"])
 def loss_path(request, monkeypatch):
-    """"rows": the Triton launches over rows (the large-batch path) at any size, each row in
-    chunks of 16 logits, so that small cases exercise it under the interpreter."""
+    """Which Triton path runs: the launchers' own choice, or ("rows") the launches over rows (the
+    large-batch path) at any size, each row in chunks of 16 logits, so that small cases
+    exercise it under the interpreter."""
     if request.param == "rows":
         from fastmix.kernels import contrastive
 
