@@ -15,8 +15,9 @@
 // group's forget terms, so:
 //   small batches (every row its own group of lanes in one block, at most
 //   kFusedMaxElems logits): one launch: state -> log-sum-exp -> gradient;
-//   larger: a grid computes the per-row state, one block the log-sum-exps and the loss,
-//   and a grid the gradient.
+//   larger: a grid computes the per-row state (and the gradient of keep-only rows, which
+//   needs no log-sum-exp), one block the log-sum-exps and the loss, and a grid the
+//   gradient of the rows with a forget term.
 // No path synchronises with the host.
 #include <algorithm>
 #include <initializer_list>
@@ -335,7 +336,9 @@ __device__ void finish_loss(const LossArgs& a, const float* x, const float* keep
   if (threadIdx.x == 0) *a.loss = total;
 }
 
-__device__ __forceinline__ int group_of(const LossArgs& a, int64_t r) { return r >= a.grp[0].hi ? 1 : 0; }
+__device__ __forceinline__ int group_of(const LossArgs& a, int64_t r) {
+  return r >= a.grp[0].lo && r < a.grp[0].hi ? 0 : 1;
+}
 
 // Small batches: the whole loss and gradient in one block, a group of G lanes per row,
 // every row at once (no row waits for another).
@@ -359,7 +362,12 @@ __global__ void __launch_bounds__(kFusedThreads) loss_fused_kernel(LossArgs a, i
   row_grad<T, V, kFusedUnroll<V>>(a, r, lane, G, st, lse[group_of(a, r)]);
 }
 
-// Large batches, step 1: per-row state into the workspace.
+// Whether row r has a forget term, i.e. whether its gradient needs its group's log-sum-exp.
+__device__ __forceinline__ bool needs_lse(const LossArgs& a, int64_t r) { return has_forget(resolve_row(a, r)); }
+
+// Large batches, step 1: per-row state into the workspace. A keep-only row's gradient
+// does not depend on the log-sum-exp: it is written here, from the row just read (L1/L2),
+// so that step 3 reads only the rows with a forget term again.
 template <typename T, bool WARP, int V>
 __global__ void __launch_bounds__(kRowThreads) loss_stats_kernel(LossArgs a, int G, float* ws) {
   __shared__ float scratch[32];
@@ -371,6 +379,8 @@ __global__ void __launch_bounds__(kRowThreads) loss_stats_kernel(LossArgs a, int
     row_stats<T, WARP, V, (WARP ? kUnroll<V> : kBlockUnroll)>(a, r, active, rs.lane, rs.G, scratch, st);
     if (active && rs.lane == 0)
       for (int j = 0; j < NS; ++j) ws[r * NS + j] = st[j];
+    if (active && a.grad && !needs_lse(a, r))
+      row_grad<T, V, (WARP ? kUnroll<V> : kBlockUnroll)>(a, r, rs.lane, rs.G, st, 0.f);
   }
 }
 
@@ -382,14 +392,16 @@ __global__ void __launch_bounds__(kFinalThreads) loss_finish_kernel(LossArgs a, 
   if (threadIdx.x < kGroups) ws[a.rows * NS + threadIdx.x] = lse[threadIdx.x];
 }
 
-// Step 3: the gradient. Rows go last to first: the stats kernel read the last rows
-// most recently, so they are the likeliest to still be in L2.
+// Step 3: the gradient of the rows with a forget term (step 1 wrote the others). Rows go
+// last to first: the stats kernel read the last rows most recently, so they are the
+// likeliest to still be in L2.
 template <typename T, bool WARP, int V>
 __global__ void __launch_bounds__(kRowThreads) loss_grad_kernel(LossArgs a, int G, const float* ws) {
   const RowSlots<WARP> rs(G);
   float st[NS];
   for (int64_t n = rs.first() + rs.slot; n < a.rows; n += rs.stride()) {  // no shuffles: lanes may leave
     const int64_t r = a.rows - 1 - n;
+    if (!needs_lse(a, r)) continue;
     for (int j = 0; j < NS; ++j) st[j] = ws[r * NS + j];
     row_grad<T, V, kUnroll<V>>(a, r, rs.lane, rs.G, st, ws[a.rows * NS + group_of(a, r)]);
   }
@@ -544,9 +556,13 @@ extern "C" FASTMIX_API int fastmix_unlearn_loss_forward(
   a.grp[0] = Group{1.f / tau_mix, scale_mix, static_cast<float>(B), 0, B};
   a.ngroups = 1;
   if (real) {
-    a.seg[1] = segment(retain, grad_retain, Br, retain_rs, retain_cs, KEEP_ONLY, 1);
-    a.seg[2] = segment(forget, grad_forget, Bf, forget_rs, forget_cs, FORGET_ONLY, 1);
-    a.grp[1] = Group{1.f / tau_real, scale_real, static_cast<float>(Br), B, a.rows};
+    // Retain rows first (the state pass writes their gradient), mix rows last: the gradient
+    // pass, last row to first, then re-reads only rows with a forget term, newest first.
+    a.seg[0] = segment(retain, grad_retain, Br, retain_rs, retain_cs, KEEP_ONLY, 1);
+    a.seg[1] = segment(forget, grad_forget, Bf, forget_rs, forget_cs, FORGET_ONLY, 1);
+    a.seg[2] = segment(mix, grad_mix, B, mix_rs, mix_cs, MIXED, 0);
+    a.grp[0] = Group{1.f / tau_mix, scale_mix, static_cast<float>(B), Br + Bf, a.rows};
+    a.grp[1] = Group{1.f / tau_real, scale_real, static_cast<float>(Br), 0, Br + Bf};
     a.ngroups = 2;
   }
   a.grad = grad_mix != nullptr || grad_retain != nullptr || grad_forget != nullptr;

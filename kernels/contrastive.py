@@ -10,13 +10,20 @@ The batch couples only through the log-sum-exp of a set's forget terms. So:
 - small sets (each a tile of at most ``TILE_ELEMENTS`` padded logits, the
   trainer's case): ``_tile_kernel``, one launch of one program that holds each
   set as a 2-D block of rows x classes in registers, every row in parallel;
-- larger sets: two launches, both with a grid over the rows of all sets
-  (one kernel on a grid would need a grid-wide barrier, a hang risk wherever
-  programs are not co-resident):
-  1. ``_terms_kernel``, a program per row: reads the logits and targets once with
-     an online softmax and writes ``N_STATS`` floats for it (slots ``S_*``).
-  2. ``_grad_kernel``, a persistent grid: every program reduces the small stats
-     buffer to the log-sum-exps, program 0 writes the loss, all write gradient rows.
+- larger sets: a launch per log-sum-exp set and one more, each over the rows in
+  parallel (one kernel would need a grid-wide barrier: a hang wherever programs are
+  not co-resident, and nothing the interpreter can run). A row with a forget term
+  needs its set's log-sum-exp before its gradient, so its logits and q_f are read
+  twice; each launch re-reads the rows the one before read last, first, and the loads
+  say which rows a later launch wants (L2 eviction hints), so that the second read is
+  an L2 hit when a set's rows fit (BENCHMARKS.md counts both cases):
+  1. ``_mix_terms_kernel``, a program per mix row: its forget term (stats ``S_*``).
+  2. ``_rows_kernel``, a persistent grid, rows last to first: mix row i's keep term
+     and whole gradient (the mix log-sum-exp is known now), forget row i's term, and
+     retain row i's term and gradient (it has no forget term).
+  3. ``_grad_kernel``, a persistent grid, rows first to last: the forget rows'
+     gradients; program 0 writes the loss.
+  Without mix rows (``real_forward``) launch 1 is left out.
 No value goes to the host. The backward of the op only scales the saved gradients.
 
 A label or ``perm`` index out of range is never dereferenced: the row's terms
@@ -38,23 +45,19 @@ BLOCK_ROWS = 1024
 # a set runs in the one-program tile kernel when rows x classes, each padded to a power of two, fit this
 TILE_ELEMENTS = 2048
 
-# Per-row stats of the two-kernel path, one slot each, as ``enum Stat`` in csrc/loss.cu:
-# softmax max and 1 / sum exp; dc/dp = A q - Bp p with <dc/dp, p> = Dp for the keep (_K)
-# and forget (_F) target; the keep term; X = the forget term / tau (-inf for a row without
-# one); the keep weight kappa and forget weight mu.
+# Per-row stats of the path over rows, one slot each: softmax max and 1 / sum exp; the forget
+# term's dc/dp = A q - Bp p with <dc/dp, p> = Dp; the keep term; X = the forget term / tau;
+# the forget weight mu. Only the forget slots cross launches with the whole gradient
+# still to come; a retain row has S_KEEP alone.
 S_M = tl.constexpr(0)
 S_INV_S = tl.constexpr(1)
-S_A_K = tl.constexpr(2)
-S_BP_K = tl.constexpr(3)
-S_DP_K = tl.constexpr(4)
-S_A_F = tl.constexpr(5)
-S_BP_F = tl.constexpr(6)
-S_DP_F = tl.constexpr(7)
-S_KEEP = tl.constexpr(8)
-S_X = tl.constexpr(9)
-S_KW = tl.constexpr(10)
-S_FW = tl.constexpr(11)
-N_STATS = 12
+S_A_F = tl.constexpr(2)
+S_BP_F = tl.constexpr(3)
+S_DP_F = tl.constexpr(4)
+S_KEEP = tl.constexpr(5)
+S_X = tl.constexpr(6)
+S_FW = tl.constexpr(7)
+N_STATS = 8
 
 # the role of a row set (SPEC 4): mixed rows have both terms, real retain rows only keep
 # terms, real forget rows only forget terms
@@ -268,7 +271,7 @@ def _tile_kernel(
     tl.store(loss_ptr, loss)
 
 
-# --- larger sets: a program per row, then a persistent grid ------------------------------------------
+# --- larger sets: three launches over rows, each LSE set re-read while it is still in L2 -----------
 
 
 @triton.jit
@@ -280,13 +283,20 @@ def _label_prob(z_row, stride_zc, label, n_cols, row_max, inv_s):
 
 
 @triton.jit
-def _row_terms(i, rs, ROLE: tl.constexpr, HAS_PERM: tl.constexpr, LABELS: tl.constexpr, BLOCK: tl.constexpr):
-    """Writes the stats of logits row i (int64) of a set."""
+def _row_terms(i, rs, ROLE: tl.constexpr, DO_KEEP: tl.constexpr, DO_FORGET: tl.constexpr, HAS_PERM: tl.constexpr,
+               LABELS: tl.constexpr, BLOCK: tl.constexpr, EVICT: tl.constexpr):
+    """One online pass over logits row i (int64) of a set and the targets of the terms asked for.
+
+    The forget term goes to the stats (its gradient needs the set's log-sum-exp, a later
+    launch); the keep term's value goes to S_KEEP and its gradient coefficients are returned,
+    for the caller to write the row's gradient at once. ``EVICT`` is the L2 policy of the
+    loads: "evict_last" for rows a later launch reads again.
+    Returns (row_max, inv_s, coef_p, gp, coef_q_k, k_row): the keep part of
+    dC/dz = p * (coef_p p + coef_q_k q_k - gp) (zeros without DO_KEEP).
+    """
     (z_ptr, stride_zr, stride_zc, n_rows, n_cols, kt_ptr, stride_ktr, stride_ktc, keep_pool,
      ft_ptr, stride_ftr, stride_ftc, perm_ptr, stride_perm, lam_ptr, stride_lam,
-     _grad, _stride_gr, stats_ptr, _n_keep, inv_tau, _scale) = _unpack(rs)
-    HAS_KEEP: tl.constexpr = ROLE != FORGET
-    HAS_FORGET: tl.constexpr = ROLE != KEEP
+     _grad, _stride_gr, stats_ptr, _n_keep, inv_tau, scale) = _unpack(rs)
     z_row = z_ptr + i * stride_zr
     k_row, k_ok = _keep_row(perm_ptr, stride_perm, i, keep_pool, True, HAS_PERM)
     cols = tl.arange(0, BLOCK)
@@ -304,7 +314,8 @@ def _row_terms(i, rs, ROLE: tl.constexpr, HAS_PERM: tl.constexpr, LABELS: tl.con
         c = start + cols
         cmask = c < n_cols
         c64 = c.to(tl.int64)
-        z = tl.load(z_row + c64 * stride_zc, mask=cmask, other=float("-inf")).to(tl.float32)
+        z = tl.load(z_row + c64 * stride_zc, mask=cmask, other=float("-inf"), eviction_policy=EVICT)
+        z = z.to(tl.float32)
         m_new = tl.maximum(m, z)
         alive = m_new != float("-inf")
         rescale = tl.where(alive, tl.exp(m - m_new), 1.0)
@@ -312,12 +323,14 @@ def _row_terms(i, rs, ROLE: tl.constexpr, HAS_PERM: tl.constexpr, LABELS: tl.con
         s = s * rescale + e
         s2 = s2 * rescale * rescale + e * e
         if not LABELS:
-            if HAS_KEEP:
-                qk = tl.load(kt_ptr + k_row * stride_ktr + c64 * stride_ktc, mask=cmask, other=0.0).to(tl.float32)
+            if DO_KEEP:
+                qk = tl.load(kt_ptr + k_row * stride_ktr + c64 * stride_ktc, mask=cmask, other=0.0,
+                             eviction_policy=EVICT).to(tl.float32)
                 dk = dk * rescale + e * qk
                 qk2 += qk * qk
-            if HAS_FORGET:
-                qf = tl.load(ft_ptr + i * stride_ftr + c64 * stride_ftc, mask=cmask, other=0.0).to(tl.float32)
+            if DO_FORGET:
+                qf = tl.load(ft_ptr + i * stride_ftr + c64 * stride_ftc, mask=cmask, other=0.0,
+                             eviction_policy=EVICT).to(tl.float32)
                 df = df * rescale + e * qf
                 qf2 += qf * qf
         m = m_new
@@ -330,11 +343,8 @@ def _row_terms(i, rs, ROLE: tl.constexpr, HAS_PERM: tl.constexpr, LABELS: tl.con
     kappa, mu = _weights(lam_ptr, stride_lam, i, True, ROLE)
 
     row = stats_ptr + i
-    keep_term = 0.0
-    x = float("-inf")
-    A_k, Bp_k, Dp_k = 0.0, 0.0, 0.0
-    A_f, Bp_f, Dp_f = 0.0, 0.0, 0.0
-    if HAS_KEEP:
+    coef_p, gp, coef_q_k = 0.0, 0.0, 0.0
+    if DO_KEEP:
         if LABELS:
             dot_k = _label_prob(z_row, stride_zc, tl.load(kt_ptr + k_row * stride_ktr), n_cols, row_max, inv_s)
             qq_k = 1.0
@@ -343,8 +353,12 @@ def _row_terms(i, rs, ROLE: tl.constexpr, HAS_PERM: tl.constexpr, LABELS: tl.con
             qq_k = tl.sum(qk2, 0)
         dot_k = tl.where(k_ok, dot_k, float("nan"))
         c_k, A_k, Bp_k, Dp_k = _cosine_coefs(dot_k, pp, qq_k)
-        keep_term = kappa * (1.0 - c_k)
-    if HAS_FORGET:
+        tl.store(row + S_KEEP * n_rows, kappa * (1.0 - c_k))
+        alpha = -kappa * scale  # dC/dc_keep
+        coef_q_k = alpha * A_k
+        coef_p = -alpha * Bp_k
+        gp = alpha * Dp_k
+    if DO_FORGET:
         if LABELS:
             dot_f = _label_prob(z_row, stride_zc, tl.load(ft_ptr + i * stride_ftr), n_cols, row_max, inv_s)
             qq_f = 1.0
@@ -352,38 +366,70 @@ def _row_terms(i, rs, ROLE: tl.constexpr, HAS_PERM: tl.constexpr, LABELS: tl.con
             dot_f = tl.sum(df * lane, 0) * inv_s
             qq_f = tl.sum(qf2, 0)
         c_f, A_f, Bp_f, Dp_f = _cosine_coefs(dot_f, pp, qq_f)
-        x = mu * (1.0 - c_f) * inv_tau
-    tl.store(row + S_M * n_rows, row_max)
-    tl.store(row + S_INV_S * n_rows, inv_s)
-    tl.store(row + S_A_K * n_rows, A_k)
-    tl.store(row + S_BP_K * n_rows, Bp_k)
-    tl.store(row + S_DP_K * n_rows, Dp_k)
-    tl.store(row + S_A_F * n_rows, A_f)
-    tl.store(row + S_BP_F * n_rows, Bp_f)
-    tl.store(row + S_DP_F * n_rows, Dp_f)
-    tl.store(row + S_KEEP * n_rows, keep_term)
-    tl.store(row + S_X * n_rows, x)
-    tl.store(row + S_KW * n_rows, kappa)
-    tl.store(row + S_FW * n_rows, mu)
+        tl.store(row + S_M * n_rows, row_max)
+        tl.store(row + S_INV_S * n_rows, inv_s)
+        tl.store(row + S_A_F * n_rows, A_f)
+        tl.store(row + S_BP_F * n_rows, Bp_f)
+        tl.store(row + S_DP_F * n_rows, Dp_f)
+        tl.store(row + S_X * n_rows, mu * (1.0 - c_f) * inv_tau)
+        tl.store(row + S_FW * n_rows, mu)
+    return row_max, inv_s, coef_p, gp, coef_q_k, k_row
 
 
 @triton.jit
-def _terms_kernel(mix, retain, forget, HAS_MIX: tl.constexpr, HAS_REAL: tl.constexpr,
-                  HAS_PERM: tl.constexpr, LABELS: tl.constexpr, BLOCK: tl.constexpr):
-    """Program i: the stats of row i of the sets laid end to end (mix, retain, forget)."""
-    i = tl.program_id(0).to(tl.int64)
-    if HAS_MIX:
-        n_mix = _unpack(mix)[3]
-        if i < n_mix:
-            _row_terms(i, mix, MIX, HAS_PERM, LABELS, BLOCK)
-        i -= n_mix
-    if HAS_REAL:
-        n_retain = _unpack(retain)[3]
-        if (i >= 0) & (i < n_retain):
-            _row_terms(i, retain, KEEP, False, LABELS, BLOCK)
-        i -= n_retain
-        if i >= 0:
-            _row_terms(i, forget, FORGET, False, LABELS, BLOCK)
+def _forget_coefs(i, rs, lse):
+    """The forget part of row i's gradient, dC/dz = p * (coef_p p + coef_q_f q_f - gp), from its
+    stats and the set's log-sum-exp; also the row's softmax max and 1 / sum."""
+    (_z, _szr, _szc, n_rows, _n_cols, _kt, _sktr, _sktc, _pool, _ft, _sftr, _sftc, _perm, _sperm, _lam, _slam,
+     _grad, _sgr, stats_ptr, n_keep, inv_tau, scale) = _unpack(rs)
+    row = stats_ptr + i
+    w = tl.exp(tl.load(row + S_X * n_rows) - lse)
+    beta = n_keep * inv_tau * w * tl.load(row + S_FW * n_rows) * scale  # dC/dc_forget
+    coef_q_f = beta * tl.load(row + S_A_F * n_rows)
+    coef_p = -beta * tl.load(row + S_BP_F * n_rows)
+    gp = beta * tl.load(row + S_DP_F * n_rows)
+    return tl.load(row + S_M * n_rows), tl.load(row + S_INV_S * n_rows), coef_p, gp, coef_q_f
+
+
+@triton.jit
+def _write_grad(i, rs, row_max, inv_s, coef_p, gp, coef_q_k, k_row, coef_q_f, HAS_KEEP: tl.constexpr,
+                HAS_FORGET: tl.constexpr, LABELS: tl.constexpr, BLOCK: tl.constexpr, EVICT_QF: tl.constexpr):
+    """dC/dz of row i = p * (coef_p p + coef_q_k q_k + coef_q_f q_f - gp). The logits and q_k are
+    read for the last time here; ``EVICT_QF`` keeps q_f in L2 when a later launch reads it."""
+    (z_ptr, stride_zr, stride_zc, _n_rows, n_cols, kt_ptr, stride_ktr, stride_ktc, _pool,
+     ft_ptr, stride_ftr, stride_ftc, _perm, _sperm, _lam, _slam,
+     grad_ptr, stride_gr, _stats, _n_keep, _inv_tau, _scale) = _unpack(rs)
+    cols = tl.arange(0, BLOCK)
+    if HAS_KEEP:
+        if LABELS:
+            label_k = tl.load(kt_ptr + k_row * stride_ktr)
+    if HAS_FORGET:
+        if LABELS:
+            label_f = tl.load(ft_ptr + i * stride_ftr)
+    z_row = z_ptr + i * stride_zr
+    g_row = grad_ptr + i * stride_gr
+    for start in range(0, n_cols, BLOCK):
+        c = start + cols
+        cmask = c < n_cols
+        c64 = c.to(tl.int64)
+        z = tl.load(z_row + c64 * stride_zc, mask=cmask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        p = tl.exp(z - row_max) * inv_s
+        g = coef_p * p - gp
+        if HAS_KEEP:
+            if LABELS:
+                g += tl.where(c == label_k, coef_q_k, 0.0)
+            else:
+                qk = tl.load(kt_ptr + k_row * stride_ktr + c64 * stride_ktc, mask=cmask, other=0.0,
+                             eviction_policy="evict_first")
+                g += coef_q_k * qk.to(tl.float32)
+        if HAS_FORGET:
+            if LABELS:
+                g += tl.where(c == label_f, coef_q_f, 0.0)
+            else:
+                qf = tl.load(ft_ptr + i * stride_ftr + c64 * stride_ftc, mask=cmask, other=0.0,
+                             eviction_policy=EVICT_QF)
+                g += coef_q_f * qf.to(tl.float32)
+        tl.store(g_row + c, (p * g).to(grad_ptr.dtype.element_ty), mask=cmask, eviction_policy="evict_first")
 
 
 @triton.jit
@@ -407,89 +453,72 @@ def _set_keep_sum(rs, BLOCK_R: tl.constexpr):
 
 
 @triton.jit
-def _grad_rows(pid, n_prog, rs, lse, ROLE: tl.constexpr, HAS_PERM: tl.constexpr, LABELS: tl.constexpr,
-               BLOCK: tl.constexpr):
-    """The gradient rows pid, pid + n_prog, ... of a set from its stats."""
-    (z_ptr, stride_zr, stride_zc, n_rows, n_cols, kt_ptr, stride_ktr, stride_ktc, keep_pool,
-     ft_ptr, stride_ftr, stride_ftc, perm_ptr, stride_perm, _lam, _stride_lam,
-     grad_ptr, stride_gr, stats_ptr, n_keep, inv_tau, scale) = _unpack(rs)
-    HAS_KEEP: tl.constexpr = ROLE != FORGET
-    HAS_FORGET: tl.constexpr = ROLE != KEEP
-    cols = tl.arange(0, BLOCK)
-    for i32 in range(pid, n_rows, n_prog):
-        i = tl.cast(i32, tl.int64)
-        row = stats_ptr + i
-        row_max = tl.load(row + S_M * n_rows)
-        inv_s = tl.load(row + S_INV_S * n_rows)
-        coef_p = 0.0
-        gp = 0.0
-        coef_q_k = 0.0
-        coef_q_f = 0.0
-        if HAS_KEEP:
-            alpha = -tl.load(row + S_KW * n_rows) * scale  # dC/dc_keep
-            coef_q_k = alpha * tl.load(row + S_A_K * n_rows)
-            coef_p = -alpha * tl.load(row + S_BP_K * n_rows)
-            gp = alpha * tl.load(row + S_DP_K * n_rows)
-            k_row, _ = _keep_row(perm_ptr, stride_perm, i, keep_pool, True, HAS_PERM)
-            if LABELS:
-                label_k = tl.load(kt_ptr + k_row * stride_ktr)
-        if HAS_FORGET:
-            w = tl.exp(tl.load(row + S_X * n_rows) - lse)
-            beta = n_keep * inv_tau * w * tl.load(row + S_FW * n_rows) * scale  # dC/dc_forget
-            coef_q_f = beta * tl.load(row + S_A_F * n_rows)
-            coef_p -= beta * tl.load(row + S_BP_F * n_rows)
-            gp += beta * tl.load(row + S_DP_F * n_rows)
-            if LABELS:
-                label_f = tl.load(ft_ptr + i * stride_ftr)
-        z_row = z_ptr + i * stride_zr
-        g_row = grad_ptr + i * stride_gr
-        for start in range(0, n_cols, BLOCK):
-            c = start + cols
-            cmask = c < n_cols
-            c64 = c.to(tl.int64)
-            z = tl.load(z_row + c64 * stride_zc, mask=cmask, other=0.0).to(tl.float32)
-            p = tl.exp(z - row_max) * inv_s
-            g = coef_p * p - gp
-            if HAS_KEEP:
-                if LABELS:
-                    g += tl.where(c == label_k, coef_q_k, 0.0)
-                else:
-                    qk = tl.load(kt_ptr + k_row * stride_ktr + c64 * stride_ktc, mask=cmask, other=0.0)
-                    g += coef_q_k * qk.to(tl.float32)
-            if HAS_FORGET:
-                if LABELS:
-                    g += tl.where(c == label_f, coef_q_f, 0.0)
-                else:
-                    qf = tl.load(ft_ptr + i * stride_ftr + c64 * stride_ftc, mask=cmask, other=0.0)
-                    g += coef_q_f * qf.to(tl.float32)
-            tl.store(g_row + c, (p * g).to(grad_ptr.dtype.element_ty), mask=cmask)
+def _mix_terms_kernel(mix, LABELS: tl.constexpr, BLOCK: tl.constexpr):
+    """Launch 1 of 3, program i: the forget term of mix row i (logits and q_f kept in L2 for launch 2)."""
+    i = tl.program_id(0).to(tl.int64)
+    _row_terms(i, mix, MIX, False, True, False, LABELS, BLOCK, "evict_last")
+
+
+@triton.jit
+def _rows_kernel(
+    mix, retain, forget, n_max,
+    HAS_MIX: tl.constexpr, HAS_REAL: tl.constexpr, HAS_PERM: tl.constexpr, LABELS: tl.constexpr,
+    WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    """Launch 2 of 3, a persistent grid over i = n_max - 1 down to 0 (the mix rows launch 1 read
+    last come first): mix row i's keep term and whole gradient; forget row i's term (its logits
+    and q_f kept in L2 for launch 3); retain row i's term and gradient (no log-sum-exp in it)."""
+    pid = tl.program_id(0)
+    n_prog = tl.num_programs(0)
+    if HAS_MIX:
+        if WRITE_GRAD:
+            lse_mix = _set_lse(mix, BLOCK_R)
+    for k in range(pid, n_max, n_prog):
+        i = tl.cast(n_max - 1 - k, tl.int64)
+        if HAS_MIX:
+            if i < _unpack(mix)[3]:
+                row_max, inv_s, coef_p, gp, coef_q_k, k_row = _row_terms(
+                    i, mix, MIX, True, False, HAS_PERM, LABELS, BLOCK, "")
+                if WRITE_GRAD:
+                    _m, _s, f_p, f_gp, coef_q_f = _forget_coefs(i, mix, lse_mix)
+                    _write_grad(i, mix, row_max, inv_s, coef_p + f_p, gp + f_gp, coef_q_k, k_row, coef_q_f,
+                                True, True, LABELS, BLOCK, "evict_last")
+        if HAS_REAL:
+            if i < _unpack(forget)[3]:
+                _row_terms(i, forget, FORGET, False, True, False, LABELS, BLOCK, "evict_last")
+            if i < _unpack(retain)[3]:
+                row_max, inv_s, coef_p, gp, coef_q_k, k_row = _row_terms(
+                    i, retain, KEEP, True, False, False, LABELS, BLOCK, "evict_first")
+                if WRITE_GRAD:
+                    _write_grad(i, retain, row_max, inv_s, coef_p, gp, coef_q_k, k_row, 0.0,
+                                True, False, LABELS, BLOCK, "")
 
 
 @triton.jit
 def _grad_kernel(
     mix, retain, forget, loss_ptr,
-    HAS_MIX: tl.constexpr, HAS_REAL: tl.constexpr, HAS_PERM: tl.constexpr, LABELS: tl.constexpr,
+    HAS_MIX: tl.constexpr, HAS_REAL: tl.constexpr, LABELS: tl.constexpr,
     WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    """Program pid of n_prog: the loss (program 0) and the gradient rows pid, pid + n_prog, ... of each set."""
+    """Launch 3 of 3, a persistent grid: the loss (program 0) and the forget rows' gradients,
+    i = 0 upwards (the rows launch 2 read last come first)."""
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
-    # each set's batch coupling: every program reduces the stats to its log-sum-exp
-    loss = 0.0
-    if HAS_MIX:
-        lse_mix = _set_lse(mix, BLOCK_R)
-        scale = _unpack(mix)[21]
-        loss += (_set_keep_sum(mix, BLOCK_R) - _unpack(mix)[19] * lse_mix) * scale
-        if WRITE_GRAD:
-            _grad_rows(pid, n_prog, mix, lse_mix, MIX, HAS_PERM, LABELS, BLOCK)
     if HAS_REAL:
         lse_real = _set_lse(forget, BLOCK_R)
-        loss += _set_keep_sum(retain, BLOCK_R) * _unpack(retain)[21]
-        loss -= _unpack(forget)[19] * lse_real * _unpack(forget)[21]
         if WRITE_GRAD:
-            _grad_rows(pid, n_prog, retain, 0.0, KEEP, False, LABELS, BLOCK)
-            _grad_rows(pid, n_prog, forget, lse_real, FORGET, False, LABELS, BLOCK)
+            for k in range(pid, _unpack(forget)[3], n_prog):
+                i = tl.cast(k, tl.int64)
+                row_max, inv_s, coef_p, gp, coef_q_f = _forget_coefs(i, forget, lse_real)
+                _write_grad(i, forget, row_max, inv_s, coef_p, gp, 0.0, i, coef_q_f, False, True, LABELS, BLOCK,
+                            "evict_first")
     if pid == 0:
+        loss = 0.0
+        if HAS_MIX:
+            loss += (_set_keep_sum(mix, BLOCK_R) - _unpack(mix)[19] * _set_lse(mix, BLOCK_R)) * _unpack(mix)[21]
+        if HAS_REAL:
+            loss += _set_keep_sum(retain, BLOCK_R) * _unpack(retain)[21]
+            loss -= _unpack(forget)[19] * lse_real * _unpack(forget)[21]
         tl.store(loss_ptr, loss)
 
 
@@ -514,15 +543,24 @@ def _launch(mix: RowSet | None, retain: RowSet | None, forget: RowSet | None, wi
             BLOCK_C=block_c, num_warps=4, **flags,
         )
         return loss
+    if mix is not None and retain is not None and mix.n_rows != forget.n_rows:
+        raise ValueError(f"loss_forward: {mix.n_rows} mix rows but {forget.n_rows} forget rows; they pair row by row")
     for s in sets:
         s.new_stats()
     args = [(s or first).kernel_args() for s in (mix, retain, forget)]
     block = row_block(first.n_cols, MAX_BLOCK)
-    n_rows = sum(s.n_rows for s in sets)
-    _terms_kernel[(n_rows,)](*args, BLOCK=block, num_warps=warps_for(block), **flags)
-    n_prog = persistent_programs(first.logits.device, n_rows) if with_grad else 1
+    warps = warps_for(block)
+    device = first.logits.device
+    if mix is not None:
+        _mix_terms_kernel[(mix.n_rows,)](args[0], LABELS=first.labels, BLOCK=block, num_warps=warps)
+    n_max = max(s.n_rows for s in sets)
+    _rows_kernel[(persistent_programs(device, n_max),)](
+        *args, n_max, WRITE_GRAD=with_grad, BLOCK=block, BLOCK_R=BLOCK_ROWS, num_warps=warps, **flags,
+    )
+    n_prog = persistent_programs(device, forget.n_rows) if (with_grad and forget is not None) else 1
     _grad_kernel[(n_prog,)](
-        *args, loss, WRITE_GRAD=with_grad, BLOCK=block, BLOCK_R=BLOCK_ROWS, num_warps=warps_for(block), **flags,
+        *args, loss, HAS_MIX=flags["HAS_MIX"], HAS_REAL=flags["HAS_REAL"], LABELS=first.labels,
+        WRITE_GRAD=with_grad, BLOCK=block, BLOCK_R=BLOCK_ROWS, num_warps=warps,
     )
     return loss
 

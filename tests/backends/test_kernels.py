@@ -464,19 +464,92 @@ def test_small_losses_are_one_triton_launch_and_nothing_else(loss, kind, launche
     assert launches.aten == []
 
 
-def test_large_loss_is_two_launches_over_rows(launches):
-    # past the tile size every set's rows run in parallel: a program per row, then a persistent grid
+@pytest.mark.parametrize("loss", ["contrastive", "real", "fused"])
+def test_large_losses_are_launches_over_rows(loss, launches):
+    # past the tile every row runs in parallel: a program per mix row, then two persistent grids
     from fastmix import kernels
 
-    gen = _gen("two launches")
+    gen = _gen("launches over rows", loss)
     z = torch.randn(200, 30, generator=gen)
     labels = torch.randint(0, 30, (200,), generator=gen)
     lam = torch.rand(200, generator=gen)
     with launches.mode:
-        kernels.loss_forward(z, z[:150], z[:120], labels, labels, lam, None, 0.5, 2.0, 0.3, "sum", True)
-    assert [name for name, _ in launches.triton] == ["_terms_kernel", "_grad_kernel"]
-    assert launches.triton[0][1] == (200 + 120 + 150,)
+        if loss == "contrastive":
+            kernels.contrastive_forward(z, labels, labels, lam, None, 0.5, "sum", True)
+        elif loss == "real":
+            kernels.real_forward(z[:120], z[:150], labels, labels, 0.5, "sum", True)
+        else:
+            kernels.loss_forward(z, z, z[:120], labels, labels, lam, None, 0.5, 2.0, 0.3, "sum", True)
+    names = [name for name, _ in launches.triton]
+    assert names == (["_mix_terms_kernel"] if loss != "real" else []) + ["_rows_kernel", "_grad_kernel"]
+    if loss != "real":
+        assert launches.triton[0][1] == (200,)
     assert launches.aten == []
+
+
+@pytest.mark.parametrize("kind", ["labels", "probabilities"])
+def test_large_loss_traffic(kind, monkeypatch):
+    # issue 11: the bytes of L_mix + omega * L_real past the tile, from the kernels' own loads
+    # and stores (tests/traffic.py), per element of each logits, target and gradient tensor
+    import traffic
+    from fastmix.kernels import contrastive
+
+    from fastmix import kernels
+
+    if HAS_CUDA:
+        pytest.skip("counts bytes under the interpreter")
+    monkeypatch.setattr(contrastive, "TILE_ELEMENTS", 1)
+    gen = _gen("traffic", kind)
+    B, C = 24, 40
+    z_mix, z_f, z_r = (torch.randn(B, C, generator=gen) for _ in range(3))
+    q_f, q_r = _targets(kind, B, C, gen), _targets(kind, B, C, gen)
+    # mix row i keeps towards q_r[i + 1]: never a row the same program reads (a random perm sometimes is)
+    perm, lam = torch.arange(B).roll(-1), torch.rand(B, generator=gen)
+    counter = traffic.Traffic(monkeypatch)
+    _, g_mix, g_f, g_r = kernels.loss_forward(z_mix, z_f, z_r, q_f, q_r, lam, perm, 0.5, 2.0, 0.3, "sum", True)
+    named = {"z_mix": z_mix, "z_f": z_f, "z_r": z_r, "q_f": q_f, "q_r": q_r, "g_mix": g_mix, "g_f": g_f, "g_r": g_r}
+    counts = counter.count(named)
+    assert [c["kernel"] for c in counts] == ["_mix_terms_kernel", "_rows_kernel", "_grad_kernel"]
+
+    def reads(name, l2=False):
+        return traffic.total(counts, "load", name, l2) / named[name].nbytes
+
+    # with nothing kept between launches, a row with a forget term is read twice
+    assert (reads("z_mix"), reads("z_f"), reads("z_r")) == (2, 2, 1)
+    # what a launch asks L2 to keep is what the next one reads again: then every logit is read once
+    assert (reads("z_mix", True), reads("z_f", True), reads("z_r", True)) == (1, 1, 1)
+    if kind == "probabilities":
+        assert (reads("q_f"), reads("q_r")) == (3, 2)
+        # q_f once; q_r twice: q_r[perm[i]] (mix row i) and q_r[i] (retain row i) meet in no program
+        assert (reads("q_f", True), reads("q_r", True)) == (1, 2)
+    for name in ("g_mix", "g_f", "g_r"):  # each gradient written once, nothing else written into it
+        assert traffic.total(counts, "store", name) == named[name].nbytes
+    assert all(traffic.total(counts, "store", name) == 0 for name in ("z_mix", "z_f", "z_r", "q_f", "q_r"))
+    # the kept set is one log-sum-exp set at a time: its logits (and q_f), not all of them
+    row_bytes = C * 4 * (2 if kind == "probabilities" else 1)
+    assert [c["evict_last_bytes"] for c in counts][:2] == [B * row_bytes, B * row_bytes]
+    assert counts[2]["evict_last_bytes"] == 0
+
+    # the same multiplicities at (4096, 1000) in float32 against the floor: logits and targets
+    # read once, each gradient written once (per-row stats, labels, perm, lam: under 1%)
+    vector = 4096 * 1000 * 4
+    targets = ("q_f", "q_r") if kind == "probabilities" else ()
+    floor = (3 + 3 + len(targets)) * vector
+
+    def moved(l2):
+        return (sum(reads(n, l2) for n in ("z_mix", "z_f", "z_r", *targets)) + 3) * vector
+
+    assert moved(l2=False) / floor == pytest.approx(13 / 8 if targets else 8 / 6)
+    assert moved(l2=True) / floor <= 1.25
+
+
+def test_loss_forward_pairs_mix_and_forget_rows():
+    # mix row i and forget row i share q_f[i] in the same program, so the row counts must agree
+    from fastmix import kernels
+
+    z, labels, lam = torch.randn(70, 30), torch.randint(0, 30, (70,)), torch.rand(70)
+    with pytest.raises(ValueError, match="pair row by row"):
+        kernels.loss_forward(z, z[:60], z, labels, labels, lam, None, 0.5, 2.0, 0.3, "sum", True)
 
 
 def test_tile_limit_keeps_programs_small():
@@ -604,14 +677,29 @@ def _fused_exact(z_mix, z_f, z_r, q_f, q_r, lam, perm, omega, reduction):
     return mix + omega * spec64.real(z_r, z_f, q_r, q_f, 2.0, reduction=reduction)
 
 
+@pytest.fixture(params=["default", "rows"])
+def loss_path(request, monkeypatch):
+    """Which Triton path runs: the launchers' own choice, or ("rows") the launches over rows (the
+    large-batch path) at any size, each row in chunks of 16 logits, so that small cases
+    exercise it under the interpreter."""
+    if request.param == "rows":
+        from fastmix.kernels import contrastive
+
+        monkeypatch.setattr(contrastive, "TILE_ELEMENTS", 1)
+        monkeypatch.setattr(contrastive, "MAX_BLOCK", 16)
+    return request.param
+
+
 @pytest.mark.parametrize("omega", [0.0, 0.7])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("kind", ["labels", "probabilities"])
 @pytest.mark.parametrize("B,B_r,C", [(32, 32, 10), (5, 3, 7), (3, 9, 1), (37, 41, 30)])
-def test_loss_forward(B, B_r, C, kind, reduction, omega, backend):
+def test_loss_forward(B, B_r, C, kind, reduction, omega, backend, loss_path):
     kernel = _kernels(backend).loss_forward
     if kernel is None:
         pytest.skip(f"the {backend} backend has no loss_forward yet")
+    if loss_path == "rows" and backend != "triton":
+        pytest.skip("the row path's limits are the Triton launcher's")
     gen = _gen("fused", B, B_r, C, kind, reduction, omega)
     pool = B_r
     z_mix = (torch.randn(B, C, generator=gen) * 3).to(DEVICE)
@@ -641,6 +729,44 @@ def test_loss_forward(B, B_r, C, kind, reduction, omega, backend):
     no_grad = kernel(z_mix, z_f, z_r, *args, False)
     torch.testing.assert_close(no_grad[0], loss)
     assert all(g.numel() == 0 for g in no_grad[1:])
+
+
+@pytest.mark.parametrize("kind", ["labels", "probabilities"])
+@pytest.mark.parametrize("loss", ["contrastive", "real"])
+def test_single_losses_on_the_row_path(loss, kind, monkeypatch):
+    # C_tau on mixes alone (three launches, the last only the loss) and L_real alone (no mix
+    # launch), on the row path at odd sizes with rows in chunks of 16 logits
+    from fastmix.kernels import contrastive
+
+    monkeypatch.setattr(contrastive, "TILE_ELEMENTS", 1)
+    monkeypatch.setattr(contrastive, "MAX_BLOCK", 16)
+    gen = _gen("row path", loss, kind)
+    C = 37
+    if loss == "contrastive":
+        z = _noncontiguous((torch.randn(7, C, generator=gen) * 3).to(DEVICE))
+        q_f, q_r = _targets(kind, 7, C, gen), _targets(kind, 11, C, gen)
+        perm = _strided(torch.randint(0, 11, (7,), generator=gen).to(DEVICE))
+        lam = torch.rand(7, generator=gen).to(DEVICE)
+
+        def fn(a, backend):
+            return fastmix.contrastive_loss(a, q_f, q_r, lam, 0.3, perm=perm, reduction="mean", backend=backend)
+
+        def exact(a):
+            return spec64.contrastive(a, q_f, q_r, lam, 0.3, perm=perm, reduction="mean")
+
+        _compare(fn, [z], exact, torch.float32, f"row path {loss} {kind}", "triton")
+    else:
+        z_r = (torch.randn(9, C, generator=gen) * 3).to(DEVICE)
+        z_f = _noncontiguous((torch.randn(5, C, generator=gen) * 3).to(DEVICE))
+        q_r, q_f = _targets(kind, 9, C, gen), _targets(kind, 5, C, gen)
+
+        def fn(a, b, backend):
+            return fastmix.real_loss(a, b, q_r, q_f, 2.0, backend=backend)
+
+        def exact(a, b):
+            return spec64.real(a, b, q_r, q_f, 2.0)
+
+        _compare(fn, [z_r, z_f], exact, torch.float32, f"row path {loss} {kind}", "triton")
 
 
 @pytest.mark.parametrize("B,C", [(4, 6), (130, 17)])  # the tile, and past it

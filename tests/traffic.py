@@ -1,0 +1,121 @@
+"""Bytes each Triton launch reads and writes, counted under the interpreter.
+
+Every load and store of a kernel goes through the interpreter's builder; ``Traffic``
+records the addresses a program touches, which named tensor they fall in, and the
+eviction policy of the load. From that, per launch and tensor:
+
+- ``bytes``: what DRAM serves when nothing survives between programs or launches. A
+  program that reads an element twice pays once (its own row, just read: L1/L2);
+  two programs reading it pay twice.
+- ``l2_bytes``: the same, less the reads of elements that the launch before read with
+  ``eviction_policy="evict_last"`` (what the kernels ask L2 to keep for the next launch).
+  Valid only while that set fits in L2; ``evict_last_bytes`` says how big it is.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Launch:
+    kernel: str
+    grid: tuple
+    programs: list = field(default_factory=list)  # per program: {(op, policy): set of element addresses}
+
+
+class Traffic:
+    """Records while installed (monkeypatch); ``count`` classifies afterwards, so that the
+    kernels' own outputs can be named once they exist."""
+
+    def __init__(self, monkeypatch):
+        from triton.runtime.interpreter import InterpretedFunction, InterpreterBuilder
+
+        self.launches: list[Launch] = []
+        self.sizes: dict = {}
+        self._program: dict = {}
+        counter = self
+        run = InterpretedFunction.run
+        set_grid_idx = InterpreterBuilder.set_grid_idx
+        load = InterpreterBuilder.create_masked_load
+        store = InterpreterBuilder.create_masked_store
+
+        def counted_run(kernel, *args, grid, warmup, **kwargs):
+            counter.launches.append(Launch(kernel.fn.__name__, tuple(grid)))
+            try:
+                return run(kernel, *args, grid=grid, warmup=warmup, **kwargs)
+            finally:
+                counter._end_program()
+
+        def counted_set_grid_idx(builder, x, y, z):
+            counter._end_program()
+            return set_grid_idx(builder, x, y, z)
+
+        def counted_load(builder, ptrs, mask, other, cache_policy, is_volatile):
+            counter._touch("load", ptrs, mask, cache_policy)
+            return load(builder, ptrs, mask, other, cache_policy, is_volatile)
+
+        def counted_store(builder, ptrs, value, mask, cache_policy):
+            counter._touch("store", ptrs, mask, None)
+            return store(builder, ptrs, value, mask, cache_policy)
+
+        monkeypatch.setattr(InterpretedFunction, "run", counted_run)
+        monkeypatch.setattr(InterpreterBuilder, "set_grid_idx", counted_set_grid_idx)
+        monkeypatch.setattr(InterpreterBuilder, "create_masked_load", counted_load)
+        monkeypatch.setattr(InterpreterBuilder, "create_masked_store", counted_store)
+        # the interpreter drops the cache policy: keep the eviction policy for _touch
+        monkeypatch.setattr(InterpreterBuilder, "get_cache_policy",
+                            lambda builder, cache_modifier, eviction_policy: eviction_policy)
+
+    def _touch(self, op, ptrs, mask, policy):
+        size = ptrs.get_element_ty().primitive_bitwidth // 8
+        shape = np.broadcast_shapes(ptrs.data.shape, mask.data.shape)
+        addresses = np.broadcast_to(ptrs.data, shape)[np.broadcast_to(mask.data, shape)]
+        addresses = np.unique(addresses.astype(np.uint64)).tolist()
+        self._program.setdefault((op, policy), set()).update(addresses)
+        self.sizes.update(dict.fromkeys(addresses, size))
+
+    def _end_program(self):
+        if self._program and self.launches:
+            self.launches[-1].programs.append(self._program)
+        self._program = {}
+
+    def count(self, tensors: dict[str, torch.Tensor]) -> list[dict]:
+        """Per launch: {"kernel", "grid", "bytes", "l2_bytes": {(op, name): bytes},
+        "evict_last_bytes"}; name "other" for memory outside ``tensors``."""
+        ranges = []
+        for name, t in tensors.items():
+            start = t.untyped_storage().data_ptr()
+            ranges.append((name, start, start + t.untyped_storage().nbytes()))
+
+        def name_of(address):
+            return next((name for name, start, end in ranges if start <= address < end), "other")
+
+        out, kept = [], set()
+        for launch in self.launches:
+            counts = {"kernel": launch.kernel, "grid": launch.grid, "bytes": defaultdict(int),
+                      "l2_bytes": defaultdict(int)}
+            evict_last = set()
+            for program in launch.programs:
+                paid = defaultdict(set)  # an element read under two policies by one program is paid once
+                for (op, policy), addresses in program.items():
+                    paid[op] |= addresses
+                    if policy == "evict_last":
+                        evict_last |= addresses
+                for op, addresses in paid.items():
+                    for address in addresses:
+                        key = (op, name_of(address))
+                        counts["bytes"][key] += self.sizes[address]
+                        if not (op == "load" and address in kept):
+                            counts["l2_bytes"][key] += self.sizes[address]
+            counts["evict_last_bytes"] = sum(self.sizes[a] for a in evict_last)
+            kept = evict_last
+            out.append(counts)
+        return out
+
+
+def total(counts: list[dict], op: str, name: str, l2: bool = False) -> int:
+    return sum(c["l2_bytes" if l2 else "bytes"][(op, name)] for c in counts)
