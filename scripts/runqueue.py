@@ -3,14 +3,15 @@
 Each run has a key; its result is written atomically to ``OUT/runs/KEY.json`` as soon
 as it finishes, and a run whose file exists is skipped, so a stopped study resumes
 where it stopped. Start several workers on the same OUT (one thread each): a worker
-takes a run only while it holds the lock of the run's seed, because the runs of one
-seed share the cached original model (two workers would otherwise train it twice).
+takes a run only while it holds the lock of the run's seed and setting, and the seed's
+own lock until the seed's original model is cached (see :func:`work`).
 """
 from __future__ import annotations
 
 import fcntl
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,29 +72,51 @@ def _execute(out: Path, run: Run, log) -> None:
     log(f"{run.key}: done in {record['wall_s']:.0f}s")
 
 
+def _try_lock(path: Path):
+    """An exclusive lock on ``path`` held by the returned file, or None when another worker has it."""
+    handle = open(path, "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
 def work(out: str | Path, runs: list[Run], log=print, poll_s: float = 20.0) -> None:
-    """Run every unfinished run of ``runs``, taking turns with other workers on ``out``."""
+    """Run every unfinished run of ``runs``, taking turns with other workers on ``out``.
+
+    A run holds the lock of its seed and setting (its retrained model). The runs of a seed
+    share its original model: until one run of the seed has finished (so the original is
+    cached), a run also holds the seed's lock, so no two workers train that original at once."""
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    (out / "locks").mkdir(parents=True, exist_ok=True)
+    locks = out / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     while True:
         pending = [r for r in runs if not result_path(out, r).exists()]
         if not pending:
             return
+        started = {r.exp.seed for r in runs if result_path(out, r).exists()}
+        # a seed nobody has started goes first: its original model then is ready when the other workers get there
+        pending.sort(key=lambda r: r.exp.seed in started)
         took = False
         for run in pending:
             seed = run.exp.seed
-            with open(out / "locks" / f"seed{seed}.lock", "w") as lock:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
+            seed_done = seed in started
+            held = [] if seed_done else [_try_lock(locks / f"seed{seed}.lock")]
+            held.append(_try_lock(locks / f"seed{seed}-{run.exp.setting}.lock") if all(held) else None)
+            try:
+                if not all(held) or result_path(out, run).exists():
                     continue
-                if result_path(out, run).exists():
-                    continue
-                log(f"{run.key}: start")
+                log(f"{run.key}: start (pid {os.getpid()})")
                 _execute(out, run, log)
                 took = True
                 break
+            finally:
+                for handle in held:
+                    if handle is not None:
+                        handle.close()
         if not took:
             time.sleep(poll_s)
