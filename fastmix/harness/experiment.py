@@ -248,7 +248,7 @@ def prepare_data(exp: Experiment, log=lambda *a: None) -> tuple[ImageDataset, ob
     check_protocol(exp)
     ds = load_dataset(exp.dataset, exp.data_root, **dataset_options(exp, log))
     if exp.val_size > 0:
-        with_test, with_val = ds.carve_validation(exp.val_size, seed=exp.seed)
+        with_test, with_val = ds.carve_validation(exp.val_size, seed=exp.seed, in_place=True)
         ds = with_val if exp.eval_split == "val" else with_test
     split = make_split(
         ds.y_train, ds.num_classes, exp.setting, forget_class=exp.forget_class,

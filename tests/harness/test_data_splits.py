@@ -1,4 +1,6 @@
 """The class-level and data-level splits of SPEC 8, and the validation carve."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -40,6 +42,22 @@ def test_validation_carve_keeps_test_set_apart():
     assert torch.equal(with_test.x_test, ds.x_test)
     assert with_test.x_train.shape[0] == ds.x_train.shape[0] - 100
     assert torch.equal(with_test.x_train, with_val.x_train)
+
+
+@pytest.mark.parametrize("size", [1, 100, 1346])
+def test_carving_in_place_gives_the_same_tensors_in_the_training_tensor_memory(size):
+    ds = load_dataset("digits")
+    copy_test, copy_val = ds.carve_validation(size, seed=5)
+    x = ds.x_train.clone()
+    own = replace(ds, x_train=x)
+    in_test, in_val = own.carve_validation(size, seed=5, in_place=True)
+    for a, b in ((copy_test, in_test), (copy_val, in_val)):
+        assert torch.equal(a.x_train, b.x_train) and torch.equal(a.x_test, b.x_test)
+        assert torch.equal(a.y_train, b.y_train) and torch.equal(a.y_test, b.y_test)
+    # the training rows and the validation rows live in the one tensor's storage, nothing else was kept
+    ptr = x.untyped_storage().data_ptr()
+    assert in_test.x_train.untyped_storage().data_ptr() == ptr == in_val.x_test.untyped_storage().data_ptr()
+    assert in_val.x_test.data_ptr() == in_test.x_train.data_ptr() + in_test.x_train.nbytes
 
 
 def test_forgetting_every_class_is_refused():

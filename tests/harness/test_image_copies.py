@@ -29,6 +29,7 @@ def big_digits():
 
 @pytest.mark.parametrize("labels", ["aware", "agnostic"])
 def test_a_run_makes_no_copy_of_the_training_images(big_digits, labels, tmp_path, monkeypatch):
+    big_digits = replace(big_digits, x_train=big_digits.x_train.clone())  # a run may reuse its memory (--val-size)
     monkeypatch.setattr(experiment, "load_dataset", lambda *a, **k: big_digits)
     methods = METHODS if labels == "aware" else ("mixunlearn", "finetune")
     exp = Experiment(setting="data", forget_fraction=0.4, labels=labels, methods=methods, train_epochs=1,
@@ -39,6 +40,18 @@ def test_a_run_makes_no_copy_of_the_training_images(big_digits, labels, tmp_path
     split = result["split"]
     assert split.forget.numel() > BATCH_ROWS and split.retain.numel() > BATCH_ROWS  # a copy would be seen
     assert set(result["rows"]) == {"original", "retrain", *methods}
+    assert found.copies == []
+
+
+def test_a_validation_split_makes_no_copy_of_the_training_images(big_digits, tmp_path, monkeypatch):
+    # before: carve_validation copied the kept rows (x_train[keep]) while the loaded tensor was alive
+    big_digits = replace(big_digits, x_train=big_digits.x_train.clone())
+    monkeypatch.setattr(experiment, "load_dataset", lambda *a, **k: big_digits)
+    exp = Experiment(methods=("finetune",), val_size=500, eval_split="val", train_epochs=1, out=str(tmp_path),
+                     quiet=True, options=dict(ft_epochs=1))
+    with ImageCopies(big_digits.image_shape, BATCH_ROWS) as found:
+        result = run_experiment(exp, log=lambda *a: None)
+    assert result["dataset"].x_test.shape[0] == 500
     assert found.copies == []
 
 

@@ -33,11 +33,17 @@ class ImageDataset:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])
 
-    def carve_validation(self, size: int, seed: int) -> tuple["ImageDataset", "ImageDataset"]:
+    def carve_validation(self, size: int, seed: int, *,
+                         in_place: bool = False) -> tuple["ImageDataset", "ImageDataset"]:
         """Move a seeded random ``size`` training samples out of the training set.
 
         Returns ``(train_minus_val_with_test, train_minus_val_with_val)``: the same
         training data, evaluated on the test set or on the carved validation set.
+        ``in_place=True`` reuses this data set's training tensor instead of copying it:
+        the kept rows move to its front and the validation rows behind them, each in their
+        order, so the images are never held twice (only the validation rows, while they
+        move); this data set's ``x_train`` is then no longer valid (a run carves once,
+        right after loading). Both forms give the same tensors.
         """
         n = self.x_train.shape[0]
         if not 0 < size < n:
@@ -45,9 +51,27 @@ class ImageDataset:
         g = torch.Generator().manual_seed(seed)
         order = torch.randperm(n, generator=g)
         val, keep = order[:size].sort().values, order[size:].sort().values
-        base = replace(self, x_train=self.x_train[keep], y_train=self.y_train[keep])
-        with_val = replace(base, x_test=self.x_train[val], y_test=self.y_train[val], eval_split="val")
+        x_val = self.x_train[val]
+        if in_place:  # kept rows to the front, the validation rows behind them: one tensor's memory in the end
+            x = self.x_train
+            x_keep = _compact_rows(x, keep)
+            x[keep.numel():] = x_val
+            x_val = x[keep.numel():]
+        else:
+            x_keep = self.x_train[keep]
+        base = replace(self, x_train=x_keep, y_train=self.y_train[keep])
+        with_val = replace(base, x_test=x_val, y_test=self.y_train[val], eval_split="val")
         return base, with_val
+
+
+def _compact_rows(x: torch.Tensor, keep: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """``x[keep]`` for ascending ``keep``, written over ``x``'s own first rows (a view of them).
+    Row j comes from row keep[j] >= j, and the rows a chunk overwrites lie below every row a
+    later chunk reads, so no row is overwritten before it is read."""
+    for start in range(0, keep.numel(), chunk):
+        idx = keep[start:start + chunk]
+        x[start:start + idx.numel()] = x.index_select(0, idx)
+    return x[:keep.numel()]
 
 
 def from_uint8(
@@ -67,15 +91,16 @@ def from_uint8(
         raise DataError(f"{name}: the test images are {'x'.join(map(str, np.shape(test_images)[1:]))} (C x H x W) "
                         f"but the training images are {'x'.join(map(str, np.shape(train_images)[1:]))}; "
                         "both sets must hold images of one size")
-    x_train = torch.from_numpy(np.array(train_images, dtype=np.float32)) / scale
-    x_test = torch.from_numpy(np.array(test_images, dtype=np.float32)) / scale
+    # one float32 tensor per set, scaled and standardised in place (no second copy while loading)
+    x_train = torch.from_numpy(np.array(train_images, dtype=np.float32)).div_(scale)
+    x_test = torch.from_numpy(np.array(test_images, dtype=np.float32)).div_(scale)
     mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
     std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     return ImageDataset(
         name=name,
-        x_train=(x_train - mean) / std,
+        x_train=x_train.sub_(mean).div_(std),
         y_train=torch.from_numpy(np.asarray(train_labels, dtype=np.int64)),
-        x_test=(x_test - mean) / std,
+        x_test=x_test.sub_(mean).div_(std),
         y_test=torch.from_numpy(np.asarray(test_labels, dtype=np.int64)),
         num_classes=num_classes,
     )
