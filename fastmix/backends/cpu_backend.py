@@ -8,9 +8,10 @@ float64 data never reaches this backend (``resolve_backend`` gives it to the ref
 The threads are torch's (``torch.get_num_threads()``).
 
 The loss kernel checks the values of its inputs itself (label and ``perm`` range, ``lam``
-in [0, 1], NaN or negative probabilities) in the pass that reads them, before it writes
-anything, so the ops skip their own value checks for this backend; a bad value raises
-the same ``ValueError``, naming the argument.
+in [0, 1] before it reads a row; NaN, infinite or negative probabilities in the pass that
+reads them), so the ops skip their own value checks for this backend; a bad value raises
+the same ``ValueError``, naming the argument, and the outputs the kernel was filling are
+dropped.
 
 Opt-in for now (``backend="cpu"``, ``FASTMIX_BACKEND=cpu``): its sums round differently
 from the reference's, and the trainer's CPU results are pinned to the reference bit for bit.
@@ -204,8 +205,9 @@ def checks_values(backend_dtype: torch.dtype) -> bool:
 
 def loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain_target, lam, perm,
                  tau_mix, tau_real, omega, reduction, with_grad):
-    """``L_mix + omega * L_real`` and its gradients in two passes over the rows (one to
-    gather the per-row terms, one to write the gradients after the batch's log-sum-exp)."""
+    """``L_mix + omega * L_real`` and its gradients: each row is read once for its terms;
+    the retain rows' gradients are written in that visit, the mix and forget rows' in a
+    second one after the batch's log-sum-exp."""
     if mix_logits.dtype == torch.float64:
         return torch_backend.loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain_target,
                                           lam, perm, tau_mix, tau_real, omega, reduction, with_grad)
