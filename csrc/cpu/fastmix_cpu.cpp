@@ -60,7 +60,7 @@ inline float exp_nonpositive(float x) {
 
 extern "C" {
 
-int fastmix_cpu_version() { return 1; }
+int fastmix_cpu_version() { return 2; }  // cpu_backend.ABI_VERSION
 
 // out = softmax(z / T) row by row (rows of C), as exp((z - max z) / T) / sum: z / T itself
 // would overflow for a tiny T, the differences to the row's maximum never do
@@ -508,38 +508,50 @@ int loss_forward(const LossArgs& a, double tau_mix, double tau_real, double omeg
 
 extern "C" {
 
-// L_mix + omega * L_real (SPEC 4 and 6) and its gradients to the three logits.
+// L_mix + omega * L_real (SPEC 4 and 6) and its gradients to the three logits, the
+// arguments bundled in one struct (ctypes then passes one pointer: marshalling two dozen
+// arguments was a visible part of a small call). cpu_backend._LossCall mirrors it.
 // mix (B, C) pairs with forget target row i and retain target row perm[i] (i if perm is null);
 // with omega > 0, forget (B, C) pairs with forget target rows, retain (N, C) with retain target
 // rows. Targets are probabilities (qf, qr) or labels (yf, yr), never both. lam has B entries,
 // or one (lam_stride 0). Writes loss[0]; the gradients when g_mix is not null.
+struct FastmixLossCall {
+  const float *mix, *forget, *retain, *qf, *qr;
+  const int64_t *yf, *yr;
+  const float* lam;
+  const int64_t* perm;
+  float *loss, *g_mix, *g_forget, *g_retain;
+  int64_t lam_stride, B, N, C;
+  double tau_mix, tau_real, omega;
+  int32_t mean, check_values, nthreads;
+};
+
 // Each row is read once for its terms; the gradients of the retain rows are written in that
 // same visit, those of the mix and forget rows in a second visit after the batch's
 // log-sum-exp. On a bad value the error code is returned and loss[0] is not written.
-int fastmix_cpu_loss_forward(const float* mix, const float* forget, const float* retain, const float* qf,
-                             const float* qr, const int64_t* yf, const int64_t* yr, const float* lam,
-                             int64_t lam_stride, const int64_t* perm, int64_t B, int64_t N, int64_t C,
-                             double tau_mix, double tau_real, double omega, int mean, float* loss, float* g_mix,
-                             float* g_forget, float* g_retain, int check_values, int nthreads) {
-  const bool labels = qf == nullptr;
-  const bool real = omega != 0;
+int fastmix_cpu_loss_forward(const FastmixLossCall* call) {
+  const FastmixLossCall& c = *call;
+  const int64_t B = c.B, N = c.N, C = c.C;
+  const bool labels = c.qf == nullptr;
+  const bool real = c.omega != 0;
   // value checks first, O(B + N): nothing is read out of bounds on bad input
-  if (check_values) {
+  if (c.check_values) {
     for (int64_t i = 0; i < B; ++i) {
-      if (labels && (yf[i] < 0 || yf[i] >= C)) return kForgetLabel;
-      if (perm && (perm[i] < 0 || perm[i] >= N)) return kPerm;
-      const float l = lam[i * lam_stride];
+      if (labels && (c.yf[i] < 0 || c.yf[i] >= C)) return kForgetLabel;
+      if (c.perm && (c.perm[i] < 0 || c.perm[i] >= N)) return kPerm;
+      const float l = c.lam[i * c.lam_stride];
       if (!(l >= 0.0f && l <= 1.0f)) return kLam;
     }
     if (labels)
       for (int64_t j = 0; j < N; ++j)
-        if (yr[j] < 0 || yr[j] >= C) return kRetainLabel;
+        if (c.yr[j] < 0 || c.yr[j] >= C) return kRetainLabel;
   }
-  const int nt = threads_for((real ? 2 * B + N : B) * C, nthreads);
-  const LossArgs a{mix, forget, retain, qf, qr, yf, yr, perm, lam, lam_stride, B, N, C,
-                   g_mix, real ? g_forget : nullptr, real ? g_retain : nullptr};
-  return labels ? loss_forward<false>(a, tau_mix, tau_real, omega, mean != 0, loss, check_values != 0, nt)
-                : loss_forward<true>(a, tau_mix, tau_real, omega, mean != 0, loss, check_values != 0, nt);
+  const int nt = threads_for((real ? 2 * B + N : B) * C, c.nthreads);
+  const LossArgs a{c.mix, c.forget, c.retain, c.qf, c.qr, c.yf, c.yr, c.perm, c.lam, c.lam_stride, B, N, C,
+                   c.g_mix, real ? c.g_forget : nullptr, real ? c.g_retain : nullptr};
+  const bool mean = c.mean != 0, check = c.check_values != 0;
+  return labels ? loss_forward<false>(a, c.tau_mix, c.tau_real, c.omega, mean, c.loss, check, nt)
+                : loss_forward<true>(a, c.tau_mix, c.tau_real, c.omega, mean, c.loss, check, nt);
 }
 
 }  // extern "C"
