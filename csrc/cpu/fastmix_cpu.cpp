@@ -352,10 +352,9 @@ double logsumexp_weights(std::vector<double>& x) {
   double m = -INFINITY;
   for (double v : x) m = std::fmax(m, v);
   double s = 0;
-  for (double v : x) s += std::exp(v - m);
-  const double lse = m + std::log(s);
-  for (double& v : x) v = std::exp(v - lse);
-  return lse;
+  for (double& v : x) s += v = std::exp(v - m);
+  for (double& v : x) v /= s;
+  return m + std::log(s);
 }
 
 // The loss's arguments, bundled once for the passes over the rows.
@@ -430,8 +429,9 @@ int loss_forward(const LossArgs& a, double tau_mix, double tau_real, double omeg
   std::vector<double> c_ret(real ? N : 0), qn_r(real ? N : 0), f_mix(B), f_real(real ? B : 0);
   int bad = 0, code = kOk;
   double total = 0;
-#pragma omp parallel num_threads(nt)
-  {
+  // run by each thread of the team, or alone: a parallel region of one thread costs about
+  // as much as a small call's arithmetic
+  auto rows = [&]() {
     int bad_t = 0;  // this thread's
     // the retain rows first, gradient included: the mix and forget rows, whose gradients
     // wait for the batch's log-sum-exp, are then the last rows read before that wait (the
@@ -499,6 +499,12 @@ int loss_forward(const LossArgs& a, double tau_mix, double tau_real, double omeg
         mix_forget_grads<PROBS>(a, i, real, s_mix[i], s_fgt.data(), coef_mix, coef_fgt);
       }
     }
+  };
+  if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+    rows();
+  } else {
+    rows();
   }
   if (code == kOk) loss[0] = float(total);
   return code;
