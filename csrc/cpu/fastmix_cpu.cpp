@@ -316,10 +316,10 @@ RowStats row_stats(const float* __restrict z, int64_t C, const Targets& t, const
   return st;
 }
 
-// g = d/dz of sum_t coef_t * c_t(p(z)) = p * (sum_t coef_t (A_t q_t - Bp_t p - Dp_t)), p from
-// the logits z, or from e = exp(z - m) (E_IN: e is read from g and overwritten).
-template <int NT, bool PROBS, bool E_IN>
-void row_grad(float* g, const float* z, int64_t C, const RowStats& st, const Targets& t, const double coef[2]) {
+// g = d/dz of sum_t coef_t * c_t(p(z)) = p * (sum_t coef_t (A_t q_t - Bp_t p - Dp_t)), in place
+// of e = exp(z - m), which row_stats left in g: p = e * inv_s without a second exp.
+template <int NT, bool PROBS>
+void row_grad(float* __restrict g, int64_t C, const RowStats& st, const Targets& t, const double coef[2]) {
   double a[2] = {0, 0}, bb = 0, dd = 0;
   for (int k = 0; k < NT; ++k) {
     a[k] = coef[k] * st.k[k].A;
@@ -327,16 +327,15 @@ void row_grad(float* g, const float* z, int64_t C, const RowStats& st, const Tar
     dd += coef[k] * st.k[k].Dp;
   }
   const float fa0 = float(a[0]), fa1 = float(a[1]), fb = float(bb), fd = float(dd);
-  const float m = st.m, inv_s = st.inv_s;
+  const float inv_s = st.inv_s;
   const float* __restrict q0 = t.q[0];
   const float* __restrict q1 = t.q[1];
-  auto p_at = [&](int64_t j) { return (E_IN ? g[j] : exp_nonpositive(z[j] - m)) * inv_s; };
-  float py[2] = {0, 0};  // a label's p, read before an in-place loop overwrites it
+  float py[2] = {0, 0};  // a label's p, read before the loop overwrites it
   if constexpr (!PROBS)
-    for (int k = 0; k < NT; ++k) py[k] = p_at(t.y[k]);
+    for (int k = 0; k < NT; ++k) py[k] = g[t.y[k]] * inv_s;
 #pragma omp simd
   for (int64_t j = 0; j < C; ++j) {
-    const float p = p_at(j);
+    const float p = g[j] * inv_s;
     float v = madd(-fb, p, -fd);
     if constexpr (PROBS) v = NT == 2 ? madd(fa0, q0[j], madd(fa1, q1[j], v)) : madd(fa0, q0[j], v);
     g[j] = p * v;
@@ -347,7 +346,7 @@ void row_grad(float* g, const float* z, int64_t C, const RowStats& st, const Tar
   }
 }
 
-// log sum_i exp(x_i) and the softmax weights exp(x_i - lse), in place
+// log sum_i exp(x_i) and the softmax weights exp(x_i - lse) (as exp(x_i - max) / sum), in place
 double logsumexp_weights(std::vector<double>& x) {
   double m = -INFINITY;
   for (double v : x) m = std::fmax(m, v);
@@ -384,7 +383,7 @@ void retain_row(const LossArgs& a, int64_t j, double coef, double& c, double& qn
   RowStats st;
   if (g) {
     st = row_stats<1, PROBS, 1, true>(z, a.C, t, nullptr, g, bad);
-    row_grad<1, PROBS, true>(g, nullptr, a.C, st, t, coefs);
+    row_grad<1, PROBS>(g, a.C, st, t, coefs);
   } else {
     st = row_stats<1, PROBS, 1>(z, a.C, t, nullptr, nullptr, bad);
   }
@@ -414,9 +413,9 @@ void mix_forget_stats(const LossArgs& a, int64_t i, const double* qn_r, RowStats
 template <bool PROBS>
 void mix_forget_grads(const LossArgs& a, int64_t i, bool real, const RowStats& s_mix, const RowStats* s_fgt,
                       const double coef_mix[2], double coef_fgt) {
-  row_grad<2, PROBS, true>(a.g_mix + i * a.C, nullptr, a.C, s_mix, a.mix_targets(i), coef_mix);
+  row_grad<2, PROBS>(a.g_mix + i * a.C, a.C, s_mix, a.mix_targets(i), coef_mix);
   const double coefs[2] = {coef_fgt, 0};
-  if (real) row_grad<1, PROBS, true>(a.g_forget + i * a.C, nullptr, a.C, s_fgt[i], a.forget_targets(i), coefs);
+  if (real) row_grad<1, PROBS>(a.g_forget + i * a.C, a.C, s_fgt[i], a.forget_targets(i), coefs);
 }
 
 template <bool PROBS>
