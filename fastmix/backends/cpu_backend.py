@@ -243,7 +243,9 @@ def loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain
     perm_c = perm.contiguous() if perm is not None else None
     B, C = mix.shape
     N = retain_target.shape[0]
-    loss = _new(())
+    loss = torch.empty((), dtype=torch.float32)
+    if POISON_OUTPUTS:
+        loss.fill_(float("nan"))
     g_mix = _new_like(mix) if with_grad else None
     g_f = _new_like(forget) if with_grad and real else None
     g_r = _new_like(retain) if with_grad and real else None
