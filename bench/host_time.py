@@ -11,6 +11,11 @@ whose backward returns a preallocated gradient (what any eager op with autograd 
 
     python bench/host_time.py            # the default (torch) backend's path
     python bench/host_time.py --trusted  # inside fastmix.ops.debug.trusted_inputs()
+    python bench/host_time.py --backend cpu
+
+With ``--backend cpu`` the C++ kernels run for real (their arithmetic at (32, 10) is part
+of every figure), and two more rows split the loss forward: the backend's Python wrapper
+with its ctypes call and kernel, and the kernel alone through ctypes.
 """
 from __future__ import annotations
 
@@ -77,16 +82,41 @@ def forward_backward_us(make_loss, inputs, n: int) -> tuple[float, float]:
     return fwd, statistics.median(bwd)
 
 
+def cpu_loss_rows(logits, targets, lam, perm, n: int) -> list:
+    """The cpu backend's loss forward with gradients: wrapper + ctypes + kernel, and the
+    kernel alone (its struct built once)."""
+    import ctypes
+
+    from fastmix.backends import cpu_backend
+
+    z = [t.detach() for t in logits]
+    wrapper = per_call_us(lambda: cpu_backend.loss_forward(*z, *targets, lam, perm, 10.0, 10.0, 1.0, "sum", True), n)
+    loss, grads = torch.empty(()), [torch.empty_like(t) for t in z]
+    labels = targets[0].dtype == torch.int64
+    q = [None, None] if labels else [t.data_ptr() for t in targets]
+    y = [t.data_ptr() for t in targets] if labels else [None, None]
+    B, C = z[0].shape
+    call = cpu_backend._LossCall(*[t.data_ptr() for t in z], *q, *y, lam.data_ptr(), perm.data_ptr(),
+                                 loss.data_ptr(), *[g.data_ptr() for g in grads], 1, B, B, C, 10.0, 10.0, 1.0, 0, 1,
+                                 1)
+    fn, address = cpu_backend._lib().fastmix_cpu_loss_forward, ctypes.addressof(call)
+    kernel = per_call_us(lambda: fn(address), n)
+    return [("  cpu_backend.loss_forward (wrapper)", wrapper, None), ("  its C kernel alone (ctypes)", kernel, None)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trusted", action="store_true", help="inside fastmix.ops.debug.trusted_inputs()")
+    parser.add_argument("--backend", choices=("torch", "cpu"), default="torch",
+                        help="torch: its kernels swapped for ones that do nothing; cpu: the C++ kernels run")
     parser.add_argument("-n", type=int, default=2000)
     args = parser.parse_args()
     torch.set_num_threads(1)
     B, C = 32, 10
-    kernels_for("torch")
-    sys.modules["fastmix.backends"]._REGISTERED["torch"] = null_kernels(B, C)
-    module = fastmix.MixUnlearnLoss(1.0, 10.0, 10.0, 1.0, backend="torch")
+    if args.backend == "torch":
+        kernels_for("torch")
+        sys.modules["fastmix.backends"]._REGISTERED["torch"] = null_kernels(B, C)
+    module = fastmix.MixUnlearnLoss(1.0, 10.0, 10.0, 1.0, backend=args.backend)
     logits = [torch.randn(B, C).requires_grad_() for _ in range(3)]
     y_f, y_r = torch.randint(0, C, (B,)), torch.randint(0, C, (B,))
     q_f, q_r = torch.softmax(torch.randn(B, C), 1), torch.softmax(torch.randn(B, C), 1)
@@ -101,11 +131,15 @@ def main() -> None:
         for name, targets in (("labels", (y_f, y_r)), ("probabilities", (q_f, q_r))):
             fwd, bwd = forward_backward_us(lambda t=targets: module(*logits, *t, lam, perm), logits, args.n)
             rows.append((f"MixUnlearnLoss {name}", fwd, bwd))
-        rows.append(("sharpen (no grad)", per_call_us(lambda: fastmix.sharpen(z, 0.3, backend="torch"), args.n), None))
-    print(f"host CPU time per call, us (median of 7 x {args.n} calls; kernels return preallocated outputs)"
+            if args.backend == "cpu":
+                rows += cpu_loss_rows(logits, targets, lam, perm, args.n)
+        rows.append(("sharpen (no grad)", per_call_us(lambda: fastmix.sharpen(z, 0.3, backend=args.backend), args.n),
+                     None))
+    kernels = "kernels return preallocated outputs" if args.backend == "torch" else "the C++ kernels run"
+    print(f"host CPU time per call, us (median of 7 x {args.n} calls; backend {args.backend}: {kernels})"
           f"{' inside trusted_inputs()' if args.trusted else ''}")
     for name, fwd, bwd in rows:
-        print(f"  {name:32s} forward {fwd:6.1f}" + (f"  backward {bwd:6.1f}" if bwd is not None else ""))
+        print(f"  {name:36s} forward {fwd:6.1f}" + (f"  backward {bwd:6.1f}" if bwd is not None else ""))
 
 
 if __name__ == "__main__":

@@ -191,6 +191,14 @@ def backends(device: torch.device | str | None = None) -> dict[str, BackendStatu
     return {name: backend_status(name, device) for name in BACKENDS}
 
 
+@functools.cache
+def _cpu_library_loads() -> bool:
+    """Whether the C++ CPU kernels load (decided once per process, as cpu_backend's loading is)."""
+    from . import cpu_backend
+
+    return cpu_backend.load_error() is None
+
+
 def resolve_backend(backend: str | None, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
     """The concrete backend for one call on ``device``; raises if the requested one cannot run.
 
@@ -201,6 +209,8 @@ def resolve_backend(backend: str | None, device: torch.device, dtype: torch.dtyp
         if not isinstance(requested, str) or requested not in BACKENDS + ("auto",):
             raise ValueError(f"backend must be one of {BACKENDS} or 'auto', got {requested!r}")
         if requested != "auto":
+            if requested == "cpu" and device.type == "cpu" and dtype != torch.float64 and _cpu_library_loads():
+                return "cpu"  # the opt-in's every call: no status to build
             status = backend_status(requested, device)
             if not status.usable:
                 raise RuntimeError(f"fastmix backend {requested!r} cannot run on {device}: {status.reason}")

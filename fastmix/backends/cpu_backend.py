@@ -8,9 +8,10 @@ float64 data never reaches this backend (``resolve_backend`` gives it to the ref
 The threads are torch's (``torch.get_num_threads()``).
 
 The loss kernel checks the values of its inputs itself (label and ``perm`` range, ``lam``
-in [0, 1], NaN or negative probabilities) in the pass that reads them, before it writes
-anything, so the ops skip their own value checks for this backend; a bad value raises
-the same ``ValueError``, naming the argument.
+in [0, 1] before it reads a row; NaN, infinite or negative probabilities in the pass that
+reads them), so the ops skip their own value checks for this backend; a bad value raises
+the same ``ValueError``, naming the argument, and the outputs the kernel was filling are
+dropped.
 
 Opt-in for now (``backend="cpu"``, ``FASTMIX_BACKEND=cpu``): its sums round differently
 from the reference's, and the trainer's CPU results are pinned to the reference bit for bit.
@@ -28,7 +29,7 @@ import torch
 from . import Kernels, register, torch_backend
 
 LIB_FILE = "libfastmix_cpu.so"
-ABI_VERSION = 1
+ABI_VERSION = 2  # fastmix_cpu_version() in csrc/cpu/fastmix_cpu.cpp
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
@@ -40,10 +41,18 @@ _SIGNATURES = {
     "fastmix_cpu_sharpen_backward": [_P, _P, _P, _I, _I, _D, _INT],
     "fastmix_cpu_mixup_forward": [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _INT],
     "fastmix_cpu_mixup_backward": [_P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _INT],
-    "fastmix_cpu_loss_forward": [
-        _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _I, _I, _I, _D, _D, _D, _INT, _P, _P, _P, _P, _INT, _INT,
-    ],
+    "fastmix_cpu_loss_forward": [_P],  # a _LossCall
 }
+
+
+class _LossCall(ctypes.Structure):
+    """The fused loss's arguments, FastmixLossCall in csrc/cpu/fastmix_cpu.cpp field for field."""
+
+    _fields_ = [(name, _P) for name in ("mix", "forget", "retain", "qf", "qr", "yf", "yr", "lam", "perm", "loss",
+                                         "g_mix", "g_forget", "g_retain")] + [
+        (name, _I) for name in ("lam_stride", "B", "N", "C")] + [
+        (name, _D) for name in ("tau_mix", "tau_real", "omega")] + [
+        (name, ctypes.c_int32) for name in ("mean", "check_values", "nthreads")]
 
 
 @functools.cache
@@ -92,7 +101,19 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
+    if t.dtype == torch.float32 and t.is_contiguous():  # the usual case: no dispatch at all
+        return t
     return t.to(torch.float32).contiguous()
+
+
+def _new_like(t: torch.Tensor) -> torch.Tensor:
+    """A float32 output shaped as the contiguous float32 ``t``."""
+    out = torch.empty_like(t)
+    return out.fill_(float("nan")) if POISON_OUTPUTS else out
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if dtype == torch.float32 else t.to(dtype)
 
 
 # --- sharpen -----------------------------------------------------------------------------
@@ -204,8 +225,9 @@ def checks_values(backend_dtype: torch.dtype) -> bool:
 
 def loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain_target, lam, perm,
                  tau_mix, tau_real, omega, reduction, with_grad):
-    """``L_mix + omega * L_real`` and its gradients in two passes over the rows (one to
-    gather the per-row terms, one to write the gradients after the batch's log-sum-exp)."""
+    """``L_mix + omega * L_real`` and its gradients: each row is read once for its terms;
+    the retain rows' gradients are written in that visit, the mix and forget rows' in a
+    second one after the batch's log-sum-exp."""
     if mix_logits.dtype == torch.float64:
         return torch_backend.loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain_target,
                                           lam, perm, tau_mix, tau_real, omega, reduction, with_grad)
@@ -213,8 +235,7 @@ def loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain
     mix = _f32(mix_logits)
     forget = _f32(forget_logits) if real else None
     retain = _f32(retain_logits) if real else None
-    labels = forget_target.dtype == torch.int64
-    if labels:
+    if forget_target.dtype == torch.int64:
         yf, yr, qf, qr = forget_target.contiguous(), retain_target.contiguous(), None, None
     else:
         yf, yr, qf, qr = None, None, _f32(forget_target), _f32(retain_target)
@@ -222,24 +243,27 @@ def loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain
     perm_c = perm.contiguous() if perm is not None else None
     B, C = mix.shape
     N = retain_target.shape[0]
-    loss = _new(())
-    g_mix = _new((B, C)) if with_grad else None
-    g_f = _new(forget.shape) if with_grad and real else None
-    g_r = _new(retain.shape) if with_grad and real else None
-    code = _lib().fastmix_cpu_loss_forward(
+    loss = torch.empty((), dtype=torch.float32)
+    if POISON_OUTPUTS:
+        loss.fill_(float("nan"))
+    g_mix = _new_like(mix) if with_grad else None
+    g_f = _new_like(forget) if with_grad and real else None
+    g_r = _new_like(retain) if with_grad and real else None
+    call = _LossCall(
         mix.data_ptr(), _ptr(forget), _ptr(retain), _ptr(qf), _ptr(qr), _ptr(yf), _ptr(yr), lam32.data_ptr(),
-        1 if lam32.dim() == 1 else 0, _ptr(perm_c), B, N, C, tau_mix, tau_real, omega,
-        1 if reduction == "mean" else 0, loss.data_ptr(), _ptr(g_mix), _ptr(g_f), _ptr(g_r), 1,
-        torch.get_num_threads(),
+        _ptr(perm_c), loss.data_ptr(), _ptr(g_mix), _ptr(g_f), _ptr(g_r),
+        1 if lam32.dim() == 1 else 0, B, N, C, tau_mix, tau_real, omega,
+        1 if reduction == "mean" else 0, 1, torch.get_num_threads(),
     )
+    code = _lib().fastmix_cpu_loss_forward(ctypes.addressof(call))
     if code:
         raise ValueError(_LOSS_ERRORS.get(code, f"error {code}").format(C=C, N=N))
     if not with_grad:  # distinct tensors: a custom op's outputs may not alias one another
         return loss, mix_logits.new_empty(0), mix_logits.new_empty(0), mix_logits.new_empty(0)
-    g_mix = g_mix.to(mix_logits.dtype)
+    g_mix = _as(g_mix, mix_logits.dtype)
     if not real:
         return loss, g_mix, mix_logits.new_empty(0), mix_logits.new_empty(0)
-    return loss, g_mix, g_f.to(forget_logits.dtype), g_r.to(retain_logits.dtype)
+    return loss, g_mix, _as(g_f, forget_logits.dtype), _as(g_r, retain_logits.dtype)
 
 
 def contrastive_forward(logits, forget_target, retain_target, lam, perm, tau, reduction, with_grad):

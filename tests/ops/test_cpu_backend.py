@@ -91,7 +91,9 @@ def test_mixup_forward_rounds_as_the_reference():
     ("perm", "perm holds indices outside"),
     ("lam", "lam must lie in"),
     ("forget_prob", "forget_target holds NaN"),
+    ("forget_prob_inf", "forget_target holds NaN, infinite"),
     ("retain_prob", "retain_target holds NaN"),
+    ("retain_prob_shared", "retain_target holds NaN"),
 ])
 @pytest.mark.parametrize("omega", [0.0, 1.0])
 def test_the_kernel_checks_values(bad, match, omega):
@@ -115,8 +117,27 @@ def test_the_kernel_checks_values(bad, match, omega):
         lam[3] = float("nan")
     elif bad == "forget_prob":
         q_f[0, 0] = -0.1
+    elif bad == "forget_prob_inf":
+        q_f[2, 3] = float("inf")
+    elif bad == "retain_prob_shared":  # a row that both a mix row and a retain row read
+        q_r[2, 4] = -1e-3
     else:
         q_r[5, 1] = float("nan")
     loss_fn = fastmix.MixUnlearnLoss(1.0, 1.0, 1.0, omega, backend="cpu")
     with pytest.raises(ValueError, match=match):
         loss_fn(*logits, q_f, q_r, lam, perm)
+
+
+@pytest.mark.parametrize("omega", [0.0, 1.0])
+def test_a_huge_finite_probability_is_not_refused(omega):
+    # the kernel's quick test flags a row whose squares overflow; the rescan that names the
+    # bad argument finds nothing NaN, infinite or negative, so no error (as the reference)
+    gen = torch.Generator().manual_seed(2)
+    B, N, C = 4, 6, 5
+    logits = [torch.randn(n, C, generator=gen) for n in (B, B, N)]
+    q_f, q_r = torch.softmax(torch.randn(B, C, generator=gen), 1), torch.softmax(torch.randn(N, C, generator=gen), 1)
+    q_f[1, 2] = 1e20
+    q_r[0, 0] = 3e38
+    lam, perm = torch.rand(B, generator=gen), torch.tensor([0, 2, 2, 1])
+    for backend in ("cpu", "torch"):
+        fastmix.MixUnlearnLoss(1.0, 1.0, 1.0, omega, backend=backend)(*logits, q_f, q_r, lam, perm)

@@ -85,6 +85,40 @@ def test_loss_matches_spec(backend, kind, reduction, B, N, C, omega, monkeypatch
         assert_as_accurate(g, r, e, torch.float32, "grad")
 
 
+@pytest.mark.skipif(not CPU_OK, reason="C++ CPU kernels not built")
+@pytest.mark.parametrize("kind", ["labels", "probabilities"])
+@pytest.mark.parametrize("omega", [1.0, 0.0])
+def test_cpu_loss_at_many_classes_on_one_thread_and_two(kind, omega, monkeypatch):
+    # C spans several of the kernel's float32 partial sums and ends in a ragged one; enough
+    # rows for its threaded path, whose results must not depend on the thread count
+    monkeypatch.setattr(cpu_backend, "POISON_OUTPUTS", True)
+    gen = _gen("many classes", kind, omega)
+    mix, forget, retain, q_f, q_r, lam, perm = _case(kind, 37, 45, 1029, gen)
+    args = (q_f, q_r, lam, perm)
+    loss_fn = fastmix.MixUnlearnLoss(1.0, 0.7, 2.0, omega, backend="cpu")
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            runs.append(_run(loss_fn, [mix, forget, retain], args))
+    finally:
+        torch.set_num_threads(threads)
+    (value, grads), (value2, grads2) = runs
+    assert torch.equal(value, value2)
+    for g, g2 in zip(grads, grads2):
+        assert (g is None and g2 is None) or torch.equal(g, g2)
+    ref_value, ref_grads = _run(fastmix.MixUnlearnLoss(1.0, 0.7, 2.0, omega, backend="torch"), [mix, forget, retain],
+                                args)
+    leaves = [z.detach().double().requires_grad_() for z in (mix, forget, retain)]
+    exact = _exact(omega, 0.7, 2.0, "sum")(*leaves, q_f, q_r, lam.double(), perm)
+    exact_grads = torch.autograd.grad(exact, leaves, allow_unused=True)
+    assert_as_accurate(value, ref_value, exact, torch.float32, "loss")
+    for g, r, e in zip(grads, ref_grads, exact_grads):
+        if e is not None:
+            assert_as_accurate(g, r, e, torch.float32, "grad")
+
+
 def test_loss_in_float64_is_exact():
     gen = _gen("f64")
     mix, forget, retain, q_f, q_r, lam, perm = _case("probabilities", 5, 8, 6, gen, torch.float64)
