@@ -29,12 +29,15 @@ import torch
 import fastmix
 from fastmix.backends import Kernels, kernels_for
 
+MIXUP_SHAPE = (32, 1, 28, 28)  # the mixup benchmark's small case; masks broadcast over the one channel
+
 
 def null_kernels(B: int, C: int) -> Kernels:
-    """Kernels that do nothing: each returns tensors allocated once, here (the loss is
-    a fresh 0-d tensor: autograd needs a new output tensor per call)."""
+    """Kernels that do nothing: gradients are tensors allocated once, here; outputs are
+    fresh empty tensors (autograd needs a new output tensor per call)."""
     g = [torch.zeros(B, C) for _ in range(3)]
     out = torch.zeros(B, C)
+    mask_grad = torch.zeros(MIXUP_SHAPE)
     empty = torch.empty(0)
 
     def loss_forward(*args):
@@ -42,10 +45,10 @@ def null_kernels(B: int, C: int) -> Kernels:
         return (loss, *g) if args[-1] else (loss, empty, empty, empty)
 
     return Kernels(
-        sharpen_forward=lambda z, T: out,
+        sharpen_forward=lambda z, T: torch.empty(z.shape),
         sharpen_backward=lambda g_, y, T: out,
-        mixup_forward=lambda *a: out,
-        mixup_backward=lambda *a: (out, out, out),
+        mixup_forward=lambda x_f, *a: torch.empty(x_f.shape),
+        mixup_backward=lambda *a: (mask_grad, mask_grad, mask_grad),
         contrastive_forward=lambda *a: (torch.empty(()), g[0] if a[-1] else empty),
         real_forward=lambda *a: (torch.empty(()), *((g[1], g[2]) if a[-1] else (empty, empty))),
         loss_forward=loss_forward,
@@ -73,12 +76,12 @@ class _Bare(torch.autograd.Function):
         return ctx.g, None
 
 
-def forward_backward_us(make_loss, inputs, n: int) -> tuple[float, float]:
+def forward_backward_us(make_loss, inputs, n: int, grad_output=None) -> tuple[float, float]:
     fwd = per_call_us(make_loss, n)
     bwd = []
     for _ in range(7):  # each graph goes backward once
         losses = iter([make_loss() for _ in range(n)])
-        bwd.append(per_call_us(lambda it=losses: torch.autograd.grad(next(it), inputs), n, repeats=1))
+        bwd.append(per_call_us(lambda it=losses: torch.autograd.grad(next(it), inputs, grad_output), n, repeats=1))
     return fwd, statistics.median(bwd)
 
 
@@ -135,6 +138,14 @@ def main() -> None:
                 rows += cpu_loss_rows(logits, targets, lam, perm, args.n)
         rows.append(("sharpen (no grad)", per_call_us(lambda: fastmix.sharpen(z, 0.3, backend=args.backend), args.n),
                      None))
+        z_grad = z.clone().requires_grad_()
+        rows.append(("sharpen", *forward_backward_us(lambda: fastmix.sharpen(z_grad, 0.3, backend=args.backend),
+                                                     [z_grad], args.n, torch.ones(B, C))))
+        x_f, x_r = torch.randn(MIXUP_SHAPE), torch.randn(MIXUP_SHAPE)
+        mask = torch.rand(MIXUP_SHAPE).requires_grad_()
+        rows.append(("mixup, mask weight", *forward_backward_us(
+            lambda: fastmix.mixup(x_f, x_r, mask, perm, backend=args.backend), [mask], args.n,
+            torch.ones(MIXUP_SHAPE))))
     kernels = "kernels return preallocated outputs" if args.backend == "torch" else "the C++ kernels run"
     print(f"host CPU time per call, us (median of 7 x {args.n} calls; backend {args.backend}: {kernels})"
           f"{' inside trusted_inputs()' if args.trusted else ''}")
