@@ -7,7 +7,8 @@ calls, forward and backward apart, with ``time.thread_time`` (the CPU time this 
 used: on a shared, oversubscribed machine the wall clock mostly measures the wait for a
 core); the median of several repeats is printed in microseconds per call, next to the
 floor: a bare ``torch.autograd.Function`` whose forward returns a new 0-d tensor and
-whose backward returns a preallocated gradient (what any eager op with autograd costs).
+whose backward returns preallocated gradients (what any eager op with autograd costs), for
+one input and for three (the loss's three logits).
 
     python bench/host_time.py            # the default (torch) backend's path
     python bench/host_time.py --trusted  # inside fastmix.ops.debug.trusted_inputs()
@@ -67,13 +68,13 @@ def per_call_us(fn, n: int, repeats: int = 7) -> float:
 
 class _Bare(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, g):
-        ctx.g = g
+    def forward(ctx, grads, *inputs):
+        ctx.grads = grads
         return torch.empty(())
 
     @staticmethod
     def backward(ctx, grad):
-        return ctx.g, None
+        return None, *ctx.grads
 
 
 def forward_backward_us(make_loss, inputs, n: int, grad_output=None) -> tuple[float, float]:
@@ -129,8 +130,10 @@ def main() -> None:
     context = fastmix.ops.debug.trusted_inputs(args.trusted)
     with context:
         g = torch.zeros(B, C)
-        rows = [("floor: a bare autograd.Function", *forward_backward_us(lambda: _Bare.apply(logits[0], g),
-                                                                          logits[:1], args.n))]
+        rows = [("floor: a bare autograd.Function", *forward_backward_us(lambda: _Bare.apply((g,), logits[0]),
+                                                                          logits[:1], args.n)),
+                ("floor, three inputs (as the loss)", *forward_backward_us(lambda: _Bare.apply((g, g, g), *logits),
+                                                                            logits, args.n))]
         for name, targets in (("labels", (y_f, y_r)), ("probabilities", (q_f, q_r))):
             fwd, bwd = forward_backward_us(lambda t=targets: module(*logits, *t, lam, perm), logits, args.n)
             rows.append((f"MixUnlearnLoss {name}", fwd, bwd))
