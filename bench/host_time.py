@@ -5,7 +5,7 @@ arithmetic), so what remains is the host path: argument and value checks, backen
 resolution, the autograd plumbing, the scaling of the saved gradient. Timed over many
 calls, forward and backward apart, with ``time.thread_time`` (the CPU time this thread
 used: on a shared, oversubscribed machine the wall clock mostly measures the wait for a
-core); the median of several repeats is printed in microseconds per call, next to the
+core); the median of several repeats (``--min``: the least) is printed in microseconds per call, next to the
 floor: a bare ``torch.autograd.Function`` whose forward returns a new 0-d tensor and
 whose backward returns preallocated gradients (what any eager op with autograd costs), for
 one input and for three (the loss's three logits).
@@ -56,6 +56,9 @@ def null_kernels(B: int, C: int) -> Kernels:
     )
 
 
+STAT = statistics.median  # --min: the least of the repeats (what the other processes' load added least to)
+
+
 def per_call_us(fn, n: int, repeats: int = 7) -> float:
     times = []
     for _ in range(repeats):
@@ -63,7 +66,7 @@ def per_call_us(fn, n: int, repeats: int = 7) -> float:
         for _ in range(n):
             fn()
         times.append((time.thread_time() - t0) / n * 1e6)
-    return statistics.median(times)
+    return STAT(times)
 
 
 class _Bare(torch.autograd.Function):
@@ -83,7 +86,7 @@ def forward_backward_us(make_loss, inputs, n: int, grad_output=None) -> tuple[fl
     for _ in range(7):  # each graph goes backward once
         losses = iter([make_loss() for _ in range(n)])
         bwd.append(per_call_us(lambda it=losses: torch.autograd.grad(next(it), inputs, grad_output), n, repeats=1))
-    return fwd, statistics.median(bwd)
+    return fwd, STAT(bwd)
 
 
 def cpu_loss_rows(logits, targets, lam, perm, n: int) -> list:
@@ -114,7 +117,10 @@ def main() -> None:
     parser.add_argument("--backend", choices=("torch", "cpu"), default="torch",
                         help="torch: its kernels swapped for ones that do nothing; cpu: the C++ kernels run")
     parser.add_argument("-n", type=int, default=2000)
+    parser.add_argument("--min", action="store_true", help="the least of the 7 repeats instead of their median")
     args = parser.parse_args()
+    global STAT
+    STAT = min if args.min else statistics.median
     torch.set_num_threads(1)
     B, C = 32, 10
     if args.backend == "torch":
@@ -150,7 +156,8 @@ def main() -> None:
             lambda: fastmix.mixup(x_f, x_r, mask, perm, backend=args.backend), [mask], args.n,
             torch.ones(MIXUP_SHAPE))))
     kernels = "kernels return preallocated outputs" if args.backend == "torch" else "the C++ kernels run"
-    print(f"host CPU time per call, us (median of 7 x {args.n} calls; backend {args.backend}: {kernels})"
+    stat = "least" if args.min else "median"
+    print(f"host CPU time per call, us ({stat} of 7 x {args.n} calls; backend {args.backend}: {kernels})"
           f"{' inside trusted_inputs()' if args.trusted else ''}")
     for name, fwd, bwd in rows:
         print(f"  {name:36s} forward {fwd:6.1f}" + (f"  backward {bwd:6.1f}" if bwd is not None else ""))

@@ -63,6 +63,8 @@ def mixup_forward(x_forget, x_retain, weight, perm):
     acc = compute_dtype(x_forget.dtype)
     m = broadcast_weight(weight.to(acc), x_forget)
     mixed = m * x_forget.to(acc) + (1 - m) * _gather_rows(x_retain, perm).to(acc)
+    if mixed.dtype == x_forget.dtype and mixed.stride() == x_forget.stride():
+        return mixed  # already x_forget's dtype and layout: the copy below would change nothing
     out = torch.empty_like(x_forget)  # keeps x_forget's memory format
     out.copy_(mixed)
     return out
