@@ -67,16 +67,21 @@ class ClosedFormLoss(torch.autograd.Function):
         return (None, *(g if need else None for g, need in zip(grads, needs)))
 
 
-# Function.apply's C part. The Python classmethod in front of it only matters under functorch
-# transforms (vmap, grad: it unwraps their dead wrappers), and walks every argument to find out.
-_apply = super(torch.autograd.Function, ClosedFormLoss).apply
-_functorch_active = torch._C._are_functorch_transforms_active
+def c_apply(function: type[torch.autograd.Function]):
+    """``function.apply`` without its Python wrapper, which only matters under functorch
+    transforms (vmap, grad: it unwraps their dead wrappers) and walks every argument on
+    every call to find out. Callers test :func:`functorch_active` first."""
+    return super(torch.autograd.Function, function).apply
+
+
+functorch_active = torch._C._are_functorch_transforms_active
+_apply = c_apply(ClosedFormLoss)
 
 
 def closed_form_loss(kernel, logits: tuple, constants: tuple, scalars: tuple) -> torch.Tensor:
     """The loss of ``kernel`` (see :class:`ClosedFormLoss`), differentiable where needed."""
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in logits):
-        if _functorch_active():
+        if functorch_active():
             return ClosedFormLoss.apply((kernel, constants, scalars), *logits)
         return _apply((kernel, constants, scalars), *logits)
     return kernel(*logits, *constants, *scalars, False)[0]

@@ -6,7 +6,7 @@ import torch
 from fastmix.backends import kernels_for, resolve_backend
 
 from . import _checks
-from ._autograd import eager
+from ._autograd import c_apply, eager, functorch_active
 from .debug import value_checks_wanted
 
 
@@ -78,6 +78,9 @@ class _MixupFunction(torch.autograd.Function):
             return None, None, None, None, None
         grads = ctx.kernels.mixup_backward(grad, x_forget, x_retain, weight, perm, needs)
         return tuple(g if need else None for g, need in zip(grads, needs)) + (None, None)
+
+
+_apply = c_apply(_MixupFunction)
 
 
 def mixup(
@@ -156,5 +159,7 @@ def mixup(
         return _mixup(x_forget, x_retain, weight, perm, backend)
     kernels = kernels_for(backend)
     if torch.is_grad_enabled() and (x_forget.requires_grad or x_retain.requires_grad or weight.requires_grad):
-        return _MixupFunction.apply(x_forget, x_retain, weight, perm, kernels)
+        if functorch_active():
+            return _MixupFunction.apply(x_forget, x_retain, weight, perm, kernels)
+        return _apply(x_forget, x_retain, weight, perm, kernels)
     return kernels.mixup_forward(x_forget, x_retain, weight, perm)

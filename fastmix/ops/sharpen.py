@@ -8,7 +8,7 @@ import torch
 from fastmix.backends import kernels_for, resolve_backend
 
 from . import _checks
-from ._autograd import eager
+from ._autograd import c_apply, eager, functorch_active
 
 
 @torch.library.custom_op("fastmix::sharpen", mutates_args=())
@@ -61,6 +61,9 @@ class _SharpenFunction(torch.autograd.Function):
         return ctx.kernels.sharpen_backward(grad, out, ctx.T), None, None
 
 
+_apply = c_apply(_SharpenFunction)
+
+
 def sharpen(logits: torch.Tensor, T: float = 0.3, *, backend: str | None = None) -> torch.Tensor:
     """``softmax(logits / T)`` over the last dimension: the paper's Sharpen(softmax(logits), T).
 
@@ -80,5 +83,7 @@ def sharpen(logits: torch.Tensor, T: float = 0.3, *, backend: str | None = None)
         return _sharpen(logits, T, backend)
     kernels = kernels_for(backend)
     if logits.requires_grad and torch.is_grad_enabled():
-        return _SharpenFunction.apply(logits, T, kernels)
+        if functorch_active():
+            return _SharpenFunction.apply(logits, T, kernels)
+        return _apply(logits, T, kernels)
     return kernels.sharpen_forward(logits, T)
