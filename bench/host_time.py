@@ -5,9 +5,10 @@ arithmetic), so what remains is the host path: argument and value checks, backen
 resolution, the autograd plumbing, the scaling of the saved gradient. Timed over many
 calls, forward and backward apart, with ``time.thread_time`` (the CPU time this thread
 used: on a shared, oversubscribed machine the wall clock mostly measures the wait for a
-core); the median of several repeats is printed in microseconds per call, next to the
+core); the median of several repeats (``--min``: the least) is printed in microseconds per call, next to the
 floor: a bare ``torch.autograd.Function`` whose forward returns a new 0-d tensor and
-whose backward returns a preallocated gradient (what any eager op with autograd costs).
+whose backward returns preallocated gradients (what any eager op with autograd costs), for
+one input and for three (the loss's three logits).
 
     python bench/host_time.py            # the default (torch) backend's path
     python bench/host_time.py --trusted  # inside fastmix.ops.debug.trusted_inputs()
@@ -29,12 +30,15 @@ import torch
 import fastmix
 from fastmix.backends import Kernels, kernels_for
 
+MIXUP_SHAPE = (32, 1, 28, 28)  # the mixup benchmark's small case; masks broadcast over the one channel
+
 
 def null_kernels(B: int, C: int) -> Kernels:
-    """Kernels that do nothing: each returns tensors allocated once, here (the loss is
-    a fresh 0-d tensor: autograd needs a new output tensor per call)."""
+    """Kernels that do nothing: gradients are tensors allocated once, here; outputs are
+    fresh empty tensors (autograd needs a new output tensor per call)."""
     g = [torch.zeros(B, C) for _ in range(3)]
     out = torch.zeros(B, C)
+    mask_grad = torch.zeros(MIXUP_SHAPE)
     empty = torch.empty(0)
 
     def loss_forward(*args):
@@ -42,14 +46,17 @@ def null_kernels(B: int, C: int) -> Kernels:
         return (loss, *g) if args[-1] else (loss, empty, empty, empty)
 
     return Kernels(
-        sharpen_forward=lambda z, T: out,
+        sharpen_forward=lambda z, T: torch.empty(z.shape),
         sharpen_backward=lambda g_, y, T: out,
-        mixup_forward=lambda *a: out,
-        mixup_backward=lambda *a: (out, out, out),
+        mixup_forward=lambda x_f, *a: torch.empty(x_f.shape),
+        mixup_backward=lambda *a: (mask_grad, mask_grad, mask_grad),
         contrastive_forward=lambda *a: (torch.empty(()), g[0] if a[-1] else empty),
         real_forward=lambda *a: (torch.empty(()), *((g[1], g[2]) if a[-1] else (empty, empty))),
         loss_forward=loss_forward,
     )
+
+
+STAT = statistics.median  # --min: the least of the repeats (what the other processes' load added least to)
 
 
 def per_call_us(fn, n: int, repeats: int = 7) -> float:
@@ -59,27 +66,27 @@ def per_call_us(fn, n: int, repeats: int = 7) -> float:
         for _ in range(n):
             fn()
         times.append((time.thread_time() - t0) / n * 1e6)
-    return statistics.median(times)
+    return STAT(times)
 
 
 class _Bare(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, g):
-        ctx.g = g
+    def forward(ctx, grads, *inputs):
+        ctx.grads = grads
         return torch.empty(())
 
     @staticmethod
     def backward(ctx, grad):
-        return ctx.g, None
+        return None, *ctx.grads
 
 
-def forward_backward_us(make_loss, inputs, n: int) -> tuple[float, float]:
+def forward_backward_us(make_loss, inputs, n: int, grad_output=None) -> tuple[float, float]:
     fwd = per_call_us(make_loss, n)
     bwd = []
     for _ in range(7):  # each graph goes backward once
         losses = iter([make_loss() for _ in range(n)])
-        bwd.append(per_call_us(lambda it=losses: torch.autograd.grad(next(it), inputs), n, repeats=1))
-    return fwd, statistics.median(bwd)
+        bwd.append(per_call_us(lambda it=losses: torch.autograd.grad(next(it), inputs, grad_output), n, repeats=1))
+    return fwd, STAT(bwd)
 
 
 def cpu_loss_rows(logits, targets, lam, perm, n: int) -> list:
@@ -110,7 +117,10 @@ def main() -> None:
     parser.add_argument("--backend", choices=("torch", "cpu"), default="torch",
                         help="torch: its kernels swapped for ones that do nothing; cpu: the C++ kernels run")
     parser.add_argument("-n", type=int, default=2000)
+    parser.add_argument("--min", action="store_true", help="the least of the 7 repeats instead of their median")
     args = parser.parse_args()
+    global STAT
+    STAT = min if args.min else statistics.median
     torch.set_num_threads(1)
     B, C = 32, 10
     if args.backend == "torch":
@@ -126,8 +136,10 @@ def main() -> None:
     context = fastmix.ops.debug.trusted_inputs(args.trusted)
     with context:
         g = torch.zeros(B, C)
-        rows = [("floor: a bare autograd.Function", *forward_backward_us(lambda: _Bare.apply(logits[0], g),
-                                                                          logits[:1], args.n))]
+        rows = [("floor: a bare autograd.Function", *forward_backward_us(lambda: _Bare.apply((g,), logits[0]),
+                                                                          logits[:1], args.n)),
+                ("floor, three inputs (as the loss)", *forward_backward_us(lambda: _Bare.apply((g, g, g), *logits),
+                                                                            logits, args.n))]
         for name, targets in (("labels", (y_f, y_r)), ("probabilities", (q_f, q_r))):
             fwd, bwd = forward_backward_us(lambda t=targets: module(*logits, *t, lam, perm), logits, args.n)
             rows.append((f"MixUnlearnLoss {name}", fwd, bwd))
@@ -135,8 +147,17 @@ def main() -> None:
                 rows += cpu_loss_rows(logits, targets, lam, perm, args.n)
         rows.append(("sharpen (no grad)", per_call_us(lambda: fastmix.sharpen(z, 0.3, backend=args.backend), args.n),
                      None))
+        z_grad = z.clone().requires_grad_()
+        rows.append(("sharpen", *forward_backward_us(lambda: fastmix.sharpen(z_grad, 0.3, backend=args.backend),
+                                                     [z_grad], args.n, torch.ones(B, C))))
+        x_f, x_r = torch.randn(MIXUP_SHAPE), torch.randn(MIXUP_SHAPE)
+        mask = torch.rand(MIXUP_SHAPE).requires_grad_()
+        rows.append(("mixup, mask weight", *forward_backward_us(
+            lambda: fastmix.mixup(x_f, x_r, mask, perm, backend=args.backend), [mask], args.n,
+            torch.ones(MIXUP_SHAPE))))
     kernels = "kernels return preallocated outputs" if args.backend == "torch" else "the C++ kernels run"
-    print(f"host CPU time per call, us (median of 7 x {args.n} calls; backend {args.backend}: {kernels})"
+    stat = "least" if args.min else "median"
+    print(f"host CPU time per call, us ({stat} of 7 x {args.n} calls; backend {args.backend}: {kernels})"
           f"{' inside trusted_inputs()' if args.trusted else ''}")
     for name, fwd, bwd in rows:
         print(f"  {name:36s} forward {fwd:6.1f}" + (f"  backward {bwd:6.1f}" if bwd is not None else ""))

@@ -108,6 +108,7 @@ def register(name: str, kernels: Kernels) -> None:
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
     _FUSED_LOSS[name] = kernels.loss_forward is not None
+    _RESOLVED.clear()
     if kernels.loss_forward is None:
         kernels = dataclasses.replace(
             kernels, loss_forward=compose_loss_forward(kernels.contrastive_forward, kernels.real_forward)
@@ -199,12 +200,32 @@ def _cpu_library_loads() -> bool:
     return cpu_backend.load_error() is None
 
 
+# (requested name or None, device, dtype) -> backend: what resolve_backend found for a call
+# like it. The requested name (the backend= argument, else FASTMIX_BACKEND read on every
+# call) is part of the key, so changing either takes effect at the next call; register()
+# empties it. Failures are not kept: they raise again, with the reason of the moment.
+_RESOLVED: dict[tuple, str] = {}
+
+
 def resolve_backend(backend: str | None, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
     """The concrete backend for one call on ``device``; raises if the requested one cannot run.
 
     The default never picks a kernel backend for float64 data: only the reference computes in it.
+    Resolved once per (requested backend, device, dtype): an op call costs a dictionary lookup.
     """
     requested = backend if backend is not None else os.environ.get("FASTMIX_BACKEND") or None
+    if requested is not None and type(requested) is not str:
+        return _resolve(requested, device, dtype)  # raises with the message
+    key = (requested, device, dtype)
+    name = _RESOLVED.get(key)
+    if name is None:
+        name = _resolve(requested, device, dtype)
+        if not (name == "triton" and device.type != "cuda"):  # the interpreter: TRITON_INTERPRET may change
+            _RESOLVED[key] = name
+    return name
+
+
+def _resolve(requested, device: torch.device, dtype: torch.dtype) -> str:
     if requested is not None:
         if not isinstance(requested, str) or requested not in BACKENDS + ("auto",):
             raise ValueError(f"backend must be one of {BACKENDS} or 'auto', got {requested!r}")

@@ -34,8 +34,10 @@ def sharpen_forward(logits: torch.Tensor, T: float) -> torch.Tensor:
         # in float64: a tiny T is not even a float32 (1e-300 would round to 0)
         z = logits.to(torch.float64)
         return torch.softmax((z - z.amax(dim=-1, keepdim=True)) / T, dim=-1).to(logits.dtype)
-    z = logits.to(compute_dtype(logits.dtype))
-    return torch.softmax(z / T, dim=-1).to(logits.dtype)
+    acc = compute_dtype(logits.dtype)
+    if logits.dtype == acc:  # float32, float64: the casts would return their input, at a dispatch each
+        return torch.softmax(logits / T, dim=-1)
+    return torch.softmax(logits.to(acc) / T, dim=-1).to(logits.dtype)
 
 
 def sharpen_backward(grad: torch.Tensor, out: torch.Tensor, T: float) -> torch.Tensor:
@@ -63,6 +65,8 @@ def mixup_forward(x_forget, x_retain, weight, perm):
     acc = compute_dtype(x_forget.dtype)
     m = broadcast_weight(weight.to(acc), x_forget)
     mixed = m * x_forget.to(acc) + (1 - m) * _gather_rows(x_retain, perm).to(acc)
+    if mixed.dtype == x_forget.dtype and mixed.stride() == x_forget.stride():
+        return mixed  # already x_forget's dtype and layout: the copy below would change nothing
     out = torch.empty_like(x_forget)  # keeps x_forget's memory format
     out.copy_(mixed)
     return out

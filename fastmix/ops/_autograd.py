@@ -23,9 +23,11 @@ def wants_grad(*tensors) -> bool:
 class ClosedFormLoss(torch.autograd.Function):
     """A loss whose kernel writes the value and d loss / d inputs in one forward pass.
 
-    ``kernel(*tensors, with_grad)`` returns ``(loss, *grads)`` with ``grads[i]`` the
-    unscaled gradient with respect to ``tensors[i]`` (``i < n_grads``; the other
-    tensors are constants: targets, ``lam``, ``perm``).
+    ``ClosedFormLoss.apply(call, *logits)`` with ``call = (kernel, constants, scalars)``:
+    ``kernel(*logits, *constants, *scalars, with_grad)`` returns ``(loss, *grads)`` with
+    ``grads[i]`` the unscaled gradient with respect to ``logits[i]``; the constants
+    (targets, ``lam``, ``perm``) get no gradient. One bundle instead of one argument per
+    tensor: ``Function.apply`` walks every argument on every call.
 
     The backward must return ``grads * grad_output``. A separate multiply would read
     and write every gradient once more, so the backward scales the saved buffers in
@@ -41,31 +43,45 @@ class ClosedFormLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, kernel, n_grads, *tensors):
-        loss, *grads = kernel(*tensors, True)
-        ctx.kernel, ctx.n_grads, ctx.grads = kernel, n_grads, grads
-        ctx.save_for_backward(*tensors)
+    def forward(ctx, call, *logits):
+        kernel, constants, scalars = call
+        loss, *grads = kernel(*logits, *constants, *scalars, True)
+        ctx.kernel, ctx.scalars, ctx.grads = kernel, scalars, grads
+        ctx.save_for_backward(*logits, *constants)
         ctx.set_materialize_grads(False)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        n = ctx.n_grads
-        rest = (None,) * (len(ctx.needs_input_grad) - 2 - n)
+        needs = ctx.needs_input_grad[1:]
         if grad_loss is None:
-            return (None, None) + (None,) * n + rest
+            return (None,) * (1 + len(needs))
         grads = ctx.grads
         if grads is None:  # a later backward through a retained graph: the buffers were handed out
-            _, *grads = ctx.kernel(*ctx.saved_tensors, True)
+            _, *grads = ctx.kernel(*ctx.saved_tensors, *ctx.scalars, True)
         ctx.grads = None
-        needs = ctx.needs_input_grad[2:2 + n]
+        if all(needs):
+            _scale.scale_(grads, grad_loss)
+            return (None, *grads)
         _scale.scale_([g for g, need in zip(grads, needs) if need], grad_loss)
-        out = tuple(g if need else None for g, need in zip(grads, needs))
-        return (None, None) + out + rest
+        return (None, *(g if need else None for g, need in zip(grads, needs)))
 
 
-def closed_form_loss(kernel, n_grads: int, *tensors) -> torch.Tensor:
+def c_apply(function: type[torch.autograd.Function]):
+    """``function.apply`` without its Python wrapper, which only matters under functorch
+    transforms (vmap, grad: it unwraps their dead wrappers) and walks every argument on
+    every call to find out. Callers test :func:`functorch_active` first."""
+    return super(torch.autograd.Function, function).apply
+
+
+functorch_active = torch._C._are_functorch_transforms_active
+_apply = c_apply(ClosedFormLoss)
+
+
+def closed_form_loss(kernel, logits: tuple, constants: tuple, scalars: tuple) -> torch.Tensor:
     """The loss of ``kernel`` (see :class:`ClosedFormLoss`), differentiable where needed."""
-    if wants_grad(*tensors[:n_grads]):
-        return ClosedFormLoss.apply(kernel, n_grads, *tensors)
-    return kernel(*tensors, False)[0]
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in logits):
+        if functorch_active():
+            return ClosedFormLoss.apply((kernel, constants, scalars), *logits)
+        return _apply((kernel, constants, scalars), *logits)
+    return kernel(*logits, *constants, *scalars, False)[0]

@@ -61,6 +61,21 @@ def logits(name: str, t) -> torch.Tensor:
     return t
 
 
+def is_logits(t) -> bool:
+    """What :func:`logits` accepts, as one test (no call that raises, no message built)."""
+    return isinstance(t, torch.Tensor) and t.dtype in FLOAT_DTYPES and t.dim() == 2 and t.shape[0] >= 1 \
+        and t.shape[1] >= 1
+
+
+def on_device(device: torch.device, *tensors) -> bool:
+    """Whether every tensor among ``tensors`` is on ``device`` (anything else is skipped, as
+    :func:`same_device` does): the test alone, :func:`same_device` words the error."""
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.device != device:
+            return False
+    return True
+
+
 def same_device(**tensors) -> torch.device:
     first = None
     for t in tensors.values():

@@ -161,12 +161,8 @@ def contrastive_loss(
     tau = _checks.positive_finite("tau", tau)
     reduction = _checks.reduction_arg(reduction)
     if eager():
-        kernel = kernels_for(backend).contrastive_forward
-
-        def run(logits, forget_target, retain_target, lam, perm, with_grad):
-            return kernel(logits, forget_target, retain_target, lam, perm, tau, reduction, with_grad)
-
-        return closed_form_loss(run, 1, logits, forget_target, retain_target, lam, perm)
+        return closed_form_loss(kernels_for(backend).contrastive_forward, (logits,),
+                                (forget_target, retain_target, lam, perm), (tau, reduction))
     loss, _ = _contrastive(
         logits, forget_target, retain_target, lam, perm, tau, reduction, wants_grad(logits), backend
     )
@@ -216,12 +212,8 @@ def real_loss(
     reduction = _checks.reduction_arg(reduction)
     backend = resolve_backend(backend, device, retain_logits.dtype)
     if eager():
-        kernel = kernels_for(backend).real_forward
-
-        def run(retain_logits, forget_logits, retain_target, forget_target, with_grad):
-            return kernel(retain_logits, forget_logits, retain_target, forget_target, tau, reduction, with_grad)
-
-        return closed_form_loss(run, 2, retain_logits, forget_logits, retain_target, forget_target)
+        return closed_form_loss(kernels_for(backend).real_forward, (retain_logits, forget_logits),
+                                (retain_target, forget_target), (tau, reduction))
     loss, _, _ = _real(
         retain_logits,
         forget_logits,

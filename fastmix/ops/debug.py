@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import threading
 
+import torch
+
 _state = threading.local()
 
 
@@ -72,11 +74,8 @@ def value_checks_wanted(t) -> bool:
     Never while torch.compile traces (the values are not known then), nor inside
     ``trusted_inputs()`` unless ``debug_checks(True)`` is on too.
     """
-    import torch
-
     if torch.compiler.is_compiling():
         return False
-    debug = debug_checks_enabled()
-    if debug:
+    if getattr(_state, "enabled", False):
         return True
-    return t.device.type == "cpu" and not trusted_inputs_enabled()
+    return t.device.type == "cpu" and not getattr(_state, "trusted", False)

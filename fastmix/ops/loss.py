@@ -123,45 +123,54 @@ def mixunlearn_loss(
 
 
 def _loss(mix, forget, retain, q_f, q_r, lam, perm, tau_mix, tau_real, omega, reduction, backend):
-    """The checks of the tensors and the call; the scalars are checked already."""
-    _checks.logits("mix_logits", mix)
+    """The checks of the tensors and the call; the scalars are checked already.
+
+    Runs on every training step, so each check is a plain test of metadata read once; the
+    ``_checks`` helpers, which word the errors, run only when a test fails.
+    """
+    if not _checks.is_logits(mix):
+        _checks.logits("mix_logits", mix)
     B, C = mix.shape
+    device = mix.device
     if omega == 0:
         forget = retain = None
-        device = _checks.same_device(mix_logits=mix, forget_target=q_f, retain_target=q_r, perm=perm)
+        if not _checks.on_device(device, q_f, q_r, perm):
+            _checks.same_device(mix_logits=mix, forget_target=q_f, retain_target=q_r, perm=perm)
+        wide = mix.dtype
     else:
-        _checks.logits("forget_logits", forget)
-        _checks.logits("retain_logits", retain)
-        _checks.same_dtype(retain_logits=retain, forget_logits=forget)
+        if not _checks.is_logits(forget):
+            _checks.logits("forget_logits", forget)
+        if not _checks.is_logits(retain):
+            _checks.logits("retain_logits", retain)
+        wide = forget.dtype
+        if retain.dtype != wide:
+            _checks.same_dtype(retain_logits=retain, forget_logits=forget)
         for name, t in (("forget_logits", forget), ("retain_logits", retain)):
             if t.shape[1] != C:
                 raise ValueError(f"{name} must have C={C} classes like mix_logits, got shape {tuple(t.shape)}")
         if forget.shape[0] != B:
             raise ValueError(f"forget_logits must have B={B} rows like mix_logits, got {forget.shape[0]}")
-        device = _checks.same_device(
-            mix_logits=mix, forget_logits=forget, retain_logits=retain, forget_target=q_f, retain_target=q_r,
-            perm=perm,
-        )
-    # float64 anywhere goes to the reference: the kernel backends compute in float32
-    wide = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in (mix, forget,
-                                                                                     retain)) else mix.dtype
+        if not _checks.on_device(device, forget, retain, q_f, q_r, perm):
+            _checks.same_device(
+                mix_logits=mix, forget_logits=forget, retain_logits=retain, forget_target=q_f, retain_target=q_r,
+                perm=perm,
+            )
+        # float64 anywhere goes to the reference: the kernel backends compute in float32
+        wide = torch.float64 if torch.float64 in (mix.dtype, wide) else mix.dtype
     backend = resolve_backend(backend, device, wide)
     values = _checks.values_wanted(mix, backend_checks=backend == "cpu")  # the C++ kernel checks them
     _checks.target("forget_target", q_f, B, C, values)
     n_retain = retain.shape[0] if retain is not None else (None if perm is not None else B)
     _checks.target("retain_target", q_r, n_retain, C, values)
-    check_target_kinds(forget_target=q_f, retain_target=q_r)
+    if (q_f.dtype == torch.int64) != (q_r.dtype == torch.int64):
+        check_target_kinds(forget_target=q_f, retain_target=q_r)
     _checks.perm("perm", perm, B, q_r.shape[0], values)
     if perm is None and q_r.shape[0] != B:
         raise ValueError(f"without perm, retain_target must have B={B} rows like mix_logits, got {q_r.shape[0]}")
     lam = _checks.lam("lam", lam, B, device, values, like=mix.dtype)
     if eager():
-        kernel = kernels_for(backend).loss_forward
-
-        def run(mix, forget, retain, q_f, q_r, lam, perm, with_grad):
-            return kernel(mix, forget, retain, q_f, q_r, lam, perm, tau_mix, tau_real, omega, reduction, with_grad)
-
-        return closed_form_loss(run, 3, mix, forget, retain, q_f, q_r, lam, perm)
+        return closed_form_loss(kernels_for(backend).loss_forward, (mix, forget, retain), (q_f, q_r, lam, perm),
+                                (tau_mix, tau_real, omega, reduction))
     with_grad = wants_grad(mix, forget, retain)
     return _mixunlearn(mix, forget, retain, q_f, q_r, lam, perm, tau_mix, tau_real, omega, reduction, with_grad,
                        backend)[0]

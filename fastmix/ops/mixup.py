@@ -6,7 +6,8 @@ import torch
 from fastmix.backends import kernels_for, resolve_backend
 
 from . import _checks
-from ._autograd import eager, wants_grad
+from ._autograd import c_apply, eager, functorch_active
+from .debug import value_checks_wanted
 
 
 @torch.library.custom_op("fastmix::mixup", mutates_args=())
@@ -79,6 +80,9 @@ class _MixupFunction(torch.autograd.Function):
         return tuple(g if need else None for g, need in zip(grads, needs)) + (None, None)
 
 
+_apply = c_apply(_MixupFunction)
+
+
 def mixup(
     x_forget: torch.Tensor,
     x_retain: torch.Tensor,
@@ -108,39 +112,54 @@ def mixup(
     ``weight`` in ``[0, 1]`` without NaN on CPU tensors always, on GPU tensors
     only under ``fastmix.debug_checks(True)`` (they would synchronise).
     """
-    _checks.float_tensor("x_forget", x_forget)
-    _checks.float_tensor("x_retain", x_retain)
-    if x_forget.dim() == 0:
+    floats = _checks.FLOAT_DTYPES
+    if not (isinstance(x_forget, torch.Tensor) and x_forget.dtype in floats):
+        _checks.float_tensor("x_forget", x_forget)
+    if not (isinstance(x_retain, torch.Tensor) and x_retain.dtype in floats):
+        _checks.float_tensor("x_retain", x_retain)
+    shape = x_forget.shape
+    if not shape:
         raise ValueError("x_forget must have a batch dimension (B, ...), got a 0-d tensor")
-    _checks.same_dtype(x_forget=x_forget, x_retain=x_retain)
-    if x_retain.shape[1:] != x_forget.shape[1:]:
+    if x_retain.dtype != x_forget.dtype:
+        _checks.same_dtype(x_forget=x_forget, x_retain=x_retain)
+    if x_retain.shape[1:] != shape[1:]:
         raise ValueError(
-            f"x_retain must have the trailing shape {tuple(x_forget.shape[1:])} of x_forget, "
-            f"got {tuple(x_retain.shape)}"
+            f"x_retain must have the trailing shape {tuple(shape[1:])} of x_forget, got {tuple(x_retain.shape)}"
         )
-    device = _checks.same_device(x_forget=x_forget, x_retain=x_retain, perm=perm)
-    B = x_forget.shape[0]
-    if not isinstance(weight, torch.Tensor):
+    device = x_forget.device
+    if not _checks.on_device(device, x_retain, perm):
+        _checks.same_device(x_forget=x_forget, x_retain=x_retain, perm=perm)
+    B = shape[0]
+    from_float = not isinstance(weight, torch.Tensor)
+    if from_float:  # checked in [0, 1] as a Python number: no value check of the tensor made of it
         weight = _checks.lam("weight", weight, B, device, like=x_forget.dtype)
-    _checks.float_tensor("weight", weight, ndim=(0, 1, 4))
-    _checks.same_device(x_forget=x_forget, weight=weight)
-    if weight.dim() == 1 and weight.shape[0] != B:
-        raise ValueError(f"weight as per-sample lambdas must have shape ({B},), got {tuple(weight.shape)}")
-    if weight.dim() == 4:
-        if x_forget.dim() != 4:
+    else:
+        if not (weight.dtype in floats and weight.dim() in (0, 1, 4)):
+            _checks.float_tensor("weight", weight, ndim=(0, 1, 4))
+        if weight.device != device:
+            _checks.same_device(x_forget=x_forget, weight=weight)
+    w_shape = weight.shape
+    if len(w_shape) == 1 and w_shape[0] != B:
+        raise ValueError(f"weight as per-sample lambdas must have shape ({B},), got {tuple(w_shape)}")
+    if len(w_shape) == 4:
+        if len(shape) != 4:
             raise ValueError(f"a (B, 1, H, W) mask weight needs (B, C, H, W) images, got x_forget of shape "
-                             f"{tuple(x_forget.shape)}")
-        want = (B, 1, x_forget.shape[2], x_forget.shape[3])
-        if tuple(weight.shape) != want:
-            raise ValueError(f"weight as a mask must have shape {want}, got {tuple(weight.shape)}")
-    _checks.perm("perm", perm, B, x_retain.shape[0])
+                             f"{tuple(shape)}")
+        want = (B, 1, shape[2], shape[3])
+        if w_shape != want:
+            raise ValueError(f"weight as a mask must have shape {want}, got {tuple(w_shape)}")
+    values = value_checks_wanted(x_forget)
+    _checks.perm("perm", perm, B, x_retain.shape[0], values)
     if perm is None and x_retain.shape[0] != B:
         raise ValueError(f"without perm, x_retain must have B={B} rows like x_forget, got {x_retain.shape[0]}")
-    _checks.unit_interval("weight", weight)
+    if not from_float:
+        _checks.unit_interval("weight", weight, values)
     backend = resolve_backend(backend, device, x_forget.dtype)
     if not eager():
         return _mixup(x_forget, x_retain, weight, perm, backend)
     kernels = kernels_for(backend)
-    if wants_grad(x_forget, x_retain, weight):
-        return _MixupFunction.apply(x_forget, x_retain, weight, perm, kernels)
+    if torch.is_grad_enabled() and (x_forget.requires_grad or x_retain.requires_grad or weight.requires_grad):
+        if functorch_active():
+            return _MixupFunction.apply(x_forget, x_retain, weight, perm, kernels)
+        return _apply(x_forget, x_retain, weight, perm, kernels)
     return kernels.mixup_forward(x_forget, x_retain, weight, perm)

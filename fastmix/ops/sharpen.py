@@ -1,12 +1,14 @@
 """Sharpen(softmax(z), T) = softmax(z / T) over the last dimension (SPEC 3)."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fastmix.backends import kernels_for, resolve_backend
 
 from . import _checks
-from ._autograd import eager, wants_grad
+from ._autograd import c_apply, eager, functorch_active
 
 
 @torch.library.custom_op("fastmix::sharpen", mutates_args=())
@@ -59,6 +61,9 @@ class _SharpenFunction(torch.autograd.Function):
         return ctx.kernels.sharpen_backward(grad, out, ctx.T), None, None
 
 
+_apply = c_apply(_SharpenFunction)
+
+
 def sharpen(logits: torch.Tensor, T: float = 0.3, *, backend: str | None = None) -> torch.Tensor:
     """``softmax(logits / T)`` over the last dimension: the paper's Sharpen(softmax(logits), T).
 
@@ -68,14 +73,17 @@ def sharpen(logits: torch.Tensor, T: float = 0.3, *, backend: str | None = None)
     is contiguous, in the input's dtype, computed in float32. Differentiable.
     A NaN in a row gives NaN in that row.
     """
-    _checks.float_tensor("logits", logits)
-    if logits.dim() == 0:
+    if not (isinstance(logits, torch.Tensor) and logits.dtype in _checks.FLOAT_DTYPES and logits.dim() > 0):
+        _checks.float_tensor("logits", logits)
         raise ValueError("logits must have at least 1 dimension (..., C), got a 0-d tensor")
-    T = _checks.positive_finite("T", T)
+    if not (type(T) is float and 0.0 < T < math.inf):  # the common case without a call
+        T = _checks.positive_finite("T", T)
     backend = resolve_backend(backend, logits.device, logits.dtype)
     if not eager():
         return _sharpen(logits, T, backend)
     kernels = kernels_for(backend)
-    if wants_grad(logits):
-        return _SharpenFunction.apply(logits, T, kernels)
+    if logits.requires_grad and torch.is_grad_enabled():
+        if functorch_active():
+            return _SharpenFunction.apply(logits, T, kernels)
+        return _apply(logits, T, kernels)
     return kernels.sharpen_forward(logits, T)
