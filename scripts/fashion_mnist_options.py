@@ -13,6 +13,7 @@ cached in OUT/models and shared with the other studies that use the same OUT).
 Usage:
   python scripts/fashion_mnist_options.py OUT [--workers 2] [--unlearn-epochs 10]
   python scripts/fashion_mnist_options.py OUT --table   # the RESULTS.md table from what exists
+In the table, "seconds" is the unlearning's wall time, and for the retrain row its training's.
 Resumable: finished runs (OUT/runs/*.json) are skipped. ``--workers 2`` starts two
 processes of one thread each.
 """
@@ -76,7 +77,7 @@ def table(args) -> str:
             continue
         lines += [f"**{setting}-level, label-aware**, validation split, mean ± std over seeds", "",
                   "| variant | seeds | " + " | ".join(metrics)
-                  + " | val Avg. Gap | paired Δ gap | mean mask | unlearn s |",
+                  + " | val Avg. Gap | paired Δ gap | mean mask | seconds |",
                   "|---" * (len(metrics) + 6) + "|"]
         base_gap = {r["info"]["seed"]: r["rows"]["mixunlearn"]["avg_gap"] for r in groups.get("fastmix defaults", [])}
         for name in ["retrain"] + list(VARIANTS):

@@ -70,11 +70,12 @@ def run(args) -> int:
     try:
         if args.eval_split != "val":
             raise ValueError("fastmix tune scores on the validation split (--eval-split val), never on the test set")
-        methods = expand_method_names(args.method, args.labels, options_from_args(args))
+        options = options_from_args(args)
+        methods = expand_method_names(args.method, args.labels, options)
         check_args(args)
         given_val = args.val_size
         args.val_size = args.val_size or 0
-        exp = experiment_from_args(args, methods, options_from_args(args))
+        exp = experiment_from_args(args, methods, options)
         fixed = {k for k, v in exp.options.items() if v is not None}
         spaces = {m: {k: d for k, d in SEARCH_SPACES[m].items() if k not in fixed} for m in methods}
         for m, space in spaces.items():

@@ -146,9 +146,10 @@ def run_one(args):
 
     apply_threads(args)
     try:
-        methods = expand_method_names(args.method, args.labels, options_from_args(args))
+        options = options_from_args(args)
+        methods = expand_method_names(args.method, args.labels, options)
         check_args(args)
-        exp = experiment_from_args(args, methods, options_from_args(args))
+        exp = experiment_from_args(args, methods, options)
     except ValueError as e:
         print(f"fastmix unlearn: error: {e}")
         return 2, None, None
