@@ -14,6 +14,21 @@ constexpr int kSharpenThreads = 256;
 template <int V>
 constexpr int kSharpenUnroll = V == 1 ? 4 : 2;
 
+// U accesses of V elements from row (column stride cs; V > 1: contiguous), those at k0 +
+// u * step below n; the others stay as they were (zeros).
+template <typename T, int V, int U>
+__device__ __forceinline__ void load_tile(const T* row, int64_t cs, int64_t k0, int64_t step, int64_t n,
+                                          float (&z)[U][V]) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int64_t k = k0 + u * step;
+    if (k < n) {
+      if constexpr (V == 1) z[u][0] = to_f(row[k * cs]);
+      else load_vec<T, V>(row + k, z[u]);
+    }
+  }
+}
+
 // x: rows with strides (rs, cs) (V > 1: cs == 1 and 16-byte aligned rows). A group of G
 // lanes per row (WARP) or a block per row; two passes over the row, U accesses in flight.
 template <typename T, bool WARP, int V>
@@ -32,12 +47,7 @@ __global__ void __launch_bounds__(kSharpenThreads)
     float m = -INFINITY, s = 0.f;
     for (int64_t k0 = static_cast<int64_t>(grp.lane) * V; k0 < n; k0 += step * U) {
       float z[U][V] = {};
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (k0 + u * step < n) {
-          if constexpr (V == 1) z[u][0] = to_f(row[(k0 + u * step) * cs]);
-          else load_vec<T, V>(row + k0 + u * step, z[u]);
-        }
+      load_tile<T, V, U>(row, cs, k0, step, n, z);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         if (k0 + u * step >= n) break;
@@ -51,12 +61,7 @@ __global__ void __launch_bounds__(kSharpenThreads)
     T* o = out + (active ? r : 0) * C;
     for (int64_t k0 = static_cast<int64_t>(grp.lane) * V; k0 < n; k0 += step * U) {
       float z[U][V] = {};
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (k0 + u * step < n) {
-          if constexpr (V == 1) z[u][0] = to_f(row[(k0 + u * step) * cs]);
-          else load_vec<T, V>(row + k0 + u * step, z[u]);
-        }
+      load_tile<T, V, U>(row, cs, k0, step, n, z);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         if (k0 + u * step >= n) break;
@@ -71,6 +76,7 @@ __global__ void __launch_bounds__(kSharpenThreads)
 template <typename T, int V, int U>
 __device__ __forceinline__ void load_pair(const T* gr, int64_t g_cs, const T* yr, int64_t y_cs, int64_t k0,
                                           int64_t step, int64_t n, float (&g)[U][V], float (&y)[U][V]) {
+  // g and y of one access side by side: two load_tile calls gave the fp16/bf16 V=8 variant a stack frame
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     const int64_t k = k0 + u * step;
