@@ -399,7 +399,7 @@ def method_context(exp: Experiment, ds: ImageDataset, split, original, options: 
     )
 
 
-def run_experiment(exp: Experiment, log=print, write=None) -> dict | None:
+def run_experiment(exp: Experiment, log=print, write=None, references: dict | None = None) -> dict | None:
     """Run every method of ``exp`` and evaluate it with the original and retrain.
 
     Returns ``{"rows": {name: metrics}, "metrics": names, "extras": {...},
@@ -418,6 +418,13 @@ def run_experiment(exp: Experiment, log=print, write=None) -> dict | None:
     after each method, so a run stopped half-way keeps what it finished;
     ``result["pending"]`` lists the methods not yet run (empty in the last call). With
     ``write``, ``exp.out`` must be writable before anything is trained.
+
+    ``references``: the ``"original"`` and ``"retrain"`` rows of an earlier run of the same
+    experiment (same data, split, seed, models and attacks; only the methods or their
+    options differ), reused instead of evaluating the two models again. The caller vouches
+    for the match: :class:`fastmix.harness.tuning.Tuner` passes its first trial's rows to
+    the later trials of one search, where evaluating them each time cost about a third
+    of a short trial.
     """
     options = validate_experiment(exp)
     ds, split = prepare_data(exp, log)
@@ -443,8 +450,10 @@ def run_experiment(exp: Experiment, log=print, write=None) -> dict | None:
         if write is not None:
             write({**result, "pending": list(pending)})
 
-    rows["original"] = {**evaluate(original, ds, split, exp.seed, exp.attacks), "seconds": train_seconds["original"]}
-    rows["retrain"] = {**evaluate(retrained, ds, split, exp.seed, exp.attacks), "seconds": train_seconds["retrain"]}
+    for name, model in (("original", original), ("retrain", retrained)):
+        known = (references or {}).get(name)
+        rows[name] = dict(known) if known is not None else \
+            {**evaluate(model, ds, split, exp.seed, exp.attacks), "seconds": train_seconds[name]}
     finished(exp.methods)
     for i, name in enumerate(exp.methods):
         method_result = get_method(name)(method_context(exp, ds, split, original, options))

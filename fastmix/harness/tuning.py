@@ -52,6 +52,13 @@ def search_key(exp: Experiment, method: str, space: dict) -> str:
     return json.dumps({"method": method, "experiment": fields, "space": space_text}, sort_keys=True, default=str)
 
 
+def reference_key(exp: Experiment) -> str:
+    """What the original's and retrain's rows depend on: every field but the methods, their
+    options and where the run writes (method options never reach those two models)."""
+    skip = ("out", "models_dir", "quiet", "methods", "options")
+    return json.dumps({k: v for k, v in dataclasses.asdict(exp).items() if k not in skip}, sort_keys=True, default=str)
+
+
 def suggest(trial, name: str, dim):
     if isinstance(dim, Grid):
         return trial.suggest_categorical(name, list(dim.values))
@@ -95,6 +102,7 @@ class Tuner:
 
         self.out, self.log = Path(out), log
         self.storage = JournalStorage(JournalFileBackend(str(self.out / STORAGE)))
+        self.references = {}  # reference_key -> the original's and retrain's rows, evaluated once
         self.optuna.logging.set_verbosity(self.optuna.logging.WARNING)
 
     def study(self, exp: Experiment, method: str, space: dict):
@@ -158,8 +166,9 @@ class Tuner:
                     return done.value
             start = time.perf_counter()
             run = dataclasses.replace(exp, methods=(method,), options={**exp.options, **params})
+            ref_key = reference_key(exp)
             try:
-                rows = run_experiment(run, log=lambda *a: None)["rows"]
+                rows = run_experiment(run, log=lambda *a: None, references=self.references.get(ref_key))["rows"]
             except ValueError as e:
                 trial.set_user_attr("error", str(e))
                 trial.set_user_attr("seconds", time.perf_counter() - start)
@@ -168,6 +177,7 @@ class Tuner:
                 trial.set_user_attr("interrupted", True)
                 study.enqueue_trial(params)
                 raise
+            self.references[ref_key] = {name: rows[name] for name in ("original", "retrain")}
             row = rows[method]
             trial.set_user_attr("metrics", {k: float(v) for k, v in row.items()})
             trial.set_user_attr("seconds", time.perf_counter() - start)

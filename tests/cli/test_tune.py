@@ -70,6 +70,22 @@ def test_a_rerun_resumes_without_repeating_finished_trials(tmp_path, runs):
         main([*ARGS, "--method", "finetune", "--out", out])
 
 
+def test_later_trials_reuse_the_first_trials_original_and_retrain_rows(tmp_path, runs, monkeypatch):
+    import fastmix.harness.experiment as experiment
+    from fastmix.harness.experiment import run_experiment
+
+    evaluated = []
+    real = experiment.evaluate
+    monkeypatch.setattr(experiment, "evaluate", lambda *a, **kw: evaluated.append(1) or real(*a, **kw))
+    out = tmp_path / "t"
+    assert main([*ARGS, "--method", "finetune", "--ft-epochs", "1", "--budget", "2", "--out", str(out)]) == 0
+    assert len(runs) == 2 and len(evaluated) == 4  # original, retrain and the method; then the method only
+    second = search_log(out)["trials"][1]
+    fresh = run_experiment(runs[1], log=lambda *a: None)["rows"]["finetune"]  # everything evaluated anew
+    assert {k: float(v) for k, v in fresh.items() if k not in ("seconds", "RTE")} == \
+        {k: v for k, v in second["metrics"].items() if k not in ("seconds", "RTE")}
+
+
 def test_an_interrupted_trial_runs_again_first_and_does_not_count(tmp_path, runs, monkeypatch):
     import fastmix.harness.tuning as tuning
 
