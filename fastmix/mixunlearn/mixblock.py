@@ -38,8 +38,9 @@ class MixBlock(nn.Module):
 
     ``init="torch"`` keeps torch's default initialisation of the convolutions;
     ``"paper"`` draws the weights from normal(0, 0.01) and zeroes the biases, as the
-    authors' code does. ``upsample`` is ``"bilinear"`` (SPEC 5) or ``"nearest"`` (AdAutoMix's
-    code: each feature position's mask value covers its block of pixels).
+    authors' code does. ``upsample`` is ``"bilinear"`` (SPEC 5, this module's default) or
+    ``"nearest"`` (AdAutoMix's code: each feature position's mask value covers its block of
+    pixels; MixUnlearn's default, ``MixUnlearnConfig.mask_upsample``).
     """
 
     def __init__(self, in_channels: int, reduction: int = 2, init: str = "torch", upsample: str = "bilinear"):
