@@ -8,7 +8,7 @@ from fastmix.harness.data import DATASETS
 from fastmix.harness.data.imagefolder import DEFAULT_TEST_FRACTION, NORMALIZATIONS
 from fastmix.harness.evaluation import AttackSettings
 from fastmix.harness.experiment import LAF_DATASETS, LAF_IMAGE_SIZE, PROTOCOLS, Experiment
-from fastmix.harness.method_recipes import NO_RECIPE, packaged_recipe
+from fastmix.harness.method_recipes import NO_RECIPE, load_recipe, packaged_recipe, recipe_options
 from fastmix.harness.models import MODELS, check_model_name
 from fastmix.settings import SEED_LIMIT
 
@@ -166,6 +166,18 @@ def recipe_of(args) -> str | None:
         return args.recipe
     found = packaged_recipe(args.dataset, effective_setting(args))
     return str(found) if found else None
+
+
+def method_names(args, options: dict) -> list[str]:
+    """``--method`` expanded; ``all`` in the label-agnostic setting keeps the methods that run
+    without labels with the settings the run will use: the flags in ``options`` over the
+    recipe's (a recipe may, e.g., drop SCRUB's cross-entropy term, scrub_gamma 0)."""
+    from fastmix.harness.methods import METHODS, expand_method_names
+
+    recipe = recipe_of(args)
+    held = recipe_options(load_recipe(recipe), METHODS) if recipe else {}
+    given = {k: v for k, v in options.items() if v is not None}
+    return expand_method_names(args.method, args.labels, {**held, **given})
 
 
 def add_attack_args(p: argparse.ArgumentParser) -> None:

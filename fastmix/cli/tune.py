@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from fastmix.harness.methods import METHODS, SEARCH_SPACES, expand_method_names
+from fastmix.harness.methods import METHODS, SEARCH_SPACES
 
 from .args import (
     add_attack_args,
@@ -13,6 +13,7 @@ from .args import (
     apply_threads,
     check_args,
     experiment_from_args,
+    method_names,
     positive_int,
 )
 from .unlearn import add_method_args, options_from_args
@@ -71,7 +72,7 @@ def run(args) -> int:
         if args.eval_split != "val":
             raise ValueError("fastmix tune scores on the validation split (--eval-split val), never on the test set")
         options = options_from_args(args)
-        methods = expand_method_names(args.method, args.labels, options)
+        methods = method_names(args, options)
         check_args(args)
         given_val = args.val_size
         args.val_size = args.val_size or 0

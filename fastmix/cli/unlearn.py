@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from fastmix.harness.experiment import DEFAULTS
-from fastmix.harness.methods import METHOD_SETTINGS, METHODS, expand_method_names
+from fastmix.harness.methods import METHOD_SETTINGS, METHODS
 from fastmix.mixunlearn.config import EngineOptions, MixUnlearnConfig
 
 from .args import (
@@ -16,6 +16,7 @@ from .args import (
     apply_threads,
     check_args,
     experiment_from_args,
+    method_names,
     seed_list,
     setting_values,
 )
@@ -148,7 +149,7 @@ def run_one(args):
     apply_threads(args)
     try:
         options = options_from_args(args)
-        methods = expand_method_names(args.method, args.labels, options)
+        methods = method_names(args, options)
         check_args(args)
         exp = experiment_from_args(args, methods, options)
     except ValueError as e:
@@ -243,7 +244,7 @@ def reusable_run(args) -> dict | None:
     (:func:`finished_results`), else None (also for bad arguments, which the run reports)."""
     try:
         options = options_from_args(args)
-        exp = experiment_from_args(args, expand_method_names(args.method, args.labels, options), options)
+        exp = experiment_from_args(args, method_names(args, options), options)
         check_args(args)
     except ValueError:
         return None
