@@ -92,6 +92,29 @@ def same_device(**tensors) -> torch.device:
     raise ValueError(f"all tensors must be on one device, got {listing} ({odd} differs)")
 
 
+def meta(t) -> tuple:
+    """What the metadata checks read of one argument: a tensor's type, dtype, shape and
+    device; anything else's type. Part of the key of a :class:`Passed` cache."""
+    if isinstance(t, torch.Tensor):
+        return type(t), t.dtype, t.shape, t.device
+    return (type(t),)
+
+
+class Passed(dict):
+    """Per op: the metadata (a tuple of :func:`meta`) of calls whose metadata checks all
+    passed, each with what the op derived from it. A call whose arguments have the same
+    metadata would pass them again, so it skips them; any change of type, dtype, shape or
+    device is a new key and is checked. Value checks are not cached. Bounded: full, it
+    starts again (a training loop sees a handful of keys)."""
+
+    LIMIT = 64
+
+    def add(self, key: tuple, derived) -> None:
+        if len(self) >= self.LIMIT:
+            self.clear()
+        self[key] = derived
+
+
 def same_dtype(**tensors) -> None:
     dtypes = {name: t.dtype for name, t in tensors.items()}
     if len(set(dtypes.values())) > 1:
