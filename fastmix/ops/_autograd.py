@@ -53,18 +53,26 @@ class ClosedFormLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        needs = ctx.needs_input_grad[1:]
-        if grad_loss is None:
-            return (None,) * (1 + len(needs))
         grads = ctx.grads
-        if grads is None:  # a later backward through a retained graph: the buffers were handed out
-            _, *grads = ctx.kernel(*ctx.saved_tensors, *ctx.scalars, True)
+        if grads is None or grad_loss is None:
+            return ClosedFormLoss._rare_backward(ctx, grad_loss)
         ctx.grads = None
-        if all(needs):
+        needs = ctx.needs_input_grad
+        if all(needs[1:]):  # the common case: every buffer, scaled (or not) in place, as it is
             _scale.scale_(grads, grad_loss)
             return (None, *grads)
-        _scale.scale_([g for g, need in zip(grads, needs) if need], grad_loss)
-        return (None, *(g if need else None for g, need in zip(grads, needs)))
+        grads = [g if need else None for g, need in zip(grads, needs[1:])]
+        _scale.scale_([g for g in grads if g is not None], grad_loss)
+        return (None, *grads)
+
+    @staticmethod
+    def _rare_backward(ctx, grad_loss):
+        """No gradient to pass on, or a later backward through a retained graph (the buffers
+        were handed out): the gradients computed again from the saved inputs."""
+        if grad_loss is None:
+            return (None,) * len(ctx.needs_input_grad)
+        _, *ctx.grads = ctx.kernel(*ctx.saved_tensors, *ctx.scalars, True)
+        return ClosedFormLoss.backward(ctx, grad_loss)
 
 
 def c_apply(function: type[torch.autograd.Function]):

@@ -159,7 +159,8 @@ def _loss(mix, forget, retain, q_f, q_r, lam, perm, tau_mix, tau_real, omega, re
         _checks.perm("perm", perm, B, q_r.shape[0], values)
         if perm is None and q_r.shape[0] != B:
             raise ValueError(f"without perm, retain_target must have B={B} rows like mix_logits, got {q_r.shape[0]}")
-        cacheable = not compiling and isinstance(lam, torch.Tensor)  # a float lam is checked and made a tensor per call
+        # a float lam is checked and made a tensor per call
+        cacheable = passed is None and not compiling and isinstance(lam, torch.Tensor)
         lam = _checks.lam("lam", lam, B, device, values, like=mix.dtype)
         if cacheable:
             _PASSED.add(key, (device, wide))
