@@ -39,23 +39,24 @@ class ClosedFormLoss(torch.autograd.Function):
     what ``torch.autograd.grad`` returns), so it is never written again: a second
     backward through a retained graph (``retain_graph=True``) recomputes the gradients
     from the saved inputs instead (the version counter catches inputs modified in
-    place meanwhile). Gradients of unused outputs are never materialised.
+    place meanwhile).
     """
 
     @staticmethod
     def forward(ctx, call, *logits):
         kernel, constants, scalars = call
         loss, *grads = kernel(*logits, *constants, *scalars, True)
-        ctx.kernel, ctx.scalars, ctx.grads = kernel, scalars, grads
+        ctx.call, ctx.grads = call, grads
         ctx.save_for_backward(*logits, *constants)
-        ctx.set_materialize_grads(False)
+        # grads stay materialised: the one output's gradient is defined whenever a backward runs
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         grads = ctx.grads
-        if grads is None or grad_loss is None:
-            return ClosedFormLoss._rare_backward(ctx, grad_loss)
+        if grads is None:  # a later backward through a retained graph: the buffers were handed out
+            kernel, _, scalars = ctx.call
+            _, *grads = kernel(*ctx.saved_tensors, *scalars, True)
         ctx.grads = None
         needs = ctx.needs_input_grad
         if all(needs[1:]):  # the common case: every buffer, scaled (or not) in place, as it is
@@ -64,15 +65,6 @@ class ClosedFormLoss(torch.autograd.Function):
         grads = [g if need else None for g, need in zip(grads, needs[1:])]
         _scale.scale_([g for g in grads if g is not None], grad_loss)
         return (None, *grads)
-
-    @staticmethod
-    def _rare_backward(ctx, grad_loss):
-        """No gradient to pass on, or a later backward through a retained graph (the buffers
-        were handed out): the gradients computed again from the saved inputs."""
-        if grad_loss is None:
-            return (None,) * len(ctx.needs_input_grad)
-        _, *ctx.grads = ctx.kernel(*ctx.saved_tensors, *ctx.scalars, True)
-        return ClosedFormLoss.backward(ctx, grad_loss)
 
 
 def c_apply(function: type[torch.autograd.Function]):
