@@ -105,8 +105,8 @@ def meta(t) -> tuple:
 
 
 class Passed(dict):
-    """Per op: the metadata (a tuple of :func:`meta`) of calls whose metadata checks all
-    passed, each with what the op derived from it. A call whose arguments have the same
+    """Per op: the metadata (what :func:`meta` reads, of every argument) of calls whose
+    metadata checks all passed, each with what the op derived from it. A call whose arguments have the same
     metadata would pass them again, so it skips them; any change of type, dtype, shape or
     device is a new key and is checked. Value checks are not cached. Bounded: full, it
     starts again (a training loop sees a handful of keys)."""
