@@ -8,7 +8,8 @@ used: on a shared, oversubscribed machine the wall clock mostly measures the wai
 core); the median of several repeats (``--min``: the least) is printed in microseconds per call, next to the
 floor: a bare ``torch.autograd.Function`` whose forward returns a new 0-d tensor and
 whose backward returns preallocated gradients (what any eager op with autograd costs), for
-one input and for three (the loss's three logits).
+one input and for three (the loss's three logits), and two of PyTorch's native ops (``sum``,
+``cross_entropy`` at (32, 10), arithmetic included) through the same autograd engine.
 
     python bench/host_time.py            # the default (torch) backend's path
     python bench/host_time.py --trusted  # inside fastmix.ops.debug.trusted_inputs()
@@ -139,10 +140,17 @@ def main() -> None:
         rows = [("floor: a bare autograd.Function", *forward_backward_us(lambda: _Bare.apply((g,), logits[0]),
                                                                           logits[:1], args.n)),
                 ("floor, three inputs (as the loss)", *forward_backward_us(lambda: _Bare.apply((g, g, g), *logits),
-                                                                            logits, args.n))]
+                                                                            logits, args.n)),
+                # PyTorch's own ops through the same autograd engine (their arithmetic included)
+                ("native: x.sum()", *forward_backward_us(lambda: logits[0].sum(), logits[:1], args.n)),
+                ("native: F.cross_entropy (32, 10)", *forward_backward_us(
+                    lambda: torch.nn.functional.cross_entropy(logits[0], y_f), logits[:1], args.n))]
         for name, targets in (("labels", (y_f, y_r)), ("probabilities", (q_f, q_r))):
             fwd, bwd = forward_backward_us(lambda t=targets: module(*logits, *t, lam, perm), logits, args.n)
             rows.append((f"MixUnlearnLoss {name}", fwd, bwd))
+            if name == "labels":  # what nn.Module.__call__ adds (its hook checks) to the op's own path
+                rows.append(("  the same through .forward", per_call_us(
+                    lambda t=targets: module.forward(*logits, *t, lam, perm), args.n), None))
             if args.backend == "cpu":
                 rows += cpu_loss_rows(logits, targets, lam, perm, args.n)
         rows.append(("sharpen (no grad)", per_call_us(lambda: fastmix.sharpen(z, 0.3, backend=args.backend), args.n),

@@ -200,6 +200,19 @@ def _cpu_library_loads() -> bool:
     return cpu_backend.load_error() is None
 
 
+_ENV_KEY = os.environ.encodekey("FASTMIX_BACKEND")
+
+
+def _environment_backend() -> str | None:
+    """``FASTMIX_BACKEND`` (None if unset or empty), read on every call from ``os.environ``'s
+    own mapping, which ``os.environ[...] = ...`` and ``monkeypatch.setenv`` update:
+    ``os.environ.get`` encodes the key per call, a microsecond of every op call."""
+    raw = os.environ._data.get(_ENV_KEY)
+    if raw is None:
+        return None
+    return os.environ.decodevalue(raw) or None
+
+
 # (requested name or None, device, dtype) -> backend: what resolve_backend found for a call
 # like it. The requested name (the backend= argument, else FASTMIX_BACKEND read on every
 # call) is part of the key, so changing either takes effect at the next call; register()
@@ -213,7 +226,7 @@ def resolve_backend(backend: str | None, device: torch.device, dtype: torch.dtyp
     The default never picks a kernel backend for float64 data: only the reference computes in it.
     Resolved once per (requested backend, device, dtype): an op call costs a dictionary lookup.
     """
-    requested = backend if backend is not None else os.environ.get("FASTMIX_BACKEND") or None
+    requested = backend if backend is not None else _environment_backend()
     if requested is not None and type(requested) is not str:
         return _resolve(requested, device, dtype)  # raises with the message
     key = (requested, device, dtype)

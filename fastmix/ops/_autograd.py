@@ -39,32 +39,32 @@ class ClosedFormLoss(torch.autograd.Function):
     what ``torch.autograd.grad`` returns), so it is never written again: a second
     backward through a retained graph (``retain_graph=True``) recomputes the gradients
     from the saved inputs instead (the version counter catches inputs modified in
-    place meanwhile). Gradients of unused outputs are never materialised.
+    place meanwhile).
     """
 
     @staticmethod
     def forward(ctx, call, *logits):
         kernel, constants, scalars = call
         loss, *grads = kernel(*logits, *constants, *scalars, True)
-        ctx.kernel, ctx.scalars, ctx.grads = kernel, scalars, grads
+        ctx.call, ctx.grads = call, grads
         ctx.save_for_backward(*logits, *constants)
-        ctx.set_materialize_grads(False)
+        # grads stay materialised: the one output's gradient is defined whenever a backward runs
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        needs = ctx.needs_input_grad[1:]
-        if grad_loss is None:
-            return (None,) * (1 + len(needs))
         grads = ctx.grads
         if grads is None:  # a later backward through a retained graph: the buffers were handed out
-            _, *grads = ctx.kernel(*ctx.saved_tensors, *ctx.scalars, True)
+            kernel, _, scalars = ctx.call
+            _, *grads = kernel(*ctx.saved_tensors, *scalars, True)
         ctx.grads = None
-        if all(needs):
+        needs = ctx.needs_input_grad
+        if all(needs[1:]):  # the common case: every buffer, scaled (or not) in place, as it is
             _scale.scale_(grads, grad_loss)
             return (None, *grads)
-        _scale.scale_([g for g, need in zip(grads, needs) if need], grad_loss)
-        return (None, *(g if need else None for g, need in zip(grads, needs)))
+        grads = [g if need else None for g, need in zip(grads, needs[1:])]
+        _scale.scale_([g for g in grads if g is not None], grad_loss)
+        return (None, *grads)
 
 
 def c_apply(function: type[torch.autograd.Function]):
@@ -80,8 +80,10 @@ _apply = c_apply(ClosedFormLoss)
 
 def closed_form_loss(kernel, logits: tuple, constants: tuple, scalars: tuple) -> torch.Tensor:
     """The loss of ``kernel`` (see :class:`ClosedFormLoss`), differentiable where needed."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in logits):
-        if functorch_active():
-            return ClosedFormLoss.apply((kernel, constants, scalars), *logits)
-        return _apply((kernel, constants, scalars), *logits)
+    if torch.is_grad_enabled():
+        for t in logits:  # a loop, not any(): a generator costs a microsecond per call
+            if t is not None and t.requires_grad:
+                if functorch_active():
+                    return ClosedFormLoss.apply((kernel, constants, scalars), *logits)
+                return _apply((kernel, constants, scalars), *logits)
     return kernel(*logits, *constants, *scalars, False)[0]

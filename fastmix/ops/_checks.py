@@ -18,6 +18,8 @@ REDUCTIONS = ("sum", "mean")
 
 
 def positive_finite(name: str, value) -> float:
+    if type(value) is float and 0.0 < value < math.inf:  # the common case in one test
+        return value
     if isinstance(value, (torch.Tensor, bool)) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
     if not (math.isfinite(value) and value > 0):
@@ -26,6 +28,8 @@ def positive_finite(name: str, value) -> float:
 
 
 def non_negative_finite(name: str, value) -> float:
+    if type(value) is float and 0.0 <= value < math.inf:
+        return value
     if isinstance(value, (torch.Tensor, bool)) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
     if not (math.isfinite(value) and value >= 0):
@@ -90,6 +94,29 @@ def same_device(**tensors) -> torch.device:
     listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
     odd = next(n for n, d in devices.items() if d != first)
     raise ValueError(f"all tensors must be on one device, got {listing} ({odd} differs)")
+
+
+def meta(t) -> tuple:
+    """What the metadata checks read of one argument: a tensor's type, dtype, shape and
+    device; anything else's type. Part of the key of a :class:`Passed` cache."""
+    if isinstance(t, torch.Tensor):
+        return type(t), t.dtype, t.shape, t.device
+    return (type(t),)
+
+
+class Passed(dict):
+    """Per op: the metadata (what :func:`meta` reads, of every argument) of calls whose
+    metadata checks all passed, each with what the op derived from it. A call whose arguments have the same
+    metadata would pass them again, so it skips them; any change of type, dtype, shape or
+    device is a new key and is checked. Value checks are not cached. Bounded: full, it
+    starts again (a training loop sees a handful of keys)."""
+
+    LIMIT = 64
+
+    def add(self, key: tuple, derived) -> None:
+        if len(self) >= self.LIMIT:
+            self.clear()
+        self[key] = derived
 
 
 def same_dtype(**tensors) -> None:

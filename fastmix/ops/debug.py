@@ -5,11 +5,17 @@ import threading
 
 import torch
 
-_state = threading.local()
+
+class _State(threading.local):
+    enabled = False  # debug_checks
+    trusted = False  # trusted_inputs
+
+
+_state = _State()  # the class defaults: a plain attribute read per call, no getattr default
 
 
 def debug_checks_enabled() -> bool:
-    return getattr(_state, "enabled", False)
+    return _state.enabled
 
 
 class debug_checks:
@@ -41,7 +47,7 @@ class debug_checks:
 
 
 def trusted_inputs_enabled() -> bool:
-    return getattr(_state, "trusted", False)
+    return _state.trusted
 
 
 class trusted_inputs:
@@ -76,6 +82,4 @@ def value_checks_wanted(t) -> bool:
     """
     if torch.compiler.is_compiling():
         return False
-    if getattr(_state, "enabled", False):
-        return True
-    return t.device.type == "cpu" and not getattr(_state, "trusted", False)
+    return _state.enabled or (t.is_cpu and not _state.trusted)  # is_cpu: no device object built

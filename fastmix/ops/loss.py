@@ -23,7 +23,7 @@ from fastmix.backends import kernels_for, resolve_backend
 from fastmix.backends.torch_backend import compute_dtype
 
 from . import _checks
-from ._autograd import closed_form_loss, eager, wants_grad
+from ._autograd import closed_form_loss, wants_grad
 from .contrastive import check_target_kinds, contrastive_loss
 from .sharpen import sharpen
 
@@ -122,58 +122,89 @@ def mixunlearn_loss(
                  tau_mix, tau_real, omega, reduction, backend)
 
 
+# metadata of the arguments -> (device, dtype for the backend) of calls that passed the checks
+_PASSED = _checks.Passed()
+
+
 def _loss(mix, forget, retain, q_f, q_r, lam, perm, tau_mix, tau_real, omega, reduction, backend):
     """The checks of the tensors and the call; the scalars are checked already.
 
     Runs on every training step, so each check is a plain test of metadata read once; the
-    ``_checks`` helpers, which word the errors, run only when a test fails.
+    ``_checks`` helpers, which word the errors, run only when a test fails. Eager calls
+    with the metadata of a call that passed skip the metadata checks (``_PASSED``).
     """
-    if not _checks.is_logits(mix):
-        _checks.logits("mix_logits", mix)
-    B, C = mix.shape
-    device = mix.device
+    compiling = torch.compiler.is_compiling()
+    passed = key = None
+    if not compiling:
+        try:  # _checks.meta of each tensor, written out flat: a call per tensor costs 1.5 us more
+            key = (type(mix), mix.dtype, mix.shape, mix.device, type(q_f), q_f.dtype, q_f.shape, q_f.device,
+                   type(q_r), q_r.dtype, q_r.shape, q_r.device, type(lam), lam.dtype, lam.shape, lam.device,
+                   None if perm is None else (type(perm), perm.dtype, perm.shape, perm.device),
+                   None if omega == 0 else (type(forget), forget.dtype, forget.shape, forget.device,
+                                            type(retain), retain.dtype, retain.shape, retain.device))
+            passed = _PASSED.get(key)
+        except AttributeError:  # not a tensor: the checks say which
+            pass
+    if passed is None:
+        device, wide = _check_logits(mix, forget, retain, q_f, q_r, perm, omega)
+    else:
+        device, wide = passed
     if omega == 0:
         forget = retain = None
-        if not _checks.on_device(device, q_f, q_r, perm):
-            _checks.same_device(mix_logits=mix, forget_target=q_f, retain_target=q_r, perm=perm)
-        wide = mix.dtype
-    else:
-        if not _checks.is_logits(forget):
-            _checks.logits("forget_logits", forget)
-        if not _checks.is_logits(retain):
-            _checks.logits("retain_logits", retain)
-        wide = forget.dtype
-        if retain.dtype != wide:
-            _checks.same_dtype(retain_logits=retain, forget_logits=forget)
-        for name, t in (("forget_logits", forget), ("retain_logits", retain)):
-            if t.shape[1] != C:
-                raise ValueError(f"{name} must have C={C} classes like mix_logits, got shape {tuple(t.shape)}")
-        if forget.shape[0] != B:
-            raise ValueError(f"forget_logits must have B={B} rows like mix_logits, got {forget.shape[0]}")
-        if not _checks.on_device(device, forget, retain, q_f, q_r, perm):
-            _checks.same_device(
-                mix_logits=mix, forget_logits=forget, retain_logits=retain, forget_target=q_f, retain_target=q_r,
-                perm=perm,
-            )
-        # float64 anywhere goes to the reference: the kernel backends compute in float32
-        wide = torch.float64 if torch.float64 in (mix.dtype, wide) else mix.dtype
     backend = resolve_backend(backend, device, wide)
     values = _checks.values_wanted(mix, backend_checks=backend == "cpu")  # the C++ kernel checks them
-    _checks.target("forget_target", q_f, B, C, values)
-    n_retain = retain.shape[0] if retain is not None else (None if perm is not None else B)
-    _checks.target("retain_target", q_r, n_retain, C, values)
-    if (q_f.dtype == torch.int64) != (q_r.dtype == torch.int64):
-        check_target_kinds(forget_target=q_f, retain_target=q_r)
-    _checks.perm("perm", perm, B, q_r.shape[0], values)
-    if perm is None and q_r.shape[0] != B:
-        raise ValueError(f"without perm, retain_target must have B={B} rows like mix_logits, got {q_r.shape[0]}")
-    lam = _checks.lam("lam", lam, B, device, values, like=mix.dtype)
-    if eager():
+    if passed is None or values:
+        B, C = mix.shape
+        _checks.target("forget_target", q_f, B, C, values)
+        n_retain = retain.shape[0] if retain is not None else (None if perm is not None else B)
+        _checks.target("retain_target", q_r, n_retain, C, values)
+        if (q_f.dtype == torch.int64) != (q_r.dtype == torch.int64):
+            check_target_kinds(forget_target=q_f, retain_target=q_r)
+        _checks.perm("perm", perm, B, q_r.shape[0], values)
+        if perm is None and q_r.shape[0] != B:
+            raise ValueError(f"without perm, retain_target must have B={B} rows like mix_logits, got {q_r.shape[0]}")
+        cacheable = key is not None and passed is None  # a float lam is no key: checked, made a tensor per call
+        lam = _checks.lam("lam", lam, B, device, values, like=mix.dtype)
+        if cacheable:
+            _PASSED.add(key, (device, wide))
+    if not compiling:
         return closed_form_loss(kernels_for(backend).loss_forward, (mix, forget, retain), (q_f, q_r, lam, perm),
                                 (tau_mix, tau_real, omega, reduction))
     with_grad = wants_grad(mix, forget, retain)
     return _mixunlearn(mix, forget, retain, q_f, q_r, lam, perm, tau_mix, tau_real, omega, reduction, with_grad,
                        backend)[0]
+
+
+def _check_logits(mix, forget, retain, q_f, q_r, perm, omega) -> tuple:
+    """The checks of the three logits and of every tensor's device; returns the device and
+    the dtype that chooses the backend."""
+    if not _checks.is_logits(mix):
+        _checks.logits("mix_logits", mix)
+    B, C = mix.shape
+    device = mix.device
+    if omega == 0:
+        if not _checks.on_device(device, q_f, q_r, perm):
+            _checks.same_device(mix_logits=mix, forget_target=q_f, retain_target=q_r, perm=perm)
+        return device, mix.dtype
+    if not _checks.is_logits(forget):
+        _checks.logits("forget_logits", forget)
+    if not _checks.is_logits(retain):
+        _checks.logits("retain_logits", retain)
+    wide = forget.dtype
+    if retain.dtype != wide:
+        _checks.same_dtype(retain_logits=retain, forget_logits=forget)
+    for name, t in (("forget_logits", forget), ("retain_logits", retain)):
+        if t.shape[1] != C:
+            raise ValueError(f"{name} must have C={C} classes like mix_logits, got shape {tuple(t.shape)}")
+    if forget.shape[0] != B:
+        raise ValueError(f"forget_logits must have B={B} rows like mix_logits, got {forget.shape[0]}")
+    if not _checks.on_device(device, forget, retain, q_f, q_r, perm):
+        _checks.same_device(
+            mix_logits=mix, forget_logits=forget, retain_logits=retain, forget_target=q_f, retain_target=q_r,
+            perm=perm,
+        )
+    # float64 anywhere goes to the reference: the kernel backends compute in float32
+    return device, torch.float64 if torch.float64 in (mix.dtype, wide) else mix.dtype
 
 
 class MixUnlearnLoss(nn.Module):

@@ -6,7 +6,7 @@ import torch
 from fastmix.backends import kernels_for, resolve_backend
 
 from . import _checks
-from ._autograd import c_apply, eager, functorch_active
+from ._autograd import c_apply, functorch_active
 from .debug import value_checks_wanted
 
 
@@ -76,8 +76,9 @@ class _MixupFunction(torch.autograd.Function):
         needs = tuple(ctx.needs_input_grad[:3])
         if not any(needs):
             return None, None, None, None, None
-        grads = ctx.kernels.mixup_backward(grad, x_forget, x_retain, weight, perm, needs)
-        return tuple(g if need else None for g, need in zip(grads, needs)) + (None, None)
+        grad_f, grad_r, grad_w = ctx.kernels.mixup_backward(grad, x_forget, x_retain, weight, perm, needs)
+        # written out: a generator costs a microsecond per call
+        return grad_f if needs[0] else None, grad_r if needs[1] else None, grad_w if needs[2] else None, None, None
 
 
 _apply = c_apply(_MixupFunction)
@@ -112,6 +113,45 @@ def mixup(
     ``weight`` in ``[0, 1]`` without NaN on CPU tensors always, on GPU tensors
     only under ``fastmix.debug_checks(True)`` (they would synchronise).
     """
+    compiling = torch.compiler.is_compiling()
+    if compiling:
+        device = None
+    else:
+        meta = _checks.meta
+        key = (meta(x_forget), meta(x_retain), meta(weight), meta(perm))
+        device = _PASSED.get(key)
+    passed = device is not None
+    from_float = False  # a float weight is never in _PASSED: checked and made a tensor per call
+    if not passed:
+        device, weight, from_float = _check_metadata(x_forget, x_retain, weight, perm)
+    values = value_checks_wanted(x_forget)
+    if not passed or values:
+        B = x_forget.shape[0]
+        _checks.perm("perm", perm, B, x_retain.shape[0], values)
+        if perm is None and x_retain.shape[0] != B:
+            raise ValueError(f"without perm, x_retain must have B={B} rows like x_forget, got {x_retain.shape[0]}")
+        if not from_float:
+            _checks.unit_interval("weight", weight, values)
+        if not (passed or from_float or compiling):
+            _PASSED.add(key, device)
+    backend = resolve_backend(backend, device, x_forget.dtype)
+    if compiling:
+        return _mixup(x_forget, x_retain, weight, perm, backend)
+    kernels = kernels_for(backend)
+    if torch.is_grad_enabled() and (x_forget.requires_grad or x_retain.requires_grad or weight.requires_grad):
+        if functorch_active():
+            return _MixupFunction.apply(x_forget, x_retain, weight, perm, kernels)
+        return _apply(x_forget, x_retain, weight, perm, kernels)
+    return kernels.mixup_forward(x_forget, x_retain, weight, perm)
+
+
+# metadata of the arguments -> their device, for calls that passed the metadata checks
+_PASSED = _checks.Passed()
+
+
+def _check_metadata(x_forget, x_retain, weight, perm) -> tuple:
+    """The checks of types, dtypes, shapes and devices; returns the device, the weight as a
+    tensor and whether it was given as a float (then checked in [0, 1] already)."""
     floats = _checks.FLOAT_DTYPES
     if not (isinstance(x_forget, torch.Tensor) and x_forget.dtype in floats):
         _checks.float_tensor("x_forget", x_forget)
@@ -148,18 +188,4 @@ def mixup(
         want = (B, 1, shape[2], shape[3])
         if w_shape != want:
             raise ValueError(f"weight as a mask must have shape {want}, got {tuple(w_shape)}")
-    values = value_checks_wanted(x_forget)
-    _checks.perm("perm", perm, B, x_retain.shape[0], values)
-    if perm is None and x_retain.shape[0] != B:
-        raise ValueError(f"without perm, x_retain must have B={B} rows like x_forget, got {x_retain.shape[0]}")
-    if not from_float:
-        _checks.unit_interval("weight", weight, values)
-    backend = resolve_backend(backend, device, x_forget.dtype)
-    if not eager():
-        return _mixup(x_forget, x_retain, weight, perm, backend)
-    kernels = kernels_for(backend)
-    if torch.is_grad_enabled() and (x_forget.requires_grad or x_retain.requires_grad or weight.requires_grad):
-        if functorch_active():
-            return _MixupFunction.apply(x_forget, x_retain, weight, perm, kernels)
-        return _apply(x_forget, x_retain, weight, perm, kernels)
-    return kernels.mixup_forward(x_forget, x_retain, weight, perm)
+    return device, weight, from_float
