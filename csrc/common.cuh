@@ -223,12 +223,12 @@ __device__ __forceinline__ float group_max(float v, float* scratch, int G = 32) 
 }
 
 // ---- vector accesses -------------------------------------------------------------------
-// V consecutive elements in one access of min(16, V * sizeof(T)) bytes alignment (a
-// 32-byte run is two 16-byte loads). Callers take the vector path only when every row
-// start is 16-byte aligned and rows are contiguous; the emulation checks the alignment.
+// V consecutive elements in one access of V * sizeof(T) bytes (a 32-byte run: two of 16).
+// Callers take the vector path only when every row start is 16-byte aligned and rows are
+// contiguous; the emulation checks the alignment.
 
 template <typename T, int V>
-struct alignas(sizeof(T) * V > 16 ? 16 : sizeof(T) * V) Vec {
+struct alignas(sizeof(T) * V) Vec {
   T v[V];
 };
 
@@ -243,6 +243,9 @@ template <typename T, int V, int E = kEvictNormal>
 __device__ __forceinline__ void load_vec(const T* p, float* out) {
   if constexpr (V == 1) {
     out[0] = to_f(load_hinted<E>(p));
+  } else if constexpr (sizeof(T) * V > 16) {  // 16 bytes is the widest access
+    load_vec<T, V / 2, E>(p, out);
+    load_vec<T, V / 2, E>(p + V / 2, out + V / 2);
   } else {
     FASTMIX_CHECK_ALIGNED(p, alignof(Vec<T, V>));
     const Vec<T, V> w = load_hinted<E>(reinterpret_cast<const Vec<T, V>*>(p));
@@ -255,6 +258,9 @@ template <typename T, int V, int E = kEvictNormal>
 __device__ __forceinline__ void store_vec(T* p, const float* in) {
   if constexpr (V == 1) {
     store_hinted<E>(p, from_f<T>(in[0]));
+  } else if constexpr (sizeof(T) * V > 16) {
+    store_vec<T, V / 2, E>(p, in);
+    store_vec<T, V / 2, E>(p + V / 2, in + V / 2);
   } else {
     FASTMIX_CHECK_ALIGNED(p, alignof(Vec<T, V>));
     Vec<T, V> w;
@@ -299,9 +305,9 @@ struct RowSlots {
   int lane, G, per_block, slot;
   __device__ explicit RowSlots(int lanes) {
     G = WARP ? lanes : static_cast<int>(blockDim.x);
-    lane = threadIdx.x % G;
-    per_block = blockDim.x / G;
-    slot = threadIdx.x / G;
+    lane = WARP ? threadIdx.x % G : threadIdx.x;  // no division by blockDim for a block per row
+    per_block = WARP ? blockDim.x / G : 1;
+    slot = WARP ? threadIdx.x / G : 0;
   }
   __device__ int64_t first() const { return static_cast<int64_t>(blockIdx.x) * per_block; }
   __device__ int64_t stride() const { return static_cast<int64_t>(gridDim.x) * per_block; }

@@ -43,7 +43,6 @@ enum Stat { S_M, S_INV_S, S_A_R, S_BP_R, S_DP_R, S_A_F, S_BP_F, S_DP_F, S_KEEP, 
 constexpr int kFusedThreads = 1024;
 constexpr int64_t kFusedMaxElems = 4096;  // beyond this a grid over rows is faster than one block
 constexpr int kRowThreads = 256;          // grid kernels: 256 / G rows per block, or one long row
-constexpr int kFinalThreads = 1024;
 constexpr int kGroups = 2;  // log-sum-exp groups: 0 (the mixed or only loss), 1 (L_real in the fused loss)
 
 enum SegKind : int { MIXED = 0, KEEP_ONLY = 1, FORGET_ONLY = 2 };
@@ -335,33 +334,45 @@ __device__ void row_grad(const LossArgs& a, int64_t r, int lane, int G, const fl
 __device__ __forceinline__ Group group_at(const LossArgs& a, int g) { return g == 0 ? a.grp[0] : a.grp[1]; }
 
 // The log-sum-exp of group g's forget terms (x: the scaled forget terms of the rows,
-// `stride` floats apart), reduced by the whole block; every thread gets it.
-__device__ float group_lse(const LossArgs& a, int g, const float* x, int stride, float* scratch) {
+// `stride` floats apart), reduced by the whole block of THREADS threads (0: blockDim.x);
+// every thread gets it. A constant THREADS and no unrolling keep the loops' trip counts
+// free of 64-bit divisions (a called subroutine, whose calling convention cost the row
+// loops after them a stack frame).
+template <int THREADS = 0>
+__device__ __forceinline__ float group_lse(const LossArgs& a, int g, const float* x, int stride, float* scratch) {
   const Group grp = group_at(a, g);
+  const int threads = THREADS ? THREADS : blockDim.x;
   float m = -INFINITY;
-  for (int64_t r = grp.f_lo + threadIdx.x; r < grp.f_hi; r += blockDim.x) m = fmaxf(m, x[r * stride]);
+#pragma unroll 1
+  for (int64_t r = grp.f_lo + threadIdx.x; r < grp.f_hi; r += threads) m = fmaxf(m, x[r * stride]);
   const float M = block_max(m, scratch);
   float s = 0.f;
-  for (int64_t r = grp.f_lo + threadIdx.x; r < grp.f_hi; r += blockDim.x) s += exp_diff(x[r * stride], M);
+#pragma unroll 1
+  for (int64_t r = grp.f_lo + threadIdx.x; r < grp.f_hi; r += threads) s += exp_diff(x[r * stride], M);
   s = block_sum(s, scratch);
   return s == 0.f ? -INFINITY : M + logf(s);
 }
 
-// Reduces per-row state (x: the scaled forget terms, keep: the weighted keep terms,
-// `stride` floats apart) to the loss; every thread gets each group's log-sum-exp.
-__device__ void finish_loss(const LossArgs& a, const float* x, const float* keep, int stride, float* scratch,
-                            float* lse) {
-  float total = 0.f;
-  for (int g = 0; g < kGroups; ++g) {
-    lse[g] = -INFINITY;
-    if (g >= a.ngroups) continue;
-    const Group grp = group_at(a, g);
-    lse[g] = group_lse(a, g, x, stride, scratch);
-    float k = 0.f;
-    for (int64_t r = grp.lo + threadIdx.x; r < grp.hi; r += blockDim.x) k += keep[r * stride];
-    k = block_sum(k, scratch);
-    total += grp.scale * (k - grp.n_keep * lse[g]);
-  }
+// Group g's share of the loss from per-row state (x: the scaled forget terms, keep: the
+// weighted keep terms, `stride` floats apart); every thread gets it and the group's lse.
+__device__ __forceinline__ float group_loss(const LossArgs& a, int g, const float* x, const float* keep, int stride,
+                                            float* scratch, float& lse) {
+  const Group grp = group_at(a, g);
+  lse = group_lse(a, g, x, stride, scratch);
+  float k = 0.f;
+#pragma unroll 1
+  for (int64_t r = grp.lo + threadIdx.x; r < grp.hi; r += blockDim.x) k += keep[r * stride];
+  k = block_sum(k, scratch);
+  return grp.scale * (k - grp.n_keep * lse);
+}
+
+// Writes the loss; lse0, lse1: the groups' log-sum-exps (two scalars: an array indexed in
+// a loop went to the stack).
+__device__ __forceinline__ void finish_loss(const LossArgs& a, const float* x, const float* keep, int stride,
+                                            float* scratch, float& lse0, float& lse1) {
+  float total = group_loss(a, 0, x, keep, stride, scratch, lse0);
+  lse1 = -INFINITY;
+  if (a.ngroups > 1) total += group_loss(a, 1, x, keep, stride, scratch, lse1);
   if (threadIdx.x == 0) *a.loss = total;
 }
 
@@ -385,10 +396,10 @@ __global__ void __launch_bounds__(kFusedThreads) loss_fused_kernel(LossArgs a, i
     state[r * 2 + 1] = st[S_KEEP];
   }
   __syncthreads();
-  float lse[kGroups];
-  finish_loss(a, state, state + 1, 2, scratch, lse);
+  float lse0, lse1;
+  finish_loss(a, state, state + 1, 2, scratch, lse0, lse1);
   if (!a.grad || !active) return;
-  row_grad<T, V, kFusedUnroll<V>>(a, r, lane, G, st, lse[group_of(a, r)]);
+  row_grad<T, V, kFusedUnroll<V>>(a, r, lane, G, st, group_of(a, r) == 0 ? lse0 : lse1);
 }
 
 // ---- the grid path: state of all rows in the workspace, stat j of row r at ws[j * rows + r]
@@ -396,7 +407,7 @@ __global__ void __launch_bounds__(kFusedThreads) loss_fused_kernel(LossArgs a, i
 
 // Accesses in flight per lane in the grid kernels' row passes.
 template <int V, bool WARP>
-constexpr int grid_unroll() { return WARP ? kUnroll<V> : kBlockUnroll; }
+constexpr int kGridUnroll = WARP ? kUnroll<V> : kBlockUnroll;
 
 __device__ __forceinline__ void put_stats(const LossArgs& a, float* ws, int64_t r, const float* st) {
 #pragma unroll
@@ -418,7 +429,7 @@ __global__ void __launch_bounds__(kRowThreads) loss_mix_terms_kernel(LossArgs a,
   for (int64_t base = rs.first(); base < a.mix.n; base += rs.stride()) {
     const int64_t i = base + rs.slot;
     const bool active = i < a.mix.n;
-    row_stats<T, WARP, V, grid_unroll<V, WARP>(), kEvictLast>(a, a.mix.lo + (active ? i : 0), active, false, true,
+    row_stats<T, WARP, V, kGridUnroll<V, WARP>, kEvictLast>(a, a.mix.lo + (active ? i : 0), active, false, true,
                                                               rs.lane, rs.G, scratch, st);
     if (active && rs.lane == 0) put_stats(a, ws, a.mix.lo + i, st);
   }
@@ -430,10 +441,15 @@ __global__ void __launch_bounds__(kRowThreads) loss_mix_terms_kernel(LossArgs a,
 // rows' log-sum-exp (their S_X, from L2).
 template <typename T, bool WARP, int V>
 __global__ void __launch_bounds__(kRowThreads) loss_rows_kernel(LossArgs a, int G, float* ws) {
-  constexpr int U = grid_unroll<V, WARP>();
+  constexpr int U = kGridUnroll<V, WARP>;
   __shared__ float scratch[32];
   const RowSlots<WARP> rs(G);
-  const float lse_mix = a.mix.n > 0 && a.grad ? group_lse(a, a.mix_group, ws + S_X * a.rows, 1, scratch) : 0.f;
+  // the log-sum-exp is read from shared memory where it is used: held in a register
+  // across the row loop, it went to the stack in the block-per-row variants
+  __shared__ float lse_mix;
+  const float lse = a.mix.n > 0 && a.grad ? group_lse<kRowThreads>(a, a.mix_group, ws + S_X * a.rows, 1, scratch) : 0.f;
+  if (threadIdx.x == 0) lse_mix = lse;
+  __syncthreads();
   float st[NS];
   for (int64_t base = rs.first(); base < a.pairs; base += rs.stride()) {
     const int64_t i = a.pairs - 1 - (base + rs.slot);  // < 0: no row for this group
@@ -443,7 +459,10 @@ __global__ void __launch_bounds__(kRowThreads) loss_rows_kernel(LossArgs a, int 
       row_stats<T, WARP, V, U>(a, r, on, true, false, rs.lane, rs.G, scratch, st);
       if (on) {
         if (rs.lane == 0) ws[S_KEEP * a.rows + r] = st[S_KEEP];
-        for (int j : {S_A_F, S_BP_F, S_DP_F, S_X, S_FW}) st[j] = ws[j * a.rows + r];
+#pragma unroll
+        for (int j = S_A_F; j <= S_DP_F; ++j) st[j] = ws[j * a.rows + r];  // launch 1's forget term
+        st[S_X] = ws[S_X * a.rows + r];
+        st[S_FW] = ws[S_FW * a.rows + r];
         // q_f[i] stays in L2: forget-only row i reads it next, and launch 3 again
         if (a.grad) row_grad<T, V, U, kEvictFirst, kEvictLast>(a, r, rs.lane, rs.G, st, lse_mix);
       }
@@ -471,17 +490,20 @@ template <typename T, bool WARP, int V>
 __global__ void __launch_bounds__(kRowThreads) loss_grad_kernel(LossArgs a, int G, const float* ws) {
   __shared__ float scratch[32];
   if (blockIdx.x == 0) {
-    float lse[kGroups];
-    finish_loss(a, ws + S_X * a.rows, ws + S_KEEP * a.rows, 1, scratch, lse);
+    float lse0, lse1;
+    finish_loss(a, ws + S_X * a.rows, ws + S_KEEP * a.rows, 1, scratch, lse0, lse1);
   }
   if (!a.grad || a.forget_only.n == 0) return;
-  const float lse = group_lse(a, a.forget_group, ws + S_X * a.rows, 1, scratch);
+  __shared__ float lse_forget;  // in shared memory as in loss_rows_kernel
+  const float lse = group_lse<kRowThreads>(a, a.forget_group, ws + S_X * a.rows, 1, scratch);
+  if (threadIdx.x == 0) lse_forget = lse;
+  __syncthreads();
   const RowSlots<WARP> rs(G);
   float st[NS];
   for (int64_t n = rs.first() + rs.slot; n < a.forget_only.n; n += rs.stride()) {  // no shuffles: lanes may leave
     const int64_t r = a.forget_only.lo + n;
     get_stats(a, ws, r, st);
-    row_grad<T, V, grid_unroll<V, WARP>(), kEvictFirst, kEvictFirst>(a, r, rs.lane, rs.G, st, lse);
+    row_grad<T, V, kGridUnroll<V, WARP>, kEvictFirst, kEvictFirst>(a, r, rs.lane, rs.G, st, lse_forget);
   }
 }
 

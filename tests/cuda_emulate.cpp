@@ -40,9 +40,9 @@ __attribute__((visibility("default"))) void fastmix_emu_counters(uint64_t* launc
   *launches = fastmix_emu::launches.exchange(0);
   *vector_accesses = fastmix_emu::vector_accesses.exchange(0);
 }
-// The hinted accesses (fastmix_emu::Access, 6 numbers each) since tracing began: on != 0
+// The hinted accesses (fastmix_emu::Access, 7 numbers each) since tracing began: on != 0
 // clears the trace and starts it; on == 0 stops it. fastmix_emu_trace_copy(nullptr) gives
-// the count; with a buffer of 6 * count uint64s it fills it.
+// the count; with a buffer of 7 * count uint64s it fills it.
 __attribute__((visibility("default"))) void fastmix_emu_trace(int on) {
   const std::lock_guard<std::mutex> lock(fastmix_emu::trace_mutex);
   if (on) fastmix_emu::trace.clear();

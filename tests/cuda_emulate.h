@@ -59,10 +59,10 @@ inline void check_aligned(const void* p, size_t n) {
 }
 
 // Accesses through load_hinted / store_hinted (common.cuh), recorded while `tracing`
-// for the traffic test: the launch (counted from 1), the block, the address and size,
-// the L2 policy and whether it is a store.
+// for the traffic test: the launch (counted from 1), the block and thread, the address
+// and size, the L2 policy and whether it is a store.
 struct Access {
-  uint64_t launch, block, address, bytes, policy, store;
+  uint64_t launch, block, thread, address, bytes, policy, store;
 };
 inline std::atomic<bool> tracing{false};
 inline std::atomic<uint64_t> launch_serial{0};
@@ -125,7 +125,8 @@ inline void record(const void* p, size_t n, int policy, bool store) {
   if (!tracing.load(std::memory_order_relaxed)) return;
   const uint64_t block = t_blockIdx.x + static_cast<uint64_t>(t_blockIdx.y) * t_gridDim.x;
   const std::lock_guard<std::mutex> lock(trace_mutex);
-  trace.push_back(Access{t_launch, block, reinterpret_cast<uintptr_t>(p), n, static_cast<uint64_t>(policy), store});
+  trace.push_back(Access{t_launch, block, t_threadIdx.x, reinterpret_cast<uintptr_t>(p), n,
+                         static_cast<uint64_t>(policy), store});
 }
 
 }  // namespace fastmix_emu
