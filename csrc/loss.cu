@@ -447,7 +447,8 @@ __global__ void __launch_bounds__(kRowThreads) loss_rows_kernel(LossArgs a, int 
   // the log-sum-exp is read from shared memory where it is used: held in a register
   // across the row loop, it went to the stack in the block-per-row variants
   __shared__ float lse_mix;
-  const float lse = a.mix.n > 0 && a.grad ? group_lse<kRowThreads>(a, a.mix_group, ws + S_X * a.rows, 1, scratch) : 0.f;
+  const bool need_lse = a.mix.n > 0 && a.grad;
+  const float lse = need_lse ? group_lse<kRowThreads>(a, a.mix_group, ws + S_X * a.rows, 1, scratch) : 0.f;
   if (threadIdx.x == 0) lse_mix = lse;
   __syncthreads();
   float st[NS];

@@ -267,14 +267,16 @@ def _layout(t, layout):
     return _noncontiguous(t) if layout == "strided" else t.contiguous()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", list(GRID_LAYOUTS))
 @pytest.mark.parametrize("kind", ["labels", "probabilities"])
 @pytest.mark.parametrize("omega", [0.0, 1.5])
-def test_loss_grid_layouts(emu, emulated_library, layout, kind, omega):
-    # the grid path (95 rows of 64) with every logits and soft target tensor in one layout
-    gen = _gen("grid layout", layout, kind, omega)
+def test_loss_grid_layouts(emu, emulated_library, layout, kind, omega, dtype):
+    # the grid path (95 rows of 64) with every logits and soft target tensor in one layout;
+    # half logits with float32 targets read the targets 32 bytes (two accesses) at a time
+    gen = _gen("grid layout", layout, kind, omega, dtype)
     B, B_r, C = 37, 21, 64
-    z_mix, z_r, z_f = (_layout(torch.randn(n, C, generator=gen) * 3, layout) for n in (B, B_r, B))
+    z_mix, z_r, z_f = (_layout((torch.randn(n, C, generator=gen) * 3).to(dtype), layout) for n in (B, B_r, B))
     q_f, q_r = _targets(kind, B, C, gen), _targets(kind, B_r, C, gen)
     if kind == "probabilities":
         q_f, q_r = _layout(q_f, layout), _layout(q_r, layout)
@@ -291,16 +293,16 @@ def test_loss_grid_layouts(emu, emulated_library, layout, kind, omega):
         return value + omega * spec64.real(b, c, q_r, q_f, 3.0, reduction="mean")
 
     exact, exact_grads = spec64.with_grads(exact_fn, z_mix, z_r, z_f)
-    assert_as_accurate(loss, ref[0], exact, torch.float32, "loss")
-    assert_as_accurate(g_mix, ref[1], exact_grads[0], torch.float32, "grad mix")
+    assert_as_accurate(loss, ref[0], exact, dtype, "loss")
+    assert_as_accurate(g_mix, ref[1], exact_grads[0], dtype, "grad mix")
     if omega:
-        assert_as_accurate(g_f, ref[2], exact_grads[2], torch.float32, "grad forget")
-        assert_as_accurate(g_r, ref[3], exact_grads[1], torch.float32, "grad retain")
+        assert_as_accurate(g_f, ref[2], exact_grads[2], dtype, "grad forget")
+        assert_as_accurate(g_r, ref[3], exact_grads[1], dtype, "grad retain")
     loss_c, g_c = emu.contrastive_forward(z_mix, q_f, q_r, lam, perm, 0.4, "sum", True)  # C_tau: mixed rows only
     ref_c = torch_backend.contrastive_forward(z_mix, q_f, q_r, lam, perm, 0.4, "sum", True)
     exact_c, (exact_gc,) = spec64.with_grads(lambda a: spec64.contrastive(a, q_f, q_r, lam, 0.4, perm=perm), z_mix)
-    assert_as_accurate(loss_c, ref_c[0], exact_c, torch.float32, "C_tau loss")
-    assert_as_accurate(g_c, ref_c[1], exact_gc, torch.float32, "C_tau grad")
+    assert_as_accurate(loss_c, ref_c[0], exact_c, dtype, "C_tau loss")
+    assert_as_accurate(g_c, ref_c[1], exact_gc, dtype, "C_tau grad")
 
 
 def _trace(lib_path):
