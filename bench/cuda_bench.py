@@ -158,7 +158,7 @@ def _cuobjdump() -> str:
 
 
 def _kernel_name(mangled: str) -> str:
-    """loss_stats_kernel<float, true, 4> from its mangled name (enough of the Itanium ABI for csrc)."""
+    """loss_rows_kernel<float, true, 4> from its mangled name (enough of the Itanium ABI for csrc)."""
     demangled = subprocess.run(["c++filt", mangled], capture_output=True, text=True, check=False).stdout.strip()
     demangled = demangled or mangled
     demangled = re.sub(r"fastmix::\(anonymous namespace\)::", "", demangled)

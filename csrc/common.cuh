@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "fastmix_cuda.h"
 
@@ -25,14 +26,104 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
   return __float2bfloat16_rn(v);
 }
 
+// ---- L2 eviction hints ---------------------------------------------------------------
+// What a later launch reads again is loaded with evict_last; a last read and a gradient
+// store with evict_first (PTX createpolicy + .L2::cache_hint, sm_80 and newer). Every
+// hinted access goes through load_hinted / store_hinted: plain accesses where the hints
+// do not exist (older archs, nvcc's host pass), and in the host emulation, which records
+// them (address, size, policy) for the traffic test.
+enum Evict : int { kEvictNormal = 0, kEvictLast = 1, kEvictFirst = 2 };
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define FASTMIX_L2_HINTS 1
+template <int E>
+__device__ __forceinline__ uint64_t l2_policy() {
+  uint64_t p;
+  if constexpr (E == kEvictLast) asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(p));
+  else asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
+  return p;
+}
+__device__ __forceinline__ void ld_hint(const uint4* p, uint64_t pol, uint4& w) {
+  asm("ld.global.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+      : "=r"(w.x), "=r"(w.y), "=r"(w.z), "=r"(w.w) : "l"(p), "l"(pol));
+}
+__device__ __forceinline__ void ld_hint(const unsigned long long* p, uint64_t pol, unsigned long long& w) {
+  asm("ld.global.L2::cache_hint.u64 %0, [%1], %2;" : "=l"(w) : "l"(p), "l"(pol));
+}
+__device__ __forceinline__ void ld_hint(const unsigned* p, uint64_t pol, unsigned& w) {
+  asm("ld.global.L2::cache_hint.u32 %0, [%1], %2;" : "=r"(w) : "l"(p), "l"(pol));
+}
+__device__ __forceinline__ void ld_hint(const unsigned short* p, uint64_t pol, unsigned short& w) {
+  asm("ld.global.L2::cache_hint.u16 %0, [%1], %2;" : "=h"(w) : "l"(p), "l"(pol));
+}
+__device__ __forceinline__ void st_hint(uint4* p, uint64_t pol, const uint4& w) {
+  asm volatile("st.global.L2::cache_hint.v4.u32 [%0], {%1, %2, %3, %4}, %5;"
+               :: "l"(p), "r"(w.x), "r"(w.y), "r"(w.z), "r"(w.w), "l"(pol) : "memory");
+}
+__device__ __forceinline__ void st_hint(unsigned* p, uint64_t pol, const unsigned& w) {
+  asm volatile("st.global.L2::cache_hint.u32 [%0], %1, %2;" :: "l"(p), "r"(w), "l"(pol) : "memory");
+}
+__device__ __forceinline__ void st_hint(unsigned short* p, uint64_t pol, const unsigned short& w) {
+  asm volatile("st.global.L2::cache_hint.u16 [%0], %1, %2;" :: "l"(p), "h"(w), "l"(pol) : "memory");
+}
+#else
+#define FASTMIX_L2_HINTS 0
+#endif
+
+// The unsigned word of N bytes that carries a hinted access.
+template <int N> struct WordOf;
+template <> struct WordOf<2> { using type = unsigned short; };
+template <> struct WordOf<4> { using type = unsigned; };
+template <> struct WordOf<8> { using type = unsigned long long; };
+template <> struct WordOf<16> { using type = uint4; };
+
+#ifdef FASTMIX_EMULATE
+#define FASTMIX_RECORD(p, n, policy, store) fastmix_emu::record(p, n, policy, store)
+#else
+#define FASTMIX_RECORD(p, n, policy, store) ((void)0)
+#endif
+
+// *p under L2 policy E (X: 2, 4, 8 or 16 bytes, aligned to its size up to 16).
+template <int E, typename X>
+__device__ __forceinline__ X load_hinted(const X* p) {
+  FASTMIX_RECORD(p, sizeof(X), E, false);
+#if FASTMIX_L2_HINTS
+  if constexpr (E != kEvictNormal) {
+    using W = typename WordOf<sizeof(X)>::type;
+    W w;
+    ld_hint(reinterpret_cast<const W*>(p), l2_policy<E>(), w);
+    X x;
+    memcpy(&x, &w, sizeof(X));
+    return x;
+  }
+#endif
+  return *p;
+}
+
+template <int E, typename X>
+__device__ __forceinline__ void store_hinted(X* p, const X& x) {
+  FASTMIX_RECORD(p, sizeof(X), E, true);
+#if FASTMIX_L2_HINTS
+  if constexpr (E != kEvictNormal) {
+    using W = typename WordOf<sizeof(X)>::type;
+    W w;
+    memcpy(&w, &x, sizeof(X));
+    st_hint(reinterpret_cast<W*>(p), l2_policy<E>(), w);
+    return;
+  }
+#endif
+  *p = x;
+}
+
 // Small side inputs (targets, lam, mixing weights) may come in any float dtype;
 // a uniform runtime branch is cheaper than multiplying the template instances.
+template <int E = kEvictNormal>
 __device__ __forceinline__ float load_any(const void* p, int dtype, int64_t i) {
   switch (dtype) {
-    case F16: return __half2float(static_cast<const __half*>(p)[i]);
-    case BF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-    case F64: return static_cast<float>(static_cast<const double*>(p)[i]);
-    default: return static_cast<const float*>(p)[i];
+    case F16: return __half2float(load_hinted<E>(static_cast<const __half*>(p) + i));
+    case BF16: return __bfloat162float(load_hinted<E>(static_cast<const __nv_bfloat16*>(p) + i));
+    case F64: return static_cast<float>(load_hinted<E>(static_cast<const double*>(p) + i));
+    default: return load_hinted<E>(static_cast<const float*>(p) + i);
   }
 }
 
@@ -132,12 +223,12 @@ __device__ __forceinline__ float group_max(float v, float* scratch, int G = 32) 
 }
 
 // ---- vector accesses -------------------------------------------------------------------
-// V consecutive elements in one access of min(16, V * sizeof(T)) bytes alignment (a
-// 32-byte run is two 16-byte loads). Callers take the vector path only when every row
-// start is 16-byte aligned and rows are contiguous; the emulation checks the alignment.
+// V consecutive elements in one access of V * sizeof(T) bytes (a 32-byte run: two of 16).
+// Callers take the vector path only when every row start is 16-byte aligned and rows are
+// contiguous; the emulation checks the alignment.
 
 template <typename T, int V>
-struct alignas(sizeof(T) * V > 16 ? 16 : sizeof(T) * V) Vec {
+struct alignas(sizeof(T) * V) Vec {
   T v[V];
 };
 
@@ -148,42 +239,48 @@ struct alignas(sizeof(T) * V > 16 ? 16 : sizeof(T) * V) Vec {
 #endif
 
 // Loads V elements from p[0..V) (V > 1: contiguous and aligned) as float32.
-template <typename T, int V>
+template <typename T, int V, int E = kEvictNormal>
 __device__ __forceinline__ void load_vec(const T* p, float* out) {
   if constexpr (V == 1) {
-    out[0] = to_f(*p);
+    out[0] = to_f(load_hinted<E>(p));
+  } else if constexpr (sizeof(T) * V > 16) {  // 16 bytes is the widest access
+    load_vec<T, V / 2, E>(p, out);
+    load_vec<T, V / 2, E>(p + V / 2, out + V / 2);
   } else {
     FASTMIX_CHECK_ALIGNED(p, alignof(Vec<T, V>));
-    const Vec<T, V> w = *reinterpret_cast<const Vec<T, V>*>(p);
+    const Vec<T, V> w = load_hinted<E>(reinterpret_cast<const Vec<T, V>*>(p));
 #pragma unroll
     for (int v = 0; v < V; ++v) out[v] = to_f(w.v[v]);
   }
 }
 
-template <typename T, int V>
+template <typename T, int V, int E = kEvictNormal>
 __device__ __forceinline__ void store_vec(T* p, const float* in) {
   if constexpr (V == 1) {
-    *p = from_f<T>(in[0]);
+    store_hinted<E>(p, from_f<T>(in[0]));
+  } else if constexpr (sizeof(T) * V > 16) {
+    store_vec<T, V / 2, E>(p, in);
+    store_vec<T, V / 2, E>(p + V / 2, in + V / 2);
   } else {
     FASTMIX_CHECK_ALIGNED(p, alignof(Vec<T, V>));
     Vec<T, V> w;
 #pragma unroll
     for (int v = 0; v < V; ++v) w.v[v] = from_f<T>(in[v]);
-    *reinterpret_cast<Vec<T, V>*>(p) = w;
+    store_hinted<E>(reinterpret_cast<Vec<T, V>*>(p), w);
   }
 }
 
 // V consecutive side-input values of a runtime dtype from element i (V > 1: aligned).
-template <int V>
+template <int V, int E = kEvictNormal>
 __device__ __forceinline__ void load_vec_any(const void* p, int dtype, int64_t i, float* out) {
   switch (dtype) {
-    case F16: load_vec<__half, V>(static_cast<const __half*>(p) + i, out); break;
-    case BF16: load_vec<__nv_bfloat16, V>(static_cast<const __nv_bfloat16*>(p) + i, out); break;
+    case F16: load_vec<__half, V, E>(static_cast<const __half*>(p) + i, out); break;
+    case BF16: load_vec<__nv_bfloat16, V, E>(static_cast<const __nv_bfloat16*>(p) + i, out); break;
     case F64:
 #pragma unroll
-      for (int v = 0; v < V; ++v) out[v] = static_cast<float>(static_cast<const double*>(p)[i + v]);
+      for (int v = 0; v < V; ++v) out[v] = load_any<E>(p, F64, i + v);
       break;
-    default: load_vec<float, V>(static_cast<const float*>(p) + i, out); break;
+    default: load_vec<float, V, E>(static_cast<const float*>(p) + i, out); break;
   }
 }
 
@@ -208,9 +305,9 @@ struct RowSlots {
   int lane, G, per_block, slot;
   __device__ explicit RowSlots(int lanes) {
     G = WARP ? lanes : static_cast<int>(blockDim.x);
-    lane = threadIdx.x % G;
-    per_block = blockDim.x / G;
-    slot = threadIdx.x / G;
+    lane = WARP ? threadIdx.x % G : threadIdx.x;  // no division by blockDim for a block per row
+    per_block = WARP ? blockDim.x / G : 1;
+    slot = WARP ? threadIdx.x / G : 0;
   }
   __device__ int64_t first() const { return static_cast<int64_t>(blockIdx.x) * per_block; }
   __device__ int64_t stride() const { return static_cast<int64_t>(gridDim.x) * per_block; }

@@ -15,9 +15,17 @@
 // group's forget terms, so:
 //   small batches (every row its own group of lanes in one block, at most
 //   kFusedMaxElems logits): one launch: state -> log-sum-exp -> gradient;
-//   larger: a grid computes the per-row state (and the gradient of keep-only rows, which
-//   needs no log-sum-exp), one block the log-sum-exps and the loss, and a grid the
-//   gradient of the rows with a forget term.
+//   larger: a launch per log-sum-exp group and one more, so that what a launch reads
+//   again from the one before is one group's rows (L2 evict_last), read last first:
+//   1. loss_mix_terms_kernel, mixed rows first to last: their forget terms (logits
+//      and q_f kept in L2);
+//   2. loss_rows_kernel, a persistent grid, i last to first: mixed row i's keep term and
+//      whole gradient (its group's log-sum-exp is known now), forget-only row i's term
+//      (logits and q_f kept in L2; the same lanes just read q_f[i] for mixed row i),
+//      keep-only row i's term and gradient (no log-sum-exp in it);
+//   3. loss_grad_kernel, a persistent grid, forget-only rows first to last: their
+//      gradients; block 0 writes the loss.
+//   Without mixed rows (L_real alone) launch 1 is left out.
 // No path synchronises with the host.
 #include <algorithm>
 #include <initializer_list>
@@ -35,7 +43,6 @@ enum Stat { S_M, S_INV_S, S_A_R, S_BP_R, S_DP_R, S_A_F, S_BP_F, S_DP_F, S_KEEP, 
 constexpr int kFusedThreads = 1024;
 constexpr int64_t kFusedMaxElems = 4096;  // beyond this a grid over rows is faster than one block
 constexpr int kRowThreads = 256;          // grid kernels: 256 / G rows per block, or one long row
-constexpr int kFinalThreads = 1024;
 constexpr int kGroups = 2;  // log-sum-exp groups: 0 (the mixed or only loss), 1 (L_real in the fused loss)
 
 enum SegKind : int { MIXED = 0, KEEP_ONLY = 1, FORGET_ONLY = 2 };
@@ -56,6 +63,12 @@ struct Segment {
 struct Group {
   float inv_tau, scale, n_keep;  // scale: 1 or 1/|R|, times omega for L_real in the fused loss
   int64_t lo, hi;                // its rows
+  int64_t f_lo, f_hi;            // its rows with a forget term (one segment)
+};
+
+// The rows [lo, lo + n) of one kind (the grid path pairs row i of each kind).
+struct Span {
+  int64_t lo, n;
 };
 
 struct LossArgs {
@@ -72,6 +85,9 @@ struct LossArgs {
   float* loss;
   bool grad;
   int* flag;
+  Span mix, keep_only, forget_only;  // the segments by kind (n = 0: none)
+  int mix_group, forget_group;      // the groups of the mixed and the forget-only rows
+  int64_t pairs;                     // the most rows of one kind
 };
 
 // Where row r's inputs are. A bad index leaves its term's row at -1.
@@ -131,16 +147,17 @@ __device__ __forceinline__ int64_t label_of(const Target& t, int64_t row, int64_
 }
 
 // Elements k .. k+V-1 of a row: logits (V > 1: contiguous) and soft targets.
-template <typename T, int V>
+// E: the L2 policy of the loads (Evict, common.cuh).
+template <typename T, int V, int E>
 __device__ __forceinline__ void load_logits(const T* row, int64_t k, int64_t cs, float* z) {
-  if constexpr (V == 1) z[0] = to_f(row[k * cs]);
-  else load_vec<T, V>(row + k, z);
+  if constexpr (V == 1) z[0] = to_f(load_hinted<E>(row + k * cs));
+  else load_vec<T, V, E>(row + k, z);
 }
 
-template <int V>
+template <int V, int E>
 __device__ __forceinline__ void load_target(const Target& t, int64_t row, int64_t k, float* q) {
-  if constexpr (V == 1) q[0] = load_any(t.p, t.dtype, row * t.rs + k * t.cs);
-  else load_vec_any<V>(t.p, t.dtype, row * t.rs + k, q);
+  if constexpr (V == 1) q[0] = load_any<E>(t.p, t.dtype, row * t.rs + k * t.cs);
+  else load_vec_any<V, E>(t.p, t.dtype, row * t.rs + k, q);
 }
 
 // Cosine c(p, q) and its gradient pieces as fastmix.backends.torch_backend.cosine_parts:
@@ -186,13 +203,15 @@ constexpr int kFusedUnroll = V == 1 ? 2 : 1;
 // A block per row has 8 warps on the row already (4 element loads spilled on sm_86).
 constexpr int kBlockUnroll = 2;
 
-// Computes row r's state; every lane of the group gets it in st[]. An inactive group
-// (no row left for it) still takes part in its warp's shuffles.
-template <typename T, bool WARP, int V, int U>
-__device__ void row_stats(const LossArgs& a, int64_t r, bool active, int lane, int G, float* scratch, float* st) {
+// Computes row r's state (the terms asked for: do_keep, do_forget); every lane of the
+// group gets it in st[]. An inactive group (no row left for it) still takes part in its
+// warp's shuffles. E: the L2 policy of the row's loads.
+template <typename T, bool WARP, int V, int U, int E = kEvictNormal>
+__device__ void row_stats(const LossArgs& a, int64_t r, bool active, bool do_keep, bool do_forget, int lane, int G,
+                          float* scratch, float* st) {
   const RowRef ref = resolve_row(a, active ? r : 0);
   const T* x = static_cast<const T*>(ref.logits) + ref.i * ref.rs;
-  const bool keep = has_keep(ref), forget = has_forget(ref);
+  const bool keep = do_keep && has_keep(ref), forget = do_forget && has_forget(ref);
   const bool keep_soft = keep && a.keep.dtype != I64 && ref.keep_row >= 0;
   const bool forget_soft = forget && a.forget.dtype != I64 && ref.forget_row >= 0;
   float m = -INFINITY, s = 0.f, pp = 0.f, dr = 0.f, df = 0.f, qr2 = 0.f, qf2 = 0.f;
@@ -204,9 +223,9 @@ __device__ void row_stats(const LossArgs& a, int64_t r, bool active, int lane, i
     for (int u = 0; u < U; ++u) {  // all loads first: U accesses in flight
       const int64_t k = k0 + u * step;
       if (k < C) {
-        load_logits<T, V>(x, k, ref.cs, z[u]);
-        if (keep_soft) load_target<V>(a.keep, ref.keep_row, k, qr[u]);
-        if (forget_soft) load_target<V>(a.forget, ref.forget_row, k, qf[u]);
+        load_logits<T, V, E>(x, k, ref.cs, z[u]);
+        if (keep_soft) load_target<V, E>(a.keep, ref.keep_row, k, qr[u]);
+        if (forget_soft) load_target<V, E>(a.forget, ref.forget_row, k, qf[u]);
       }
     }
 #pragma unroll
@@ -262,8 +281,9 @@ __device__ void row_stats(const LossArgs& a, int64_t r, bool active, int lane, i
 }
 
 // Writes row r's logits gradient from its state and its group's log-sum-exp. No
-// shuffles: a lane may leave as soon as its part is written.
-template <typename T, int V, int U>
+// shuffles: a lane may leave as soon as its part is written. E_LAST: the L2 policy of the
+// last reads (logits, q_r) and of the stores; E_QF: of q_f, which a later launch may read.
+template <typename T, int V, int U, int E_LAST = kEvictNormal, int E_QF = kEvictNormal>
 __device__ void row_grad(const LossArgs& a, int64_t r, int lane, int G, const float* st, float lse) {
   const RowRef ref = resolve_row(a, r);
   if (ref.grad == nullptr) return;
@@ -289,9 +309,9 @@ __device__ void row_grad(const LossArgs& a, int64_t r, int lane, int G, const fl
     for (int u = 0; u < U; ++u) {
       const int64_t k = k0 + u * step;
       if (k < a.C) {
-        load_logits<T, V>(x, k, ref.cs, z[u]);
-        if (keep_soft) load_target<V>(a.keep, ref.keep_row, k, qr[u]);
-        if (forget_soft) load_target<V>(a.forget, ref.forget_row, k, qf[u]);
+        load_logits<T, V, E_LAST>(x, k, ref.cs, z[u]);
+        if (keep_soft) load_target<V, E_LAST>(a.keep, ref.keep_row, k, qr[u]);
+        if (forget_soft) load_target<V, E_QF>(a.forget, ref.forget_row, k, qf[u]);
       }
     }
 #pragma unroll
@@ -306,33 +326,53 @@ __device__ void row_grad(const LossArgs& a, int64_t r, int lane, int G, const fl
         const float q_f = forget_soft ? qf[u][v] : (k + v == yf ? 1.f : 0.f);
         o[v] = p * (ar * q_r - br * p + af * q_f - bf * p - gp);
       }
-      store_vec<T, V>(out + k, o);
+      store_vec<T, V, E_LAST>(out + k, o);
     }
   }
 }
 
-// Reduces per-row state (x: the scaled forget terms, keep: the weighted keep terms,
-// `stride` floats apart) to the loss; every thread gets each group's log-sum-exp.
-__device__ void finish_loss(const LossArgs& a, const float* x, const float* keep, int stride, float* scratch,
-                            float* lse) {
-  float total = 0.f;
-  for (int g = 0; g < kGroups; ++g) {
-    lse[g] = -INFINITY;
-    if (g >= a.ngroups) continue;
-    const Group grp = g == 0 ? a.grp[0] : a.grp[1];
-    float m = -INFINITY;
-    for (int64_t r = grp.lo + threadIdx.x; r < grp.hi; r += blockDim.x) m = fmaxf(m, x[r * stride]);
-    const float M = block_max(m, scratch);
-    float s = 0.f, k = 0.f;
-    for (int64_t r = grp.lo + threadIdx.x; r < grp.hi; r += blockDim.x) {
-      s += exp_diff(x[r * stride], M);
-      k += keep[r * stride];
-    }
-    s = block_sum(s, scratch);
-    k = block_sum(k, scratch);
-    lse[g] = s == 0.f ? -INFINITY : M + logf(s);
-    total += grp.scale * (k - grp.n_keep * lse[g]);
-  }
+__device__ __forceinline__ Group group_at(const LossArgs& a, int g) { return g == 0 ? a.grp[0] : a.grp[1]; }
+
+// The log-sum-exp of group g's forget terms (x: the scaled forget terms of the rows,
+// `stride` floats apart), reduced by the whole block of THREADS threads (0: blockDim.x);
+// every thread gets it. A constant THREADS and no unrolling keep the loops' trip counts
+// free of 64-bit divisions (a called subroutine, whose calling convention cost the row
+// loops after them a stack frame).
+template <int THREADS = 0>
+__device__ __forceinline__ float group_lse(const LossArgs& a, int g, const float* x, int stride, float* scratch) {
+  const Group grp = group_at(a, g);
+  const int threads = THREADS ? THREADS : blockDim.x;
+  float m = -INFINITY;
+#pragma unroll 1
+  for (int64_t r = grp.f_lo + threadIdx.x; r < grp.f_hi; r += threads) m = fmaxf(m, x[r * stride]);
+  const float M = block_max(m, scratch);
+  float s = 0.f;
+#pragma unroll 1
+  for (int64_t r = grp.f_lo + threadIdx.x; r < grp.f_hi; r += threads) s += exp_diff(x[r * stride], M);
+  s = block_sum(s, scratch);
+  return s == 0.f ? -INFINITY : M + logf(s);
+}
+
+// Group g's share of the loss from per-row state (x: the scaled forget terms, keep: the
+// weighted keep terms, `stride` floats apart); every thread gets it and the group's lse.
+__device__ __forceinline__ float group_loss(const LossArgs& a, int g, const float* x, const float* keep, int stride,
+                                            float* scratch, float& lse) {
+  const Group grp = group_at(a, g);
+  lse = group_lse(a, g, x, stride, scratch);
+  float k = 0.f;
+#pragma unroll 1
+  for (int64_t r = grp.lo + threadIdx.x; r < grp.hi; r += blockDim.x) k += keep[r * stride];
+  k = block_sum(k, scratch);
+  return grp.scale * (k - grp.n_keep * lse);
+}
+
+// Writes the loss; lse0, lse1: the groups' log-sum-exps (two scalars: an array indexed in
+// a loop went to the stack).
+__device__ __forceinline__ void finish_loss(const LossArgs& a, const float* x, const float* keep, int stride,
+                                            float* scratch, float& lse0, float& lse1) {
+  float total = group_loss(a, 0, x, keep, stride, scratch, lse0);
+  lse1 = -INFINITY;
+  if (a.ngroups > 1) total += group_loss(a, 1, x, keep, stride, scratch, lse1);
   if (threadIdx.x == 0) *a.loss = total;
 }
 
@@ -350,60 +390,121 @@ __global__ void __launch_bounds__(kFusedThreads) loss_fused_kernel(LossArgs a, i
   const int64_t r = threadIdx.x / G;
   const bool active = r < a.rows;
   float st[NS];
-  row_stats<T, true, V, kFusedUnroll<V>>(a, r, active, lane, G, nullptr, st);
+  row_stats<T, true, V, kFusedUnroll<V>>(a, r, active, true, true, lane, G, nullptr, st);
   if (active && lane == 0) {
     state[r * 2] = st[S_X];
     state[r * 2 + 1] = st[S_KEEP];
   }
   __syncthreads();
-  float lse[kGroups];
-  finish_loss(a, state, state + 1, 2, scratch, lse);
+  float lse0, lse1;
+  finish_loss(a, state, state + 1, 2, scratch, lse0, lse1);
   if (!a.grad || !active) return;
-  row_grad<T, V, kFusedUnroll<V>>(a, r, lane, G, st, lse[group_of(a, r)]);
+  row_grad<T, V, kFusedUnroll<V>>(a, r, lane, G, st, group_of(a, r) == 0 ? lse0 : lse1);
 }
 
-// Whether row r has a forget term, i.e. whether its gradient needs its group's log-sum-exp.
-__device__ __forceinline__ bool needs_lse(const LossArgs& a, int64_t r) { return has_forget(resolve_row(a, r)); }
+// ---- the grid path: state of all rows in the workspace, stat j of row r at ws[j * rows + r]
+// (the log-sum-exp inputs, S_X, contiguous: every block of launches 2 and 3 reduces them)
 
-// Large batches, step 1: per-row state into the workspace. A keep-only row's gradient
-// does not depend on the log-sum-exp: it is written here, from the row just read (L1/L2),
-// so that step 3 reads only the rows with a forget term again.
+// Accesses in flight per lane in the grid kernels' row passes.
+template <int V, bool WARP>
+constexpr int kGridUnroll = WARP ? kUnroll<V> : kBlockUnroll;
+
+__device__ __forceinline__ void put_stats(const LossArgs& a, float* ws, int64_t r, const float* st) {
+#pragma unroll
+  for (int j = 0; j < NS; ++j) ws[j * a.rows + r] = st[j];
+}
+
+__device__ __forceinline__ void get_stats(const LossArgs& a, const float* ws, int64_t r, float* st) {
+#pragma unroll
+  for (int j = 0; j < NS; ++j) st[j] = ws[j * a.rows + r];
+}
+
+// Launch 1: the forget term of every mixed row, rows first to last. Logits and q_f are
+// loaded evict_last: launch 2 reads them again, the last rows first.
 template <typename T, bool WARP, int V>
-__global__ void __launch_bounds__(kRowThreads) loss_stats_kernel(LossArgs a, int G, float* ws) {
+__global__ void __launch_bounds__(kRowThreads) loss_mix_terms_kernel(LossArgs a, int G, float* ws) {
   __shared__ float scratch[32];
   const RowSlots<WARP> rs(G);
   float st[NS];
-  for (int64_t base = rs.first(); base < a.rows; base += rs.stride()) {
-    const int64_t r = base + rs.slot;
-    const bool active = r < a.rows;
-    row_stats<T, WARP, V, (WARP ? kUnroll<V> : kBlockUnroll)>(a, r, active, rs.lane, rs.G, scratch, st);
-    if (active && rs.lane == 0)
-      for (int j = 0; j < NS; ++j) ws[r * NS + j] = st[j];
-    if (active && a.grad && !needs_lse(a, r))
-      row_grad<T, V, (WARP ? kUnroll<V> : kBlockUnroll)>(a, r, rs.lane, rs.G, st, 0.f);
+  for (int64_t base = rs.first(); base < a.mix.n; base += rs.stride()) {
+    const int64_t i = base + rs.slot;
+    const bool active = i < a.mix.n;
+    row_stats<T, WARP, V, kGridUnroll<V, WARP>, kEvictLast>(a, a.mix.lo + (active ? i : 0), active, false, true,
+                                                              rs.lane, rs.G, scratch, st);
+    if (active && rs.lane == 0) put_stats(a, ws, a.mix.lo + i, st);
   }
 }
 
-// Step 2: one block turns the state into the loss and the log-sum-exps (kept after the state).
-__global__ void __launch_bounds__(kFinalThreads) loss_finish_kernel(LossArgs a, float* ws) {
+// Launch 2, a persistent grid over i = pairs - 1 down to 0 (what launch 1 read last comes
+// first): mixed row i's keep term and gradient, forget-only row i's term (kept in L2 for
+// launch 3), keep-only row i's term and gradient. Each block first reduces the mixed
+// rows' log-sum-exp (their S_X, from L2).
+template <typename T, bool WARP, int V>
+__global__ void __launch_bounds__(kRowThreads) loss_rows_kernel(LossArgs a, int G, float* ws) {
+  constexpr int U = kGridUnroll<V, WARP>;
   __shared__ float scratch[32];
-  float lse[kGroups];
-  finish_loss(a, ws + S_X, ws + S_KEEP, NS, scratch, lse);
-  if (threadIdx.x < kGroups) ws[a.rows * NS + threadIdx.x] = lse[threadIdx.x];
+  const RowSlots<WARP> rs(G);
+  // the log-sum-exp is read from shared memory where it is used: held in a register
+  // across the row loop, it went to the stack in the block-per-row variants
+  __shared__ float lse_mix;
+  const bool need_lse = a.mix.n > 0 && a.grad;
+  const float lse = need_lse ? group_lse<kRowThreads>(a, a.mix_group, ws + S_X * a.rows, 1, scratch) : 0.f;
+  if (threadIdx.x == 0) lse_mix = lse;
+  __syncthreads();
+  float st[NS];
+  for (int64_t base = rs.first(); base < a.pairs; base += rs.stride()) {
+    const int64_t i = a.pairs - 1 - (base + rs.slot);  // < 0: no row for this group
+    if (a.mix.n > 0) {
+      const bool on = i >= 0 && i < a.mix.n;
+      const int64_t r = a.mix.lo + (on ? i : 0);
+      row_stats<T, WARP, V, U>(a, r, on, true, false, rs.lane, rs.G, scratch, st);
+      if (on) {
+        if (rs.lane == 0) ws[S_KEEP * a.rows + r] = st[S_KEEP];
+#pragma unroll
+        for (int j = S_A_F; j <= S_DP_F; ++j) st[j] = ws[j * a.rows + r];  // launch 1's forget term
+        st[S_X] = ws[S_X * a.rows + r];
+        st[S_FW] = ws[S_FW * a.rows + r];
+        // q_f[i] stays in L2: forget-only row i reads it next, and launch 3 again
+        if (a.grad) row_grad<T, V, U, kEvictFirst, kEvictLast>(a, r, rs.lane, rs.G, st, lse_mix);
+      }
+    }
+    if (a.forget_only.n > 0) {
+      const bool on = i >= 0 && i < a.forget_only.n;
+      const int64_t r = a.forget_only.lo + (on ? i : 0);
+      row_stats<T, WARP, V, U, kEvictLast>(a, r, on, false, true, rs.lane, rs.G, scratch, st);
+      if (on && rs.lane == 0) put_stats(a, ws, r, st);
+    }
+    if (a.keep_only.n > 0) {
+      const bool on = i >= 0 && i < a.keep_only.n;
+      const int64_t r = a.keep_only.lo + (on ? i : 0);
+      row_stats<T, WARP, V, U>(a, r, on, true, false, rs.lane, rs.G, scratch, st);
+      if (on && rs.lane == 0) put_stats(a, ws, r, st);
+      if (on && a.grad) row_grad<T, V, U, kEvictFirst>(a, r, rs.lane, rs.G, st, 0.f);
+    }
+  }
 }
 
-// Step 3: the gradient of the rows with a forget term (step 1 wrote the others). Rows go
-// last to first: the stats kernel read the last rows most recently, so they are the
-// likeliest to still be in L2.
+// Launch 3, a persistent grid: block 0 writes the loss; the forget-only rows' gradients,
+// first to last (the rows launch 2 read last come first), each block starting from their
+// group's log-sum-exp.
 template <typename T, bool WARP, int V>
 __global__ void __launch_bounds__(kRowThreads) loss_grad_kernel(LossArgs a, int G, const float* ws) {
+  __shared__ float scratch[32];
+  if (blockIdx.x == 0) {
+    float lse0, lse1;
+    finish_loss(a, ws + S_X * a.rows, ws + S_KEEP * a.rows, 1, scratch, lse0, lse1);
+  }
+  if (!a.grad || a.forget_only.n == 0) return;
+  __shared__ float lse_forget;  // in shared memory as in loss_rows_kernel
+  const float lse = group_lse<kRowThreads>(a, a.forget_group, ws + S_X * a.rows, 1, scratch);
+  if (threadIdx.x == 0) lse_forget = lse;
+  __syncthreads();
   const RowSlots<WARP> rs(G);
   float st[NS];
-  for (int64_t n = rs.first() + rs.slot; n < a.rows; n += rs.stride()) {  // no shuffles: lanes may leave
-    const int64_t r = a.rows - 1 - n;
-    if (!needs_lse(a, r)) continue;
-    for (int j = 0; j < NS; ++j) st[j] = ws[r * NS + j];
-    row_grad<T, V, kUnroll<V>>(a, r, rs.lane, rs.G, st, ws[a.rows * NS + group_of(a, r)]);
+  for (int64_t n = rs.first() + rs.slot; n < a.forget_only.n; n += rs.stride()) {  // no shuffles: lanes may leave
+    const int64_t r = a.forget_only.lo + n;
+    get_stats(a, ws, r, st);
+    row_grad<T, V, kGridUnroll<V, WARP>, kEvictFirst, kEvictFirst>(a, r, rs.lane, rs.G, st, lse_forget);
   }
 }
 
@@ -432,8 +533,27 @@ bool loss_vectorizable(const LossArgs& a, int V) {
   return true;
 }
 
+// Blocks a persistent grid keeps per SM (each reduces the log-sum-exp inputs once).
+constexpr int kBlocksPerSm = 4;
+
+template <typename T, bool WARP, int V>
+int launch_grid(const LossArgs& a, cudaStream_t stream, float* ws, int G, int sms) {
+  const int per_block = WARP ? kRowThreads / G : 1;
+  const unsigned resident = static_cast<unsigned>(std::max(sms, 1) * kBlocksPerSm);
+  if (a.mix.n > 0) {
+    launch(loss_mix_terms_kernel<T, WARP, V>, grid_for(a.mix.n, per_block), kRowThreads, 0, stream, a, G, ws);
+    if (int e = launch_status()) return e;
+  }
+  launch(loss_rows_kernel<T, WARP, V>, std::min(grid_for(a.pairs, per_block), resident), kRowThreads, 0, stream, a,
+         G, ws);
+  if (int e = launch_status()) return e;
+  const unsigned grad_grid = a.grad ? std::min(grid_for(a.forget_only.n, per_block), resident) : 1;
+  launch(loss_grad_kernel<T, WARP, V>, grad_grid, kRowThreads, 0, stream, a, G, ws);
+  return launch_status();
+}
+
 template <typename T, int V>
-int launch_loss_v(const LossArgs& a, cudaStream_t stream, float* ws) {
+int launch_loss_v(const LossArgs& a, cudaStream_t stream, float* ws, int device) {
   if (int G = fused_lanes(a.rows, a.C)) {
     G = std::min(G, lanes_for(a.C, V));  // fewer lanes when each reads V at a time
     const int64_t threads = (a.rows * G + 31) / 32 * 32;
@@ -442,38 +562,35 @@ int launch_loss_v(const LossArgs& a, cudaStream_t stream, float* ws) {
     return launch_status();
   }
   if (ws == nullptr) return FASTMIX_BAD_ARGUMENT;
-  if (a.C <= kWarpRowMaxC) {
-    const int G = lanes_for(a.C, V);
-    const unsigned grid = grid_for(a.rows, kRowThreads / G);
-    launch(loss_stats_kernel<T, true, V>, grid, kRowThreads, 0, stream, a, G, ws);
-    if (int e = launch_status()) return e;
-    launch(loss_finish_kernel, 1, kFinalThreads, 0, stream, a, ws);
-    if (int e = launch_status()) return e;
-    if (a.grad) launch(loss_grad_kernel<T, true, V>, grid, kRowThreads, 0, stream, a, G, ws);
-  } else {
-    const unsigned grid = grid_for(a.rows, 1);
-    launch(loss_stats_kernel<T, false, V>, grid, kRowThreads, 0, stream, a, 0, ws);
-    if (int e = launch_status()) return e;
-    launch(loss_finish_kernel, 1, kFinalThreads, 0, stream, a, ws);
-    if (int e = launch_status()) return e;
-    if (a.grad) launch(loss_grad_kernel<T, false, V>, grid, kRowThreads, 0, stream, a, 0, ws);
-  }
-  return launch_status();
+  int sms = 0;
+  if (cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) return e;
+  if (a.C <= kWarpRowMaxC) return launch_grid<T, true, V>(a, stream, ws, lanes_for(a.C, V), sms);
+  return launch_grid<T, false, V>(a, stream, ws, 0, sms);
 }
 
 template <typename T>
-int launch_loss(const LossArgs& a, cudaStream_t stream, float* ws) {
+int launch_loss(const LossArgs& a, cudaStream_t stream, float* ws, int device) {
   constexpr int V = 16 / sizeof(T);
-  if (loss_vectorizable<T>(a, V)) return launch_loss_v<T, V>(a, stream, ws);
-  return launch_loss_v<T, 1>(a, stream, ws);
+  if (loss_vectorizable<T>(a, V)) return launch_loss_v<T, V>(a, stream, ws, device);
+  return launch_loss_v<T, 1>(a, stream, ws, device);
 }
 
-int dispatch(int dtype, const LossArgs& a, void* stream, float* ws) {
+// Names the call's segments by kind for the grid path, then launches.
+int dispatch(int dtype, LossArgs& a, void* stream, float* ws, int device) {
+  int64_t lo = 0;
+  for (const Segment& s : a.seg) {
+    Span& span = s.kind == MIXED ? a.mix : s.kind == KEEP_ONLY ? a.keep_only : a.forget_only;
+    if (s.rows > 0) span = Span{lo, s.rows};
+    if (s.rows > 0 && s.kind == MIXED) a.mix_group = s.group;
+    if (s.rows > 0 && s.kind == FORGET_ONLY) a.forget_group = s.group;
+    lo += s.rows;
+  }
+  a.pairs = std::max({a.mix.n, a.keep_only.n, a.forget_only.n});
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (dtype) {
-    case F32: return launch_loss<float>(a, s, ws);
-    case F16: return launch_loss<__half>(a, s, ws);
-    case BF16: return launch_loss<__nv_bfloat16>(a, s, ws);
+    case F32: return launch_loss<float>(a, s, ws, device);
+    case F16: return launch_loss<__half>(a, s, ws, device);
+    case BF16: return launch_loss<__nv_bfloat16>(a, s, ws, device);
     default: return FASTMIX_BAD_ARGUMENT;
   }
 }
@@ -529,10 +646,11 @@ extern "C" FASTMIX_API int fastmix_loss_forward(
     a.seg[1] = segment(logits1, grad1, rows1, rs1, cs1, FORGET_ONLY, 0);
   }
   a.rows = rows0 + rows1;
-  a.grp[0] = Group{1.f / tau, scale, static_cast<float>(rows0), 0, a.rows};
+  // the forget terms: the mixed rows, or the forget-only rows
+  a.grp[0] = Group{1.f / tau, scale, static_cast<float>(rows0), 0, a.rows, mode == 0 ? 0 : rows0, a.rows};
   a.ngroups = 1;
   a.grad = grad0 != nullptr || grad1 != nullptr;
-  return dispatch(dtype, a, stream, workspace);
+  return dispatch(dtype, a, stream, workspace, device);
 }
 
 extern "C" FASTMIX_API int fastmix_unlearn_loss_forward(
@@ -553,18 +671,16 @@ extern "C" FASTMIX_API int fastmix_unlearn_loss_forward(
                            forget_dtype, forget_t_rs, forget_t_cs, lam, lam_dtype, lam_stride, loss, flag);
   a.seg[0] = segment(mix, grad_mix, B, mix_rs, mix_cs, MIXED, 0);
   a.rows = B + Br + Bf;
-  a.grp[0] = Group{1.f / tau_mix, scale_mix, static_cast<float>(B), 0, B};
+  a.grp[0] = Group{1.f / tau_mix, scale_mix, static_cast<float>(B), 0, B, 0, B};
   a.ngroups = 1;
   if (real) {
-    // Retain rows first (the state pass writes their gradient), mix rows last: the gradient
-    // pass, last row to first, then re-reads only rows with a forget term, newest first.
     a.seg[0] = segment(retain, grad_retain, Br, retain_rs, retain_cs, KEEP_ONLY, 1);
     a.seg[1] = segment(forget, grad_forget, Bf, forget_rs, forget_cs, FORGET_ONLY, 1);
     a.seg[2] = segment(mix, grad_mix, B, mix_rs, mix_cs, MIXED, 0);
-    a.grp[0] = Group{1.f / tau_mix, scale_mix, static_cast<float>(B), Br + Bf, a.rows};
-    a.grp[1] = Group{1.f / tau_real, scale_real, static_cast<float>(Br), 0, Br + Bf};
+    a.grp[0] = Group{1.f / tau_mix, scale_mix, static_cast<float>(B), Br + Bf, a.rows, Br + Bf, a.rows};
+    a.grp[1] = Group{1.f / tau_real, scale_real, static_cast<float>(Br), 0, Br + Bf, Br, Br + Bf};
     a.ngroups = 2;
   }
   a.grad = grad_mix != nullptr || grad_retain != nullptr || grad_forget != nullptr;
-  return dispatch(dtype, a, stream, workspace);
+  return dispatch(dtype, a, stream, workspace, device);
 }

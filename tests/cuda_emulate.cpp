@@ -29,9 +29,29 @@ cudaError_t cudaMemcpyToSymbolAsync(const void* symbol, const void* src, size_t 
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+// Two SMs: persistent grids are small, so that their blocks loop over many rows in the tests.
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
+  if (attr != cudaDevAttrMultiProcessorCount) return cudaErrorInvalidValue;
+  *value = 2;
+  return cudaSuccess;
+}
 // Kernel launches and vector accesses since the last call (tests only).
 __attribute__((visibility("default"))) void fastmix_emu_counters(uint64_t* launches, uint64_t* vector_accesses) {
   *launches = fastmix_emu::launches.exchange(0);
   *vector_accesses = fastmix_emu::vector_accesses.exchange(0);
+}
+// The hinted accesses (fastmix_emu::Access, 7 numbers each) since tracing began: on != 0
+// clears the trace and starts it; on == 0 stops it. fastmix_emu_trace_copy(nullptr) gives
+// the count; with a buffer of 7 * count uint64s it fills it.
+__attribute__((visibility("default"))) void fastmix_emu_trace(int on) {
+  const std::lock_guard<std::mutex> lock(fastmix_emu::trace_mutex);
+  if (on) fastmix_emu::trace.clear();
+  fastmix_emu::launch_serial = 0;
+  fastmix_emu::tracing = on != 0;
+}
+__attribute__((visibility("default"))) uint64_t fastmix_emu_trace_copy(uint64_t* out) {
+  const std::lock_guard<std::mutex> lock(fastmix_emu::trace_mutex);
+  if (out) std::memcpy(out, fastmix_emu::trace.data(), fastmix_emu::trace.size() * sizeof(fastmix_emu::Access));
+  return fastmix_emu::trace.size();
 }
 }

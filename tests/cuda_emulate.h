@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <tuple>
 #include <vector>
@@ -57,6 +58,18 @@ inline void check_aligned(const void* p, size_t n) {
   if (reinterpret_cast<uintptr_t>(p) % n != 0) misaligned = true;
 }
 
+// Accesses through load_hinted / store_hinted (common.cuh), recorded while `tracing`
+// for the traffic test: the launch (counted from 1), the block and thread, the address
+// and size, the L2 policy and whether it is a store.
+struct Access {
+  uint64_t launch, block, thread, address, bytes, policy, store;
+};
+inline std::atomic<bool> tracing{false};
+inline std::atomic<uint64_t> launch_serial{0};
+inline std::mutex trace_mutex;
+inline std::vector<Access> trace;
+inline thread_local uint64_t t_launch = 0;
+
 template <typename T>
 T* dynamic_shared() {
   return reinterpret_cast<T*>(t_block->shared.data());
@@ -70,6 +83,7 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, KArgs.
     return;
   }
   launches.fetch_add(1);
+  const uint64_t serial = launch_serial.fetch_add(1) + 1;
   std::tuple<KArgs...> packed(args...);
   // One host thread per CUDA thread, reused block after block.
   const uint64_t blocks = static_cast<uint64_t>(grid.x) * grid.y;
@@ -89,6 +103,7 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, KArgs.
       t_threadIdx = uint3{t, 0, 0};
       t_blockDim = block;
       t_gridDim = grid;
+      t_launch = serial;
       for (uint64_t n = 0; n < blocks; ++n) {
         if (t == 0) fresh();
         between.arrive_and_wait();  // the block's state is ready
@@ -104,6 +119,14 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, KArgs.
   }
   for (auto& th : threads) th.join();
   if (misaligned.exchange(false)) last_error = cudaErrorMisalignedAddress;
+}
+
+inline void record(const void* p, size_t n, int policy, bool store) {
+  if (!tracing.load(std::memory_order_relaxed)) return;
+  const uint64_t block = t_blockIdx.x + static_cast<uint64_t>(t_blockIdx.y) * t_gridDim.x;
+  const std::lock_guard<std::mutex> lock(trace_mutex);
+  trace.push_back(Access{t_launch, block, t_threadIdx.x, reinterpret_cast<uintptr_t>(p), n,
+                         static_cast<uint64_t>(policy), store});
 }
 
 }  // namespace fastmix_emu

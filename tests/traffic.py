@@ -1,4 +1,5 @@
-"""Bytes each Triton launch reads and writes, counted under the interpreter.
+"""Bytes each Triton launch reads and writes, counted under the interpreter (and, through
+``recorded``, each launch of the CUDA kernels in the host emulation).
 
 Every load and store of a kernel goes through the interpreter's builder; ``Traffic``
 records the addresses a program touches, which named tensor they fall in, and the
@@ -115,6 +116,14 @@ class Traffic:
             kept = evict_last
             out.append(counts)
         return out
+
+
+def recorded(launches: list[Launch], sizes: dict) -> Traffic:
+    """A ``Traffic`` of accesses recorded elsewhere (the CUDA host emulation's trace), to be
+    counted the same way: a program is then a group of lanes that owns a row."""
+    traffic = Traffic.__new__(Traffic)
+    traffic.launches, traffic.sizes, traffic._program = launches, sizes, {}
+    return traffic
 
 
 def total(counts: list[dict], op: str, name: str, l2: bool = False) -> int:

@@ -122,6 +122,30 @@ def test_no_kernel_spills(built_library):
     assert not spilling, spilling
 
 
+def test_loss_carries_l2_eviction_hints(tmp_path):
+    # the fused loss's grid path asks L2 to keep what the next launch reads again and to
+    # drop last reads and gradient stores (sm_80+ PTX; the emulation cannot see this)
+    if NVCC is None:
+        _skip_or_fail("nvcc not found: the CUDA kernels cannot be compiled here")
+    out = tmp_path / "loss.ptx"
+    cmd = [NVCC, "-ptx", "-O3", "-std=c++17", "-arch=sm_90", "-o", str(out), str(ROOT / "csrc" / "loss.cu")]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    ptx = out.read_text()
+    for kernel in ("loss_mix_terms_kernel", "loss_rows_kernel", "loss_grad_kernel"):
+        bodies = [b for b in ptx.split(".entry")[1:] if kernel in b.split("(")[0]]
+        assert bodies, f"{kernel} not in the PTX"
+        for body in bodies:
+            assert "ld.global.L2::cache_hint" in body, kernel
+            assert "st.global.L2::cache_hint" in body or kernel == "loss_mix_terms_kernel", kernel
+            policies = set(re.findall(r"createpolicy\.fractional\.L2::(evict_\w+)", body))
+            assert policies == ({"evict_last"} if kernel == "loss_mix_terms_kernel" else
+                                {"evict_first"} if kernel == "loss_grad_kernel" else {"evict_last", "evict_first"}), (
+                kernel, policies)
+    fused = [b for b in ptx.split(".entry")[1:] if "loss_fused_kernel" in b.split("(")[0]]
+    assert fused and not any("cache_hint" in b for b in fused)  # the single block is left as it was
+
+
 def test_loader_binds_the_library(built_library):
     # a fresh interpreter, since the library is loaded at import
     code = (

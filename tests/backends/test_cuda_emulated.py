@@ -158,6 +158,7 @@ def test_real(emu, B_r, B_f, C, kind, dtype):
 
 LOSS_SIZES = [  # (B, B_r, C): one block (<= 4096 logits), the grid (warp or block rows), vector or scalar
     (1, 1, 1), (32, 32, 10), (5, 9, 12), (33, 40, 1000), (40, 50, 101), (3, 4, 1500),
+    (520, 3, 8),  # more row pairs than the emulated persistent grid (2 SMs) holds: its blocks loop
 ]
 
 
@@ -223,7 +224,7 @@ def test_loss_forward_rejects_shapes_the_kernels_would_overrun(emu):
             emu.loss_forward(*args, 1.0, 1.0, 2.0, "sum", True)
 
 
-def test_loss_is_one_launch_for_a_small_batch(emu, emulated_library):
+def test_loss_launches(emu, emulated_library):
     # (32, 10): L_mix + omega * L_real, 96 rows, in one kernel launch; C_tau alone as well
     gen = _gen("launches")
     z = torch.randn(3, 32, 10, generator=gen)
@@ -234,9 +235,153 @@ def test_loss_is_one_launch_for_a_small_batch(emu, emulated_library):
     assert _counters(emulated_library)[0] == 1
     emu.contrastive_forward(z[0], q, q, lam, None, 1.0, "sum", True)
     assert _counters(emulated_library)[0] == 1
-    big = torch.randn(300, 100, generator=gen)  # a grid: state, log-sum-exp, gradient
-    emu.contrastive_forward(big, q.repeat(10)[:300], q.repeat(10)[:300], torch.rand(300), None, 1.0, "sum", True)
-    assert _counters(emulated_library)[0] == 3
+    # past one block: mixed rows' forget terms, the rows, the forget rows' gradients and the loss
+    big = torch.randn(3, 300, 100, generator=gen)
+    qb, lb = q.repeat(10)[:300], torch.rand(300, generator=gen)
+    for with_grad in (True, False):
+        emu.contrastive_forward(big[0], qb, qb, lb, None, 1.0, "sum", with_grad)
+        assert _counters(emulated_library)[0] == 3
+        emu.loss_forward(big[0], big[1], big[2], qb, qb, lb, None, 1.0, 2.0, 0.5, "sum", with_grad)
+        assert _counters(emulated_library)[0] == 3
+    emu.real_forward(big[0], big[1], qb, qb, 1.0, "sum", True)  # no mixed rows: no launch for them
+    assert _counters(emulated_library)[0] == 2
+
+
+GRID_LAYOUTS = {  # how the grid path reads rows: 16-byte vectors only where every row allows
+    "aligned": True, "row stride": True, "offset": False, "strided": False,
+}
+
+
+def _layout(t, layout):
+    """The values of t (rows, C) in `layout`: contiguous; rows 16 bytes further apart than C;
+    starting one element into the storage; every other element of a wider tensor."""
+    B, C = t.shape
+    if layout == "row stride":
+        wide = torch.full((B, C + 16 // t.element_size()), float("nan"), dtype=t.dtype)
+        wide[:, :C] = t
+        return wide[:, :C]
+    if layout == "offset":
+        flat = torch.full((B * C + 1,), float("nan"), dtype=t.dtype)
+        flat[1:] = t.reshape(-1)
+        return flat[1:].view(B, C)
+    return _noncontiguous(t) if layout == "strided" else t.contiguous()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", list(GRID_LAYOUTS))
+@pytest.mark.parametrize("kind", ["labels", "probabilities"])
+@pytest.mark.parametrize("omega", [0.0, 1.5])
+def test_loss_grid_layouts(emu, emulated_library, layout, kind, omega, dtype):
+    # the grid path (95 rows of 64) with every logits and soft target tensor in one layout;
+    # half logits with float32 targets read the targets 32 bytes (two accesses) at a time
+    gen = _gen("grid layout", layout, kind, omega, dtype)
+    B, B_r, C = 37, 21, 64
+    z_mix, z_r, z_f = (_layout((torch.randn(n, C, generator=gen) * 3).to(dtype), layout) for n in (B, B_r, B))
+    q_f, q_r = _targets(kind, B, C, gen), _targets(kind, B_r, C, gen)
+    if kind == "probabilities":
+        q_f, q_r = _layout(q_f, layout), _layout(q_r, layout)
+    perm = torch.randint(0, B_r, (B,), generator=gen)
+    lam = torch.rand(B, generator=gen)
+    args = (z_mix, z_f, z_r, q_f, q_r, lam, perm, 0.4, 3.0, omega, "mean")
+    _counters(emulated_library)
+    loss, g_mix, g_f, g_r = emu.loss_forward(*args, True)
+    assert (_counters(emulated_library)[1] > 0) == GRID_LAYOUTS[layout]
+    ref = torch_backend.loss_forward(*args, True)
+
+    def exact_fn(a, b, c):
+        value = spec64.contrastive(a, q_f, q_r, lam, 0.4, perm=perm, reduction="mean")
+        return value + omega * spec64.real(b, c, q_r, q_f, 3.0, reduction="mean")
+
+    exact, exact_grads = spec64.with_grads(exact_fn, z_mix, z_r, z_f)
+    assert_as_accurate(loss, ref[0], exact, dtype, "loss")
+    assert_as_accurate(g_mix, ref[1], exact_grads[0], dtype, "grad mix")
+    if omega:
+        assert_as_accurate(g_f, ref[2], exact_grads[2], dtype, "grad forget")
+        assert_as_accurate(g_r, ref[3], exact_grads[1], dtype, "grad retain")
+    loss_c, g_c = emu.contrastive_forward(z_mix, q_f, q_r, lam, perm, 0.4, "sum", True)  # C_tau: mixed rows only
+    ref_c = torch_backend.contrastive_forward(z_mix, q_f, q_r, lam, perm, 0.4, "sum", True)
+    exact_c, (exact_gc,) = spec64.with_grads(lambda a: spec64.contrastive(a, q_f, q_r, lam, 0.4, perm=perm), z_mix)
+    assert_as_accurate(loss_c, ref_c[0], exact_c, dtype, "C_tau loss")
+    assert_as_accurate(g_c, ref_c[1], exact_gc, dtype, "C_tau grad")
+
+
+def _trace(lib_path):
+    """The accesses the emulated kernels made through load_hinted / store_hinted since tracing
+    began, as rows of (launch, block, thread, address, bytes, policy, store)."""
+    lib = ctypes.CDLL(str(lib_path))
+    lib.fastmix_emu_trace_copy.restype = ctypes.c_uint64
+    n = lib.fastmix_emu_trace_copy(None)
+    out = (ctypes.c_uint64 * (7 * n))()
+    lib.fastmix_emu_trace_copy(out)
+    return torch.tensor(list(out), dtype=torch.int64).view(n, 7).tolist()
+
+
+@pytest.mark.parametrize("kind", ["labels", "probabilities"])
+def test_large_loss_traffic(emu, emulated_library, kind):
+    # issue 11: the bytes of L_mix + omega * L_real on the grid path, from the kernels' own
+    # loads and stores, per element of each logits, target and gradient tensor (as the Triton
+    # test of the same name; a program here is the group of lanes that owns a row)
+    import traffic
+
+    gen = _gen("traffic", kind)
+    B, C = 24, 64  # 72 rows of 64: past the single block
+    z_mix, z_f, z_r = (torch.randn(B, C, generator=gen) for _ in range(3))
+    q_f, q_r = _targets(kind, B, C, gen), _targets(kind, B, C, gen)
+    # mix row i keeps towards q_r[i + 1]: never a row the same lanes read (a random perm sometimes is)
+    perm, lam = torch.arange(B).roll(-1), torch.rand(B, generator=gen)
+    lib = ctypes.CDLL(str(emulated_library))
+    lib.fastmix_emu_trace(1)
+    try:
+        _, g_mix, g_f, g_r = emu.loss_forward(z_mix, z_f, z_r, q_f, q_r, lam, perm, 0.5, 2.0, 0.3, "sum", True)
+    finally:
+        lib.fastmix_emu_trace(0)
+    lanes = 8  # lanes_for(64, 4) in csrc/common.cuh: a row of 64 floats, 16 bytes a lane at a time
+    policies = {0: "", 1: "evict_last", 2: "evict_first"}
+    programs, sizes = {}, {}  # launch -> (block, lane group) -> {(op, policy): element addresses}
+    for launch, block, thread, address, size, policy, store in _trace(emulated_library):
+        program = programs.setdefault(launch, {}).setdefault((block, thread // lanes), {})
+        touched = program.setdefault(("store" if store else "load", policies[policy]), set())
+        for element in range(address, address + size, 4):  # float32 tensors: 4-byte elements
+            touched.add(element)
+            sizes[element] = 4
+    counter = traffic.recorded(
+        [traffic.Launch(f"launch {k}", (), list(programs[k].values())) for k in sorted(programs)], sizes
+    )
+    named = {"z_mix": z_mix, "z_f": z_f, "z_r": z_r, "q_f": q_f, "q_r": q_r, "g_mix": g_mix, "g_f": g_f, "g_r": g_r}
+    counts = counter.count(named)
+    assert len(counts) == 3
+
+    def reads(name, l2=False):
+        return traffic.total(counts, "load", name, l2) / named[name].nbytes
+
+    # with nothing kept between launches, a row with a forget term is read twice
+    assert (reads("z_mix"), reads("z_f"), reads("z_r")) == (2, 2, 1)
+    # what a launch asks L2 to keep is what the next one reads again: then every logit is read once
+    assert (reads("z_mix", True), reads("z_f", True), reads("z_r", True)) == (1, 1, 1)
+    if kind == "probabilities":
+        assert (reads("q_f"), reads("q_r")) == (3, 2)
+        # q_f once; q_r twice: q_r[perm[i]] (mix row i) and q_r[i] (retain row i) meet in no group of lanes
+        assert (reads("q_f", True), reads("q_r", True)) == (1, 2)
+    for name in ("g_mix", "g_f", "g_r"):  # each gradient written once, nothing else written into it
+        assert traffic.total(counts, "store", name) == named[name].nbytes
+    assert all(traffic.total(counts, "store", name) == 0 for name in ("z_mix", "z_f", "z_r", "q_f", "q_r"))
+    # the kept set is one log-sum-exp group at a time: its logits (and q_f), not all of them
+    row_bytes = C * 4 * (2 if kind == "probabilities" else 1)
+    assert [c["evict_last_bytes"] for c in counts] == [B * row_bytes, B * row_bytes, 0]
+    # the gradient stores and the last reads go evict_first
+    assert all(policy == 2 for *_, policy, store in _trace(emulated_library) if store)
+
+    # the same multiplicities at (4096, 1000) in float32 against the floor: logits and targets
+    # read once, each gradient written once (per-row state, labels, perm, lam: under 1%)
+    vector = 4096 * 1000 * 4
+    targets = ("q_f", "q_r") if kind == "probabilities" else ()
+    floor = (3 + 3 + len(targets)) * vector
+
+    def moved(l2):
+        return (sum(reads(n, l2) for n in ("z_mix", "z_f", "z_r", *targets)) + 3) * vector
+
+    assert moved(l2=False) / floor == pytest.approx(13 / 8 if targets else 8 / 6)
+    assert moved(l2=True) / floor <= 1.25
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
