@@ -158,7 +158,7 @@ def _loss(mix, forget, retain, q_f, q_r, lam, perm, tau_mix, tau_real, omega, re
         # float64 anywhere goes to the reference: the kernel backends compute in float32
         wide = torch.float64 if torch.float64 in (mix.dtype, wide) else mix.dtype
     backend = resolve_backend(backend, device, wide)
-    values = _checks.values_wanted(mix, backend_checks=backend == "cpu")  # the C++ kernel checks them
+    values = _checks.values_wanted(mix, backend_checks=kernels_for(backend).checks_values)
     _checks.target("forget_target", q_f, B, C, values)
     n_retain = retain.shape[0] if retain is not None else (None if perm is not None else B)
     _checks.target("retain_target", q_r, n_retain, C, values)

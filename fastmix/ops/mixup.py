@@ -109,8 +109,9 @@ def mixup(
     ``weight`` (summed over the dimensions it broadcasts over).
 
     Checks: shapes, dtypes and devices always; ``perm`` in ``[0, N)`` and
-    ``weight`` in ``[0, 1]`` without NaN on CPU tensors always, on GPU tensors
-    only under ``fastmix.debug_checks(True)`` (they would synchronise).
+    ``weight`` in ``[0, 1]`` without NaN on CPU tensors always (by the kernel itself on
+    the ``cpu`` backend), on GPU tensors only under ``fastmix.debug_checks(True)`` (they
+    would synchronise).
     """
     floats = _checks.FLOAT_DTYPES
     if not (isinstance(x_forget, torch.Tensor) and x_forget.dtype in floats):
@@ -148,16 +149,16 @@ def mixup(
         want = (B, 1, shape[2], shape[3])
         if w_shape != want:
             raise ValueError(f"weight as a mask must have shape {want}, got {tuple(w_shape)}")
-    values = value_checks_wanted(x_forget)
+    backend = resolve_backend(backend, device, x_forget.dtype)
+    kernels = kernels_for(backend)
+    values = not kernels.checks_values and value_checks_wanted(x_forget)  # else the kernel checks them
     _checks.perm("perm", perm, B, x_retain.shape[0], values)
     if perm is None and x_retain.shape[0] != B:
         raise ValueError(f"without perm, x_retain must have B={B} rows like x_forget, got {x_retain.shape[0]}")
     if not from_float:
         _checks.unit_interval("weight", weight, values)
-    backend = resolve_backend(backend, device, x_forget.dtype)
     if not eager():
         return _mixup(x_forget, x_retain, weight, perm, backend)
-    kernels = kernels_for(backend)
     if torch.is_grad_enabled() and (x_forget.requires_grad or x_retain.requires_grad or weight.requires_grad):
         if functorch_active():
             return _MixupFunction.apply(x_forget, x_retain, weight, perm, kernels)
