@@ -19,6 +19,9 @@ namespace {
 
 constexpr double kEps = 1e-8;  // the clamp of d(p, q) = 1 - <p, q> / max(|p| |q|, eps)
 constexpr int64_t kParallelElements = 1 << 15;  // below this a parallel region costs more than it saves
+// Row sums run in float lanes over chunks of this many elements, the chunks add up in
+// float64: float64 lanes would halve the vector width of the loop that reads the data.
+constexpr int64_t kChunk = 256;
 
 int threads_for(int64_t elements, int nthreads) { return elements >= kParallelElements ? nthreads : 1; }
 
@@ -102,7 +105,9 @@ void blocks(int64_t n, int nt, const Body& body) {
 
 // One row of softmax((z - max z) * inv_T): the differences to the row's maximum never
 // overflow, z / T itself would for a tiny T. NaN in the row, or +-inf: the row is NaN.
-inline void sharpen_row(const float* __restrict z, float* __restrict o, int64_t C, double inv_T, bool finite_inv) {
+// Float lanes throughout (float64 lanes halve the vector): exp and its sum in one loop,
+// the sum in float over chunks of kChunk elements, the chunks added in float64.
+inline void sharpen_row(const float* __restrict z, float* __restrict o, int64_t C, float inv_T) {
   float m = -INFINITY;
   int nan = 0;
 #pragma omp simd reduction(max : m) reduction(| : nan)
@@ -111,18 +116,35 @@ inline void sharpen_row(const float* __restrict z, float* __restrict o, int64_t 
     nan |= z[j] != z[j];
   }
   if (nan || std::isinf(m)) m = NAN;
-  if (finite_inv) {
-#pragma omp simd
-    for (int64_t j = 0; j < C; ++j) o[j] = exp_nonpositive(float((z[j] - m) * inv_T));
-  } else {  // inv_T is inf (a denormal T): the maximum gets everything
-    for (int64_t j = 0; j < C; ++j) o[j] = z[j] == m ? 1.0f : (m != m ? NAN : 0.0f);
-  }
   double s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < C; ++j) s += o[j];
+  for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
+    const int64_t c1 = std::min(C, c0 + kChunk);
+    float fs = 0;
+#pragma omp simd reduction(+ : fs)
+    for (int64_t j = c0; j < c1; ++j) {
+      const float e = exp_nonpositive((z[j] - m) * inv_T);
+      o[j] = e;
+      fs += e;
+    }
+    s += fs;
+  }
   const float inv = float(1.0 / s);
 #pragma omp simd
   for (int64_t j = 0; j < C; ++j) o[j] *= inv;
+}
+
+// A temperature so small that 1 / T is no finite float: the maximum gets everything.
+inline void sharpen_row_argmax(const float* z, float* o, int64_t C) {
+  float m = -INFINITY;
+  int nan = 0;
+  for (int64_t j = 0; j < C; ++j) {
+    m = z[j] > m ? z[j] : m;
+    nan |= z[j] != z[j];
+  }
+  if (nan || std::isinf(m)) m = NAN;
+  int64_t n = 0;
+  for (int64_t j = 0; j < C; ++j) n += z[j] == m;
+  for (int64_t j = 0; j < C; ++j) o[j] = m != m ? NAN : (z[j] == m ? 1.0f / float(n) : 0.0f);
 }
 
 // The same for C <= W in registers: the row padded with -inf to W lanes (exp gives 0
@@ -218,20 +240,21 @@ struct FastmixSharpenCall {
 
 int fastmix_cpu_sharpen_forward(const FastmixSharpenCall* call) {
   const FastmixSharpenCall c = *call;
-  const double inv_T = 1.0 / c.T;  // inf for a denormal T: then (z - m) * inv_T is -inf or NaN at 0
-  const bool finite_inv = std::isfinite(inv_T);
-  const bool small = finite_inv && std::isfinite(float(inv_T));  // inv_T a finite float too
+  const float inv_T = float(1.0 / c.T);  // inf for a T below about 3e-39
+  const bool finite = std::isfinite(inv_T);
   const int64_t C = c.C;
   blocks(c.rows, threads_for(c.rows * C, int(c.nthreads)), [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
       const float* z = c.x + r * C;
       float* o = c.out + r * C;
-      if (small && C <= 8)
-        sharpen_row_small<8>(z, o, C, float(inv_T));
-      else if (small && C <= 16)
-        sharpen_row_small<16>(z, o, C, float(inv_T));
+      if (!finite)
+        sharpen_row_argmax(z, o, C);
+      else if (C <= 8)
+        sharpen_row_small<8>(z, o, C, inv_T);
+      else if (C <= 16)
+        sharpen_row_small<16>(z, o, C, inv_T);
       else
-        sharpen_row(z, o, C, inv_T, finite_inv);
+        sharpen_row(z, o, C, inv_T);
     }
   });
   return kOk;
@@ -470,9 +493,6 @@ struct Targets {
   int64_t y[2];
 };
 
-// Row sums run in float lanes over chunks of this many elements, the chunks add up in
-// float64: float64 lanes would halve the vector width of the loop that reads the data.
-constexpr int64_t kChunk = 256;
 
 // One read of the row: its maximum, then e = exp(z - m) with the sums of e, e^2, e q_t in
 // one loop (KEEP_E: e kept in e_out). A target row that another row shares is checked and

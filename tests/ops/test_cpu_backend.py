@@ -78,6 +78,77 @@ def test_mixup(shape, pool, weight_kind, channels_last, dtype):
         assert_as_accurate(a, r, e, dtype if what != "weight" else torch.float32, f"grad {what}")
 
 
+@pytest.fixture
+def threads():
+    """Run a body with n torch threads, then restore the count."""
+    before = torch.get_num_threads()
+
+    def run(n, fn):
+        torch.set_num_threads(n)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
+@pytest.mark.parametrize("weight_kind", ["scalar", "per_sample", "mask"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_mixup_in_parallel_gives_the_one_thread_results(threads, weight_kind, channels_last):
+    # above the kernels' parallel threshold (32768 elements): blocks of samples, and the
+    # retain gradient in blocks of a row's elements with repeated perm rows added in order
+    gen = torch.Generator().manual_seed(5)
+    B, C, H, W, pool = 9, 3, 40, 37, 6
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x_f = torch.randn(B, C, H, W, generator=gen).contiguous(memory_format=fmt)
+    x_r = torch.randn(pool, C, H, W, generator=gen).contiguous(memory_format=fmt)
+    weight = torch.rand({"scalar": (), "per_sample": (B,), "mask": (B, 1, H, W)}[weight_kind], generator=gen)
+    perm = torch.tensor([0, 5, 5, 1, 0, 2, 3, 5, 4])
+    g = torch.randn(B, C, H, W, generator=gen)
+
+    def run(backend="cpu"):
+        leaves = [t.clone().requires_grad_() for t in (x_f, x_r, weight)]
+        out = fastmix.mixup(*leaves, perm, backend=backend)
+        return (out, *torch.autograd.grad(out, leaves, g))
+
+    one, three, ref = threads(1, run), threads(3, run), run("torch")
+    leaves = [t.double().requires_grad_() for t in (x_f, x_r, weight)]
+    exact = spec64.mixup(*leaves, perm)
+    exact = (exact, *torch.autograd.grad(exact, leaves, g.double()))
+    for a, b, r, e, what in zip(one, three, ref, exact, ("out", "x_forget", "x_retain", "weight")):
+        if not (what == "weight" and weight_kind == "scalar"):  # one sum over the batch: its blocks differ
+            assert torch.equal(a, b), what
+        assert_as_accurate(a, r, e, torch.float32, what)
+        assert_as_accurate(b, r, e, torch.float32, what)
+
+
+@pytest.mark.parametrize("C", [5, 13, 300, 1000])
+def test_sharpen_in_parallel_gives_the_one_thread_results(threads, C):
+    gen = torch.Generator().manual_seed(C)
+    z = (torch.randn(40000 // C + 3, C, generator=gen) * 4).requires_grad_()
+    g = torch.randn(z.shape, generator=gen)
+
+    def run(backend="cpu"):
+        out = fastmix.sharpen(z, 0.25, backend=backend)
+        return out, torch.autograd.grad(out, z, g)[0]
+
+    one, three, ref = threads(1, run), threads(3, run), run("torch")
+    assert torch.equal(one[0], three[0]) and torch.equal(one[1], three[1])
+    z64 = z.detach().double().requires_grad_()
+    exact = torch.softmax(z64 / 0.25, -1)
+    assert_as_accurate(one[0], ref[0], exact, torch.float32, "sharpen")
+    assert_as_accurate(one[1], ref[1], torch.autograd.grad(exact, z64, g.double())[0], torch.float32, "backward")
+
+
+def test_sharpen_of_a_temperature_below_float_range_is_the_argmax():
+    z = torch.tensor([[1.0, 3.0, 3.0, -2.0], [0.5, float("nan"), 0.0, 1.0], [2.0, 1.0, 0.0, -1.0]])
+    out = fastmix.sharpen(z, 1e-40, backend="cpu")
+    ref = fastmix.sharpen(z, 1e-40, backend="torch")
+    torch.testing.assert_close(out, ref, equal_nan=True)
+    assert out[0].tolist() == [0.0, 0.5, 0.5, 0.0] and out[1].isnan().all()
+
+
 def test_mixup_forward_rounds_as_the_reference():
     # fp-contract off: the same float32 products and sum as PyTorch's, bit for bit
     gen = torch.Generator().manual_seed(0)
