@@ -175,6 +175,59 @@ inline void sharpen_row_small(const float* __restrict z, float* __restrict o, in
   for (int64_t j = 0; j < C; ++j) o[j] = x[j] * inv;
 }
 
+
+// Rows of C <= kSmallC classes, kRowLanes rows at a time transposed (a lane per row): the
+// maximum and the sum are lane-wise, no horizontal reduction per row, and no lane is
+// padding. Half the time of sharpen_row_small at C = 10. The rows left over go one by one.
+constexpr int kRowLanes = 8;
+constexpr int64_t kSmallC = 16;
+
+inline void sharpen_rows_small(const float* __restrict z, float* __restrict o, int64_t rows, int64_t C,
+                               float inv_T) {
+  int64_t r0 = 0;
+  float x[kSmallC][kRowLanes];
+  for (; r0 + kRowLanes <= rows; r0 += kRowLanes) {
+    const float* zb = z + r0 * C;
+    for (int64_t j = 0; j < C; ++j)
+#pragma omp simd
+      for (int l = 0; l < kRowLanes; ++l) x[j][l] = zb[l * C + j];
+    float m[kRowLanes], s[kRowLanes];
+    int nan[kRowLanes];
+#pragma omp simd
+    for (int l = 0; l < kRowLanes; ++l) {
+      m[l] = -INFINITY;
+      s[l] = 0;
+      nan[l] = 0;
+    }
+    for (int64_t j = 0; j < C; ++j)
+#pragma omp simd
+      for (int l = 0; l < kRowLanes; ++l) {
+        m[l] = x[j][l] > m[l] ? x[j][l] : m[l];
+        nan[l] |= x[j][l] != x[j][l];
+      }
+#pragma omp simd
+    for (int l = 0; l < kRowLanes; ++l) m[l] = nan[l] || std::isinf(m[l]) ? NAN : m[l];
+    for (int64_t j = 0; j < C; ++j)
+#pragma omp simd
+      for (int l = 0; l < kRowLanes; ++l) {
+        x[j][l] = exp_nonpositive((x[j][l] - m[l]) * inv_T);
+        s[l] += x[j][l];
+      }
+#pragma omp simd
+    for (int l = 0; l < kRowLanes; ++l) s[l] = 1.0f / s[l];
+    float* ob = o + r0 * C;
+    for (int64_t j = 0; j < C; ++j)
+#pragma omp simd
+      for (int l = 0; l < kRowLanes; ++l) ob[l * C + j] = x[j][l] * s[l];
+  }
+  for (int64_t r = r0; r < rows; ++r) {
+    if (C <= 8)
+      sharpen_row_small<8>(z + r * C, o + r * C, C, inv_T);
+    else
+      sharpen_row_small<16>(z + r * C, o + r * C, C, inv_T);
+  }
+}
+
 // --- mixup -----------------------------------------------------------------------------
 
 // Where the weight of element (b, p, q) of x viewed as (B, P, Q) in memory sits: one per
@@ -244,17 +297,17 @@ int fastmix_cpu_sharpen_forward(const FastmixSharpenCall* call) {
   const bool finite = std::isfinite(inv_T);
   const int64_t C = c.C;
   blocks(c.rows, threads_for(c.rows * C, int(c.nthreads)), [&](int64_t lo, int64_t hi) {
+    if (finite && C <= kSmallC) {
+      sharpen_rows_small(c.x + lo * C, c.out + lo * C, hi - lo, C, inv_T);
+      return;
+    }
     for (int64_t r = lo; r < hi; ++r) {
       const float* z = c.x + r * C;
       float* o = c.out + r * C;
-      if (!finite)
-        sharpen_row_argmax(z, o, C);
-      else if (C <= 8)
-        sharpen_row_small<8>(z, o, C, inv_T);
-      else if (C <= 16)
-        sharpen_row_small<16>(z, o, C, inv_T);
-      else
+      if (finite)
         sharpen_row(z, o, C, inv_T);
+      else
+        sharpen_row_argmax(z, o, C);
     }
   });
   return kOk;

@@ -29,7 +29,7 @@ def _layout(t, layout):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", ["contiguous", "strided", "expanded"])
-@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (33, 1000), (2, 3, 17)])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (37, 10), (16, 16), (9, 1), (33, 1000), (2, 3, 17)])
 def test_sharpen(shape, layout, dtype):
     gen = torch.Generator().manual_seed(sum(shape))
     z = _layout((torch.randn(shape, generator=gen) * 3).to(dtype), layout).requires_grad_()
@@ -139,6 +139,16 @@ def test_sharpen_in_parallel_gives_the_one_thread_results(threads, C):
     exact = torch.softmax(z64 / 0.25, -1)
     assert_as_accurate(one[0], ref[0], exact, torch.float32, "sharpen")
     assert_as_accurate(one[1], ref[1], torch.autograd.grad(exact, z64, g.double())[0], torch.float32, "backward")
+
+
+@pytest.mark.parametrize("C", [3, 10, 16, 40])
+def test_sharpen_rows_with_nan_or_inf_are_nan_and_alone(C):
+    # rows of <= 16 classes go 8 at a time with a lane per row: a bad row stays in its lane
+    z = torch.randn(19, C)
+    z[2, 1], z[5, C - 1], z[9, 0], z[17, :] = float("nan"), float("inf"), -float("inf"), -float("inf")
+    out, ref = fastmix.sharpen(z, 0.3, backend="cpu"), fastmix.sharpen(z, 0.3, backend="torch")
+    assert out[[2, 5, 17]].isnan().all() and out[9].isfinite().all()
+    torch.testing.assert_close(out, ref, equal_nan=True)
 
 
 def test_sharpen_of_a_temperature_below_float_range_is_the_argmax():
