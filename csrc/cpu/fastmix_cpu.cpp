@@ -235,12 +235,45 @@ inline void sharpen_rows_small(const float* __restrict z, float* __restrict o, i
 // q the pixel, p the channel), or a mask over p (channels_last images, q the channel).
 enum WeightKind { kPerSample, kMaskOverQ, kMaskOverP };
 
+// QC > 0: Q fixed at compile time (the channels of channels_last images under a mask over p):
+// a loop of 3 iterations whose count is only known at run time cost 3x a fixed one.
+template <int QC>
+inline int64_t fixed(int64_t Q) {
+  return QC > 0 ? QC : Q;
+}
+
 // One row of x: out = m * x_f + (1 - m) * x_r, rounded as PyTorch's (no fused multiply-add).
 // CHECK: flag a weight outside [0, 1] on the way (the mask's first visit to each entry).
-template <int KIND, bool CHECK>
-inline int mix_rows(const float* __restrict f, const float* __restrict r, const float* __restrict w,
-                    float* __restrict o, int64_t P, int64_t Q) {
+constexpr int64_t kPixels = 512;  // pixels of a mask over p expanded at a time (kPixels * QC floats)
+
+// Pixels [p0, p0 + n) of a mask over p, each repeated over the QC channels into me; returns
+// whether one lies outside [0, 1] (CHECK).
+template <int QC, bool CHECK>
+inline int expand_pixels(const float* __restrict w, int64_t p0, int64_t n, float* __restrict me) {
   int bad = 0;
+  for (int64_t p = 0; p < n; ++p) {
+    const float m = w[p0 + p];
+    if (CHECK) bad |= !in_unit(m);
+    for (int q = 0; q < QC; ++q) me[p * QC + q] = m;
+  }
+  return bad;
+}
+
+template <int KIND, bool CHECK, int QC>
+inline int mix_rows(const float* __restrict f, const float* __restrict r, const float* __restrict w,
+                    float* __restrict o, int64_t P, int64_t Q_) {
+  const int64_t Q = fixed<QC>(Q_);
+  int bad = 0;
+  if constexpr (KIND == kMaskOverP && QC > 0) {  // one flat loop over a chunk with the mask expanded
+    float me[kPixels * QC];
+    for (int64_t p0 = 0; p0 < P; p0 += kPixels) {
+      const int64_t n = std::min(kPixels, P - p0), i0 = p0 * QC;
+      bad |= expand_pixels<QC, CHECK>(w, p0, n, me);
+#pragma omp simd
+      for (int64_t i = 0; i < n * QC; ++i) o[i0 + i] = me[i] * f[i0 + i] + (1.0f - me[i]) * r[i0 + i];
+    }
+    return bad;
+  }
   for (int64_t p = 0; p < P; ++p) {
     const float* fp = f + p * Q;
     const float* rp = r + p * Q;
@@ -337,7 +370,7 @@ int fastmix_cpu_sharpen_backward(const FastmixSharpenCall* call) {
 // one lambda; a mask: (wsp, wsq) = (0, 1) or (1, 0)). Forward: out = m * x_f + (1 - m) *
 // x_r[perm[b]]. Backward: the gradients to x_f (m g), x_r (summed over repeated perm
 // rows, in order of b) and the weight (summed over what it broadcasts over, in float64);
-// a null output is not wanted. Both check perm first (nothing is read out of bounds);
+// a null output is not wanted; x must hold elements (cpu_backend leaves empty x to the reference). Both check perm first (nothing is read out of bounds);
 // the forward checks the weight too, in the pass that reads it.
 struct FastmixMixupCall {
   const float *g, *xf, *xr, *w;
@@ -350,19 +383,22 @@ struct FastmixMixupCall {
 
 namespace {
 
-template <int KIND>
+template <int KIND, int QC = 0>
 int mixup_forward(const FastmixMixupCall& c) {
-  const int64_t B = c.B, P = c.P, Q = c.Q, row = P * Q;
+  const int64_t B = c.B, P = c.P, Q = fixed<QC>(c.Q), row = P * Q;
   if (!perm_ok(c.perm, B, c.pool)) return kPerm;
   if (KIND == kPerSample)  // B entries at most: checked before the pass
     for (int64_t b = 0; b < (c.wsb ? B : std::min<int64_t>(B, 1)); ++b)
       if (!in_unit(c.w[b * c.wsb])) return kWeight;
+  if (KIND == kMaskOverQ && P == 0)  // no channel: the pass would not read the mask
+    for (int64_t i = 0; i < B * Q; ++i)
+      if (!in_unit(c.w[i])) return kWeight;
   int bad = 0;
   blocks(B, threads_for(B * row, int(c.nthreads)), [&](int64_t lo, int64_t hi) {
     int bad_t = 0;
     for (int64_t b = lo; b < hi; ++b) {
       const float* r = c.xr + (c.perm ? c.perm[b] : b) * row;
-      bad_t |= mix_rows<KIND, KIND != kPerSample>(c.xf + b * row, r, c.w + b * c.wsb, c.out + b * row, P, Q);
+      bad_t |= mix_rows<KIND, KIND != kPerSample, QC>(c.xf + b * row, r, c.w + b * c.wsb, c.out + b * row, P, Q);
     }
     if (bad_t) {
 #pragma omp atomic write
@@ -374,9 +410,10 @@ int mixup_forward(const FastmixMixupCall& c) {
 
 // the gradient to x_r: parallel over the elements of a row, serial over b, so that the
 // rows of repeated perm entries add up in order of b
-template <int KIND>
+template <int KIND, int QC>
 void mixup_grad_retain(const FastmixMixupCall& c, int nt) {
-  const int64_t B = c.B, P = c.P, Q = c.Q, row = P * Q;
+  const int64_t B = c.B, P = c.P, Q = fixed<QC>(c.Q), row = P * Q;
+  if (row == 0) return;
   if (c.perm) std::fill(c.gr, c.gr + c.pool * row, 0.0f);
   blocks(row, nt, [&](int64_t lo, int64_t hi) {
     for (int64_t b = 0; b < B; ++b) {
@@ -384,15 +421,22 @@ void mixup_grad_retain(const FastmixMixupCall& c, int nt) {
       const float* __restrict g = c.g + b * row;
       const float* wb = c.w + b * c.wsb;
       for (int64_t p = lo / Q; p * Q < hi; ++p) {
-        const int64_t q0 = std::max(lo - p * Q, int64_t(0)), q1 = std::min(hi - p * Q, Q);
         float* dp = dst + p * Q;
         const float* gp = g + p * Q;
-        if (c.perm) {
+        if (p * Q >= lo && (p + 1) * Q <= hi) {  // a whole row of Q: the loop of fixed length
+          if (c.perm) {
 #pragma omp simd
-          for (int64_t q = q0; q < q1; ++q) dp[q] += (1.0f - weight_at<KIND>(wb, p, q)) * gp[q];
-        } else {
+            for (int64_t q = 0; q < Q; ++q) dp[q] += (1.0f - weight_at<KIND>(wb, p, q)) * gp[q];
+          } else {
 #pragma omp simd
-          for (int64_t q = q0; q < q1; ++q) dp[q] = (1.0f - weight_at<KIND>(wb, p, q)) * gp[q];
+            for (int64_t q = 0; q < Q; ++q) dp[q] = (1.0f - weight_at<KIND>(wb, p, q)) * gp[q];
+          }
+          continue;
+        }
+        const int64_t q0 = std::max(lo - p * Q, int64_t(0)), q1 = std::min(hi - p * Q, Q);
+        for (int64_t q = q0; q < q1; ++q) {
+          const float v = (1.0f - weight_at<KIND>(wb, p, q)) * gp[q];
+          dp[q] = c.perm ? dp[q] + v : v;
         }
       }
     }
@@ -401,9 +445,9 @@ void mixup_grad_retain(const FastmixMixupCall& c, int nt) {
 
 // the weight's gradient of sample b: sum of g * (x_f - x_r) over what the weight broadcasts
 // over, in float64; acc holds Q doubles (a mask over q summed over p)
-template <int KIND>
+template <int KIND, int QC>
 void mixup_grad_weight_row(const FastmixMixupCall& c, int64_t b, double* acc) {
-  const int64_t P = c.P, Q = c.Q, row = P * Q;
+  const int64_t P = c.P, Q = fixed<QC>(c.Q), row = P * Q;
   const float* __restrict g = c.g + b * row;
   const float* __restrict f = c.xf + b * row;
   const float* __restrict r = c.xr + (c.perm ? c.perm[b] : b) * row;
@@ -429,6 +473,18 @@ void mixup_grad_weight_row(const FastmixMixupCall& c, int64_t b, double* acc) {
     }
 #pragma omp simd
     for (int64_t q = 0; q < Q; ++q) gw[q] = float(acc[q]);
+  } else if constexpr (QC > 0) {  // the products in one flat loop, then each pixel's QC of them
+    float prod[kPixels * QC];
+    for (int64_t p0 = 0; p0 < P; p0 += kPixels) {
+      const int64_t n = std::min(kPixels, P - p0), i0 = p0 * QC;
+#pragma omp simd
+      for (int64_t i = 0; i < n * QC; ++i) prod[i] = g[i0 + i] * (f[i0 + i] - r[i0 + i]);
+      for (int64_t p = 0; p < n; ++p) {
+        double s = 0;
+        for (int q = 0; q < QC; ++q) s += double(prod[p * QC + q]);
+        gw[p0 + p] = float(s);
+      }
+    }
   } else {
     for (int64_t p = 0; p < P; ++p) {
       double s = 0;
@@ -438,15 +494,25 @@ void mixup_grad_weight_row(const FastmixMixupCall& c, int64_t b, double* acc) {
   }
 }
 
-template <int KIND>
+template <int KIND, int QC = 0>
 int mixup_backward(const FastmixMixupCall& c) {
-  const int64_t B = c.B, P = c.P, Q = c.Q, row = P * Q;
+  const int64_t B = c.B, P = c.P, Q = fixed<QC>(c.Q), row = P * Q;
   if (!perm_ok(c.perm, B, c.pool)) return kPerm;
   const int nt = threads_for(B * row, int(c.nthreads));
   if (c.gf) {
     blocks(B, nt, [&](int64_t lo, int64_t hi) {
       for (int64_t b = lo; b < hi; ++b) {
         const float* wb = c.w + b * c.wsb;
+        if constexpr (KIND == kMaskOverP && QC > 0) {
+          float me[kPixels * QC];
+          for (int64_t p0 = 0; p0 < P; p0 += kPixels) {
+            const int64_t n = std::min(kPixels, P - p0), i0 = b * row + p0 * QC;
+            expand_pixels<QC, false>(wb, p0, n, me);
+#pragma omp simd
+            for (int64_t i = 0; i < n * QC; ++i) c.gf[i0 + i] = me[i] * c.g[i0 + i];
+          }
+          continue;
+        }
         for (int64_t p = 0; p < P; ++p) {
           const float* __restrict g = c.g + b * row + p * Q;
           float* __restrict o = c.gf + b * row + p * Q;
@@ -456,7 +522,7 @@ int mixup_backward(const FastmixMixupCall& c) {
       }
     });
   }
-  if (c.gr) mixup_grad_retain<KIND>(c, nt);
+  if (c.gr) mixup_grad_retain<KIND, QC>(c, nt);
   if (c.gw) {
     const bool one_lambda = KIND == kPerSample && c.wsb == 0;
     std::vector<double> total(nt, 0.0);  // one lambda: each block's sum, added in block order
@@ -466,7 +532,7 @@ int mixup_backward(const FastmixMixupCall& c) {
 #ifdef _OPENMP
       t = nt > 1 ? omp_get_thread_num() : 0;
 #endif
-      for (int64_t b = lo; b < hi; ++b) mixup_grad_weight_row<KIND>(c, b, acc.data());
+      for (int64_t b = lo; b < hi; ++b) mixup_grad_weight_row<KIND, QC>(c, b, acc.data());
       if (one_lambda) total[t] = acc[0];
     });
     if (one_lambda) {
@@ -495,7 +561,8 @@ int fastmix_cpu_mixup_forward(const FastmixMixupCall* call) {
   switch (weight_kind(c)) {
     case kPerSample: return mixup_forward<kPerSample>(c);
     case kMaskOverQ: return mixup_forward<kMaskOverQ>(c);
-    case kMaskOverP: return mixup_forward<kMaskOverP>(c);
+    case kMaskOverP:  // channels_last images: RGB fixed at compile time
+      return c.Q == 3 ? mixup_forward<kMaskOverP, 3>(c) : mixup_forward<kMaskOverP>(c);
     default: return kBadLayout;
   }
 }
@@ -505,7 +572,8 @@ int fastmix_cpu_mixup_backward(const FastmixMixupCall* call) {
   switch (weight_kind(c)) {
     case kPerSample: return mixup_backward<kPerSample>(c);
     case kMaskOverQ: return mixup_backward<kMaskOverQ>(c);
-    case kMaskOverP: return mixup_backward<kMaskOverP>(c);
+    case kMaskOverP:
+      return c.Q == 3 ? mixup_backward<kMaskOverP, 3>(c) : mixup_backward<kMaskOverP>(c);
     default: return kBadLayout;
   }
 }

@@ -217,6 +217,8 @@ def mixup_forward(x_forget, x_retain, weight, perm):
 
 
 def mixup_backward(grad, x_forget, x_retain, weight, perm, needs):
+    if x_forget.numel() == 0:  # zeros for the weight, perm checked by the forward
+        return torch_backend.mixup_backward(grad, x_forget, x_retain, weight, perm, needs)
     fmt = _mixup_layout(x_forget, weight)[0]
     grad_f = _new(x_forget.shape, fmt) if needs[0] else None
     grad_r = _new(x_retain.shape, fmt) if needs[1] else None

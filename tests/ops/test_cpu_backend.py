@@ -159,6 +159,31 @@ def test_sharpen_of_a_temperature_below_float_range_is_the_argmax():
     assert out[0].tolist() == [0.0, 0.5, 0.5, 0.0] and out[1].isnan().all()
 
 
+@pytest.mark.parametrize("shape", [(3, 0, 4, 5), (3, 2, 0, 5), (0, 2, 4, 5)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_mixup_of_empty_images(shape, channels_last):
+    B, C, H, W = shape
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x_f = torch.randn(shape).contiguous(memory_format=fmt)
+    x_r = torch.randn(B + 1, C, H, W).contiguous(memory_format=fmt)
+    perm = torch.arange(B)
+    for weight in (torch.rand(B, 1, H, W), torch.rand(B), torch.tensor(0.25)):
+        grads = []
+        for backend in ("cpu", "torch"):
+            leaves = [t.clone().requires_grad_() for t in (x_f, x_r, weight)]
+            out = fastmix.mixup(*leaves, perm, backend=backend)
+            assert out.shape == shape
+            grads.append(torch.autograd.grad(out, leaves, torch.ones_like(out)))
+        for a, b in zip(*grads):
+            assert a.shape == b.shape and torch.equal(a, b)
+    if B and H * W:  # a mask value outside [0, 1] is refused even with no channel to mix
+        bad = torch.rand(B, 1, H, W)
+        bad[-1, 0, -1, -1] = 2.0
+        _same_error_as_the_host(fastmix.mixup, x_f, x_r, bad, perm, name="weight")
+    if B:
+        _same_error_as_the_host(fastmix.mixup, x_f, x_r, 0.5, torch.full((B,), B + 1), name="perm")
+
+
 def test_mixup_forward_rounds_as_the_reference():
     # fp-contract off: the same float32 products and sum as PyTorch's, bit for bit
     gen = torch.Generator().manual_seed(0)
