@@ -103,19 +103,25 @@ void blocks(int64_t n, int nt, const Body& body) {
 
 // --- sharpen ---------------------------------------------------------------------------
 
+// The row's maximum; NaN when the row holds NaN or +-inf (the whole row is NaN then, as softmax's).
+template <class N>
+inline float row_max(const float* __restrict z, N C) {
+  float m = -INFINITY;
+  int nan = 0;
+#pragma omp simd reduction(max : m) reduction(| : nan)
+  for (N j = 0; j < C; ++j) {
+    m = z[j] > m ? z[j] : m;
+    nan |= z[j] != z[j];
+  }
+  return nan || std::isinf(m) ? NAN : m;
+}
+
 // One row of softmax((z - max z) * inv_T): the differences to the row's maximum never
 // overflow, z / T itself would for a tiny T. NaN in the row, or +-inf: the row is NaN.
 // Float lanes throughout (float64 lanes halve the vector): exp and its sum in one loop,
 // the sum in float over chunks of kChunk elements, the chunks added in float64.
 inline void sharpen_row(const float* __restrict z, float* __restrict o, int64_t C, float inv_T) {
-  float m = -INFINITY;
-  int nan = 0;
-#pragma omp simd reduction(max : m) reduction(| : nan)
-  for (int64_t j = 0; j < C; ++j) {
-    m = z[j] > m ? z[j] : m;
-    nan |= z[j] != z[j];
-  }
-  if (nan || std::isinf(m)) m = NAN;
+  const float m = row_max(z, C);
   double s = 0;
   for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
     const int64_t c1 = std::min(C, c0 + kChunk);
@@ -135,13 +141,7 @@ inline void sharpen_row(const float* __restrict z, float* __restrict o, int64_t 
 
 // A temperature so small that 1 / T is no finite float: the maximum gets everything.
 inline void sharpen_row_argmax(const float* z, float* o, int64_t C) {
-  float m = -INFINITY;
-  int nan = 0;
-  for (int64_t j = 0; j < C; ++j) {
-    m = z[j] > m ? z[j] : m;
-    nan |= z[j] != z[j];
-  }
-  if (nan || std::isinf(m)) m = NAN;
+  const float m = row_max(z, C);
   int64_t n = 0;
   for (int64_t j = 0; j < C; ++j) n += z[j] == m;
   for (int64_t j = 0; j < C; ++j) o[j] = m != m ? NAN : (z[j] == m ? 1.0f / float(n) : 0.0f);
@@ -156,14 +156,7 @@ inline void sharpen_row_small(const float* __restrict z, float* __restrict o, in
   float x[W];
 #pragma omp simd
   for (int j = 0; j < W; ++j) x[j] = j < C ? z[j] : -INFINITY;  // masked loads: nothing past the row is read
-  float m = -INFINITY;
-  int nan = 0;
-#pragma omp simd reduction(max : m) reduction(| : nan)
-  for (int j = 0; j < W; ++j) {
-    m = x[j] > m ? x[j] : m;
-    nan |= x[j] != x[j];
-  }
-  if (nan || std::isinf(m)) m = NAN;
+  const float m = row_max(x, W);
   float s = 0;
 #pragma omp simd reduction(+ : s)
   for (int j = 0; j < W; ++j) {
