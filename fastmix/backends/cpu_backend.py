@@ -182,14 +182,16 @@ def _mixup_checks(weight, perm, B, pool):
     return [("perm", "perm", perm, B, pool), ("unit_interval", "weight", weight)]
 
 
-def _mixup_call(name, grad, x_forget, x_retain, weight, perm, outs):
-    """Run mixup kernel ``name`` on float32 data laid out alike; ``outs`` = (out, grad_f,
-    grad_r, grad_w) as float32 tensors or None. Raises the op's error on a bad value."""
+def _mixup_call(name, grad, x_forget, x_retain, weight, perm, wants):
+    """Run mixup kernel ``name`` on float32 data laid out alike; ``wants``: which of (out,
+    grad_f, grad_r, grad_w) to make, returned as float32 tensors (None where not wanted).
+    Raises the op's error on a bad value."""
     fmt, P, Q, (wb, wp, wq) = _mixup_layout(x_forget, weight)
     xf, xr, w = _f32(x_forget, fmt), _f32(x_retain, fmt), _f32(weight)
     g = _f32(grad, fmt) if grad is not None else None
     if perm is not None and not perm.is_contiguous():
         perm = perm.contiguous()
+    outs = [_new_like(like) if want else None for like, want in zip((xf, xf, xr, w), wants)]  # xf, xr in fmt
     B, pool = xf.shape[0], xr.shape[0]
     code = _fn(name)(_MIXUP_CALL.pack(
         _ptr(g), xf.data_ptr(), xr.data_ptr(), w.data_ptr(), _ptr(perm), *map(_ptr, outs),
@@ -197,12 +199,7 @@ def _mixup_call(name, grad, x_forget, x_retain, weight, perm, outs):
     ))
     if code:
         _raise_flagged(code, _mixup_checks(weight, perm, B, pool), N=pool, C=0)
-
-
-def _new(shape, memory_format=torch.contiguous_format) -> torch.Tensor:
-    """A float32 output for a kernel to fill."""
-    out = torch.empty(shape, dtype=_F32, memory_format=memory_format)
-    return out.fill_(float("nan")) if POISON_OUTPUTS else out
+    return outs
 
 
 def mixup_forward(x_forget, x_retain, weight, perm):
@@ -210,20 +207,15 @@ def mixup_forward(x_forget, x_retain, weight, perm):
     pass that reads them: the ops leave those value checks to this backend
     (``Kernels.checks_values``)."""
     if weight.dtype == torch.float64:  # checked as the op would: float32 could round a value into [0, 1]
-        _host_checks(_mixup_checks(weight, None, 0, 0)[1:], None)
-    out = _new(x_forget.shape, _mixup_layout(x_forget, weight)[0])
-    _mixup_call("mixup_forward", None, x_forget, x_retain, weight, perm, (out, None, None, None))
+        _host_checks([("unit_interval", "weight", weight)], None)
+    out = _mixup_call("mixup_forward", None, x_forget, x_retain, weight, perm, (True, False, False, False))[0]
     return _as(out, x_forget.dtype)
 
 
 def mixup_backward(grad, x_forget, x_retain, weight, perm, needs):
     if x_forget.numel() == 0:  # zeros for the weight, perm checked by the forward
         return torch_backend.mixup_backward(grad, x_forget, x_retain, weight, perm, needs)
-    fmt = _mixup_layout(x_forget, weight)[0]
-    grad_f = _new(x_forget.shape, fmt) if needs[0] else None
-    grad_r = _new(x_retain.shape, fmt) if needs[1] else None
-    grad_w = _new(weight.shape) if needs[2] else None
-    _mixup_call("mixup_backward", grad, x_forget, x_retain, weight, perm, (None, grad_f, grad_r, grad_w))
+    _, grad_f, grad_r, grad_w = _mixup_call("mixup_backward", grad, x_forget, x_retain, weight, perm, (False, *needs))
     return (
         _as(grad_f, x_forget.dtype) if grad_f is not None else x_forget.new_empty(0),
         _as(grad_r, x_retain.dtype) if grad_r is not None else x_retain.new_empty(0),
