@@ -6,9 +6,10 @@ built when nvcc is found; a machine without nvcc gets the package without them
 (the Triton and PyTorch backends still work, and ``fastmix info`` says why ``cuda`` is
 not usable).
 
-The C++ CPU kernels in csrc/cpu/ become ``fastmix/backends/libfastmix_cpu.so`` (the opt-in
-``cpu`` backend, loaded with ctypes too), built when a C++ compiler is found; without one,
-or when the build fails, the package installs without them.
+The C++ CPU kernels in csrc/cpu/ become ``fastmix/backends/libfastmix_cpu.so`` (the ``cpu``
+backend, the default on CPU tensors, loaded with ctypes too), built when a C++ compiler is
+found; without one, or when the build fails, the package installs without them (and the
+``torch`` backend is the CPU default).
 
 Environment:
   FASTMIX_CPU=0         never build the C++ CPU kernels

@@ -93,22 +93,20 @@ def forward_backward_us(make_loss, inputs, n: int, grad_output=None) -> tuple[fl
 def cpu_loss_rows(logits, targets, lam, perm, n: int) -> list:
     """The cpu backend's loss forward with gradients: wrapper + ctypes + kernel, and the
     kernel alone (its struct built once)."""
-    import ctypes
-
     from fastmix.backends import cpu_backend
 
     z = [t.detach() for t in logits]
     wrapper = per_call_us(lambda: cpu_backend.loss_forward(*z, *targets, lam, perm, 10.0, 10.0, 1.0, "sum", True), n)
     loss, grads = torch.empty(()), [torch.empty_like(t) for t in z]
     labels = targets[0].dtype == torch.int64
-    q = [None, None] if labels else [t.data_ptr() for t in targets]
-    y = [t.data_ptr() for t in targets] if labels else [None, None]
+    q = [0, 0] if labels else [t.data_ptr() for t in targets]
+    y = [t.data_ptr() for t in targets] if labels else [0, 0]
     B, C = z[0].shape
-    call = cpu_backend._LossCall(*[t.data_ptr() for t in z], *q, *y, lam.data_ptr(), perm.data_ptr(),
-                                 loss.data_ptr(), *[g.data_ptr() for g in grads], 1, B, B, C, 10.0, 10.0, 1.0, 0, 1,
-                                 1)
-    fn, address = cpu_backend._lib().fastmix_cpu_loss_forward, ctypes.addressof(call)
-    kernel = per_call_us(lambda: fn(address), n)
+    call = cpu_backend._LOSS_CALL.pack(*[t.data_ptr() for t in z], *q, *y, lam.data_ptr(), perm.data_ptr(),
+                                       loss.data_ptr(), *[g.data_ptr() for g in grads], 1, B, B, C, 10.0, 10.0, 1.0,
+                                       0, 1, 1)
+    fn = cpu_backend._fn("loss_forward")
+    kernel = per_call_us(lambda: fn(call), n)
     return [("  cpu_backend.loss_forward (wrapper)", wrapper, None), ("  its C kernel alone (ctypes)", kernel, None)]
 
 

@@ -8,7 +8,7 @@ The layers, each a subpackage that imports only from those above it:
 
 * ``ops``: the public ops, declared once with ``torch.library``, their checks and
   ``MixUnlearnLoss``;
-* ``backends``: the kernels of each op (``torch``, ``triton``, ``cuda``), each
+* ``backends``: the kernels of each op (``torch``, ``triton``, ``cuda``, ``cpu``), each
   registered by its own module;
 * ``mixunlearn``: the method (:class:`MixUnlearn`), its settings, steps and loops;
 * ``harness``: data, splits, the original and retrained models, the methods

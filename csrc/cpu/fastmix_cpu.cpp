@@ -19,6 +19,9 @@ namespace {
 
 constexpr double kEps = 1e-8;  // the clamp of d(p, q) = 1 - <p, q> / max(|p| |q|, eps)
 constexpr int64_t kParallelElements = 1 << 15;  // below this a parallel region costs more than it saves
+// Row sums run in float lanes over chunks of this many elements, the chunks add up in
+// float64: float64 lanes would halve the vector width of the loop that reads the data.
+constexpr int64_t kChunk = 256;
 
 int threads_for(int64_t elements, int nthreads) { return elements >= kParallelElements ? nthreads : 1; }
 
@@ -56,152 +59,9 @@ inline float exp_nonpositive(float x) {
   return x < -87.33654f ? 0.0f : e;
 }
 
-}  // namespace
-
-extern "C" {
-
-int fastmix_cpu_version() { return 2; }  // cpu_backend.ABI_VERSION
-
-// out = softmax(z / T) row by row (rows of C), as exp((z - max z) / T) / sum: z / T itself
-// would overflow for a tiny T, the differences to the row's maximum never do
-int fastmix_cpu_sharpen_forward(const float* z, float* out, int64_t rows, int64_t C, double T, int nthreads) {
-  const double inv_T = 1.0 / T;  // inf for a denormal T: then (z - m) * inv_T is -inf or NaN at 0
-  const bool finite_inv = std::isfinite(inv_T);
-#pragma omp parallel for num_threads(threads_for(rows * C, nthreads)) schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* zr = z + r * C;
-    float* o = out + r * C;
-    float m = -INFINITY;
-    int nan = 0;
-    for (int64_t j = 0; j < C; ++j) m = zr[j] > m ? zr[j] : m;
-#pragma omp simd reduction(| : nan)
-    for (int64_t j = 0; j < C; ++j) nan |= zr[j] != zr[j];
-    if (nan || std::isinf(m)) m = NAN;  // NaN in, or +-inf: the row is NaN, as softmax's
-    if (finite_inv) {
-#pragma omp simd
-      for (int64_t j = 0; j < C; ++j) o[j] = exp_nonpositive(float((zr[j] - m) * inv_T));
-    } else {
-      for (int64_t j = 0; j < C; ++j) o[j] = zr[j] == m ? 1.0f : (m != m ? NAN : 0.0f);
-    }
-    double s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < C; ++j) s += o[j];
-    const float inv = float(1.0 / s);
-    for (int64_t j = 0; j < C; ++j) o[j] *= inv;
-  }
-  return 0;
-}
-
-// out = y * (g - <g, y>) / T
-int fastmix_cpu_sharpen_backward(const float* g, const float* y, float* out, int64_t rows, int64_t C, double T,
-                                 int nthreads) {
-#pragma omp parallel for num_threads(threads_for(rows * C, nthreads)) schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* gr = g + r * C;
-    const float* yr = y + r * C;
-    double dot = 0;
-    for (int64_t j = 0; j < C; ++j) dot += double(gr[j]) * yr[j];
-    float d = float(dot);
-    for (int64_t j = 0; j < C; ++j) out[r * C + j] = float(double(yr[j] * (gr[j] - d)) / T);
-  }
-  return 0;
-}
-
-// x viewed as (B, P, Q) in memory; the weight of element (b, p, q) is w[b*wsb + p*wsp + q*wsq]
-// (all 0: one lambda; wsb 1: one per sample; a mask: its strides against x's layout).
-// out = m * x_f + (1 - m) * x_r[perm[b]]
-int fastmix_cpu_mixup_forward(const float* xf, const float* xr, const float* w, const int64_t* perm, float* out,
-                              int64_t B, int64_t P, int64_t Q, int64_t wsb, int64_t wsp, int64_t wsq, int nthreads) {
-  const int64_t row = P * Q;
-#pragma omp parallel for num_threads(threads_for(B * row, nthreads)) schedule(static)
-  for (int64_t b = 0; b < B; ++b) {
-    const float* f = xf + b * row;
-    const float* r = xr + (perm ? perm[b] : b) * row;
-    float* o = out + b * row;
-    const float* wb = w + b * wsb;
-    for (int64_t p = 0; p < P; ++p) {
-      const float* wp = wb + p * wsp;
-      for (int64_t q = 0; q < Q; ++q) {
-        const int64_t i = p * Q + q;
-        const float m = wp[q * wsq];
-        const float a = m * f[i];
-        const float c = (1.0f - m) * r[i];
-        o[i] = a + c;
-      }
-    }
-  }
-  return 0;
-}
-
-// The gradients of mixup in one pass over g: to x_f (m * g), to x_r (summed over repeated
-// perm rows; written serially in b so that repeats add up in order) and to the weight
-// (summed over what it broadcasts over, float64 accumulators). A null output is not wanted.
-// gw has the weight's shape; n_w its element count.
-int fastmix_cpu_mixup_backward(const float* g, const float* xf, const float* xr, const float* w, const int64_t* perm,
-                               float* gf, float* gr, float* gw, int64_t B, int64_t P, int64_t Q, int64_t pool,
-                               int64_t wsb, int64_t wsp, int64_t wsq, int64_t n_w, int nthreads) {
-  const int64_t row = P * Q;
-  const int nt = threads_for(B * row, nthreads);
-  if (gf) {
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t p = 0; p < P; ++p)
-        for (int64_t q = 0; q < Q; ++q) {
-          const int64_t i = b * row + p * Q + q;
-          gf[i] = w[b * wsb + p * wsp + q * wsq] * g[i];
-        }
-  }
-  if (gr) {
-    if (perm) {
-#pragma omp parallel for num_threads(nt) schedule(static)
-      for (int64_t i = 0; i < pool * row; ++i) gr[i] = 0.0f;
-    }
-    // parallel over the elements of a row, serial over b: repeated rows add in order
-#pragma omp parallel num_threads(nt)
-    for (int64_t b = 0; b < B; ++b) {
-      float* dst = gr + (perm ? perm[b] : b) * row;
-#pragma omp for schedule(static)
-      for (int64_t i = 0; i < row; ++i) {
-        const float m = w[b * wsb + (i / Q) * wsp + (i % Q) * wsq];
-        const float v = (1.0f - m) * g[b * row + i];
-        dst[i] = perm ? dst[i] + v : v;
-      }
-    }
-  }
-  if (gw) {
-    if (wsb == 0) {  // one lambda for the batch: a single sum
-      double acc = 0;
-#pragma omp parallel for num_threads(nt) reduction(+ : acc) schedule(static)
-      for (int64_t b = 0; b < B; ++b) {
-        const float* r = xr + (perm ? perm[b] : b) * row;
-        for (int64_t i = 0; i < row; ++i) acc += double(g[b * row + i]) * (double(xf[b * row + i]) - r[i]);
-      }
-      gw[0] = float(acc);
-    } else {  // each b owns the weight entries b * wsb ... of its sample
-      const int64_t per_b = n_w / B;
-#pragma omp parallel num_threads(nt)
-      {
-        std::vector<double> acc(per_b);
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < B; ++b) {
-          std::fill(acc.begin(), acc.end(), 0.0);
-          const float* r = xr + (perm ? perm[b] : b) * row;
-          for (int64_t p = 0; p < P; ++p)
-            for (int64_t q = 0; q < Q; ++q) {
-              const int64_t i = b * row + p * Q + q;
-              const float diff = xf[i] - r[p * Q + q];
-              acc[p * wsp + q * wsq] += double(g[i] * diff);
-            }
-          for (int64_t k = 0; k < per_b; ++k) gw[b * wsb + k] = float(acc[k]);
-        }
-      }
-    }
-  }
-  return 0;
-}
-
-// Error codes of the loss: which argument holds a bad value (see cpu_backend.py).
-enum LossError {
+// Error codes: which argument holds a bad value (cpu_backend.py words the error). Every
+// kernel checks the values that decide where it reads (labels, perm) before it reads.
+enum Error {
   kOk = 0,
   kForgetLabel = 1,
   kRetainLabel = 2,
@@ -209,7 +69,507 @@ enum LossError {
   kLam = 4,
   kForgetProb = 5,
   kRetainProb = 6,
+  kWeight = 7,      // a mixup weight outside [0, 1] or NaN
+  kBadLayout = -1,  // arguments no caller of this library passes
 };
+
+inline bool in_unit(float v) { return v >= 0.0f && v <= 1.0f; }  // false for NaN
+
+inline bool perm_ok(const int64_t* perm, int64_t B, int64_t pool) {
+  if (perm)
+    for (int64_t b = 0; b < B; ++b)
+      if (perm[b] < 0 || perm[b] >= pool) return false;
+  return true;
+}
+
+// Run body(lo, hi) over [0, n) split into one block per thread, or directly with one
+// thread: a parallel region costs about a microsecond even with a team of one.
+template <class Body>
+void blocks(int64_t n, int nt, const Body& body) {
+  if (nt <= 1 || n <= 1) {
+    body(int64_t(0), n);
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    int t = 0, T = 1;
+#ifdef _OPENMP
+    t = omp_get_thread_num();
+    T = omp_get_num_threads();
+#endif
+    body(n * t / T, n * (t + 1) / T);
+  }
+}
+
+// --- sharpen ---------------------------------------------------------------------------
+
+// The row's maximum; NaN when the row holds NaN or +-inf (the whole row is NaN then, as softmax's).
+template <class N>
+inline float row_max(const float* __restrict z, N C) {
+  float m = -INFINITY;
+  int nan = 0;
+#pragma omp simd reduction(max : m) reduction(| : nan)
+  for (N j = 0; j < C; ++j) {
+    m = z[j] > m ? z[j] : m;
+    nan |= z[j] != z[j];
+  }
+  return nan || std::isinf(m) ? NAN : m;
+}
+
+// One row of softmax((z - max z) * inv_T): the differences to the row's maximum never
+// overflow, z / T itself would for a tiny T. NaN in the row, or +-inf: the row is NaN.
+// Float lanes throughout (float64 lanes halve the vector): exp and its sum in one loop,
+// the sum in float over chunks of kChunk elements, the chunks added in float64.
+inline void sharpen_row(const float* __restrict z, float* __restrict o, int64_t C, float inv_T) {
+  const float m = row_max(z, C);
+  double s = 0;
+  for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
+    const int64_t c1 = std::min(C, c0 + kChunk);
+    float fs = 0;
+#pragma omp simd reduction(+ : fs)
+    for (int64_t j = c0; j < c1; ++j) {
+      const float e = exp_nonpositive((z[j] - m) * inv_T);
+      o[j] = e;
+      fs += e;
+    }
+    s += fs;
+  }
+  const float inv = float(1.0 / s);
+#pragma omp simd
+  for (int64_t j = 0; j < C; ++j) o[j] *= inv;
+}
+
+// A temperature so small that 1 / T is no finite float: the maximum gets everything.
+inline void sharpen_row_argmax(const float* z, float* o, int64_t C) {
+  const float m = row_max(z, C);
+  int64_t n = 0;
+  for (int64_t j = 0; j < C; ++j) n += z[j] == m;
+  for (int64_t j = 0; j < C; ++j) o[j] = m != m ? NAN : (z[j] == m ? 1.0f / float(n) : 0.0f);
+}
+
+// The same for C <= W in registers: the row padded with -inf to W lanes (exp gives 0
+// there), every loop of fixed length, so a short row costs no loop tails; the scaled
+// differences and the sum in float (a float64 lane halves the vector: a third of the time
+// at C = 10; the sum of at most W terms loses nothing measurable).
+template <int W>
+inline void sharpen_row_small(const float* __restrict z, float* __restrict o, int64_t C, float inv_T) {
+  float x[W];
+#pragma omp simd
+  for (int j = 0; j < W; ++j) x[j] = j < C ? z[j] : -INFINITY;  // masked loads: nothing past the row is read
+  const float m = row_max(x, W);
+  float s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int j = 0; j < W; ++j) {
+    x[j] = exp_nonpositive((x[j] - m) * inv_T);
+    s += x[j];
+  }
+  const float inv = 1.0f / s;
+#pragma omp simd
+  for (int64_t j = 0; j < C; ++j) o[j] = x[j] * inv;
+}
+
+
+// Rows of C <= kSmallC classes, kRowLanes rows at a time transposed (a lane per row): the
+// maximum and the sum are lane-wise, no horizontal reduction per row, and no lane is
+// padding. Half the time of sharpen_row_small at C = 10. The rows left over go one by one.
+constexpr int kRowLanes = 8;
+constexpr int64_t kSmallC = 16;
+
+inline void sharpen_rows_small(const float* __restrict z, float* __restrict o, int64_t rows, int64_t C,
+                               float inv_T) {
+  int64_t r0 = 0;
+  float x[kSmallC][kRowLanes];
+  for (; r0 + kRowLanes <= rows; r0 += kRowLanes) {
+    const float* zb = z + r0 * C;
+    for (int64_t j = 0; j < C; ++j)
+#pragma omp simd
+      for (int l = 0; l < kRowLanes; ++l) x[j][l] = zb[l * C + j];
+    float m[kRowLanes], s[kRowLanes];
+    int nan[kRowLanes];
+#pragma omp simd
+    for (int l = 0; l < kRowLanes; ++l) {
+      m[l] = -INFINITY;
+      s[l] = 0;
+      nan[l] = 0;
+    }
+    for (int64_t j = 0; j < C; ++j)
+#pragma omp simd
+      for (int l = 0; l < kRowLanes; ++l) {
+        m[l] = x[j][l] > m[l] ? x[j][l] : m[l];
+        nan[l] |= x[j][l] != x[j][l];
+      }
+#pragma omp simd
+    for (int l = 0; l < kRowLanes; ++l) m[l] = nan[l] || std::isinf(m[l]) ? NAN : m[l];
+    for (int64_t j = 0; j < C; ++j)
+#pragma omp simd
+      for (int l = 0; l < kRowLanes; ++l) {
+        x[j][l] = exp_nonpositive((x[j][l] - m[l]) * inv_T);
+        s[l] += x[j][l];
+      }
+#pragma omp simd
+    for (int l = 0; l < kRowLanes; ++l) s[l] = 1.0f / s[l];
+    float* ob = o + r0 * C;
+    for (int64_t j = 0; j < C; ++j)
+#pragma omp simd
+      for (int l = 0; l < kRowLanes; ++l) ob[l * C + j] = x[j][l] * s[l];
+  }
+  for (int64_t r = r0; r < rows; ++r) {
+    if (C <= 8)
+      sharpen_row_small<8>(z + r * C, o + r * C, C, inv_T);
+    else
+      sharpen_row_small<16>(z + r * C, o + r * C, C, inv_T);
+  }
+}
+
+// --- mixup -----------------------------------------------------------------------------
+
+// Where the weight of element (b, p, q) of x viewed as (B, P, Q) in memory sits: one per
+// sample (one lambda for the batch: the sample stride 0), a mask over q (contiguous images,
+// q the pixel, p the channel), or a mask over p (channels_last images, q the channel).
+enum WeightKind { kPerSample, kMaskOverQ, kMaskOverP };
+
+// QC > 0: Q fixed at compile time (the channels of channels_last images under a mask over p):
+// a loop of 3 iterations whose count is only known at run time cost 3x a fixed one.
+template <int QC>
+inline int64_t fixed(int64_t Q) {
+  return QC > 0 ? QC : Q;
+}
+
+// One row of x: out = m * x_f + (1 - m) * x_r, rounded as PyTorch's (no fused multiply-add).
+// CHECK: flag a weight outside [0, 1] on the way (the mask's first visit to each entry).
+constexpr int64_t kPixels = 512;  // pixels of a mask over p expanded at a time (kPixels * QC floats)
+
+// Pixels [p0, p0 + n) of a mask over p, each repeated over the QC channels into me; returns
+// whether one lies outside [0, 1] (CHECK).
+template <int QC, bool CHECK>
+inline int expand_pixels(const float* __restrict w, int64_t p0, int64_t n, float* __restrict me) {
+  int bad = 0;
+  for (int64_t p = 0; p < n; ++p) {
+    const float m = w[p0 + p];
+    if (CHECK) bad |= !in_unit(m);
+    for (int q = 0; q < QC; ++q) me[p * QC + q] = m;
+  }
+  return bad;
+}
+
+template <int KIND, bool CHECK, int QC>
+inline int mix_rows(const float* __restrict f, const float* __restrict r, const float* __restrict w,
+                    float* __restrict o, int64_t P, int64_t Q_) {
+  const int64_t Q = fixed<QC>(Q_);
+  int bad = 0;
+  if constexpr (KIND == kMaskOverP && QC > 0) {  // one flat loop over a chunk with the mask expanded
+    float me[kPixels * QC];
+    for (int64_t p0 = 0; p0 < P; p0 += kPixels) {
+      const int64_t n = std::min(kPixels, P - p0), i0 = p0 * QC;
+      bad |= expand_pixels<QC, CHECK>(w, p0, n, me);
+#pragma omp simd
+      for (int64_t i = 0; i < n * QC; ++i) o[i0 + i] = me[i] * f[i0 + i] + (1.0f - me[i]) * r[i0 + i];
+    }
+    return bad;
+  }
+  for (int64_t p = 0; p < P; ++p) {
+    const float* fp = f + p * Q;
+    const float* rp = r + p * Q;
+    float* op = o + p * Q;
+    if constexpr (KIND == kMaskOverQ) {
+      if (CHECK && p == 0) {
+#pragma omp simd reduction(| : bad)
+        for (int64_t q = 0; q < Q; ++q) {
+          const float m = w[q];
+          bad |= !in_unit(m);
+          op[q] = m * fp[q] + (1.0f - m) * rp[q];
+        }
+      } else {
+#pragma omp simd
+        for (int64_t q = 0; q < Q; ++q) op[q] = w[q] * fp[q] + (1.0f - w[q]) * rp[q];
+      }
+    } else {
+      const float m = KIND == kPerSample ? w[0] : w[p];
+      if (CHECK && KIND == kMaskOverP) bad |= !in_unit(m);
+#pragma omp simd
+      for (int64_t q = 0; q < Q; ++q) op[q] = m * fp[q] + (1.0f - m) * rp[q];
+    }
+  }
+  return bad;
+}
+
+template <int KIND>
+inline float weight_at(const float* wb, int64_t p, int64_t q) {
+  return KIND == kPerSample ? wb[0] : (KIND == kMaskOverQ ? wb[q] : wb[p]);
+}
+
+}  // namespace
+
+extern "C" {
+
+int fastmix_cpu_version() { return 3; }  // cpu_backend.ABI_VERSION
+
+// Every entry point takes one struct of its arguments (cpu_backend.py packs it with the
+// struct module: ctypes converting each argument cost about 0.25 us, a visible part of a
+// small call); all fields are 8 bytes wide, in the order cpu_backend's format lists them.
+
+// sharpen forward: out = softmax(x / T) row by row (rows of C). Backward: out = y * (x - <x, y>) / T
+// with x the gradient and y the forward's output.
+struct FastmixSharpenCall {
+  const float *x, *y;
+  float* out;
+  int64_t rows, C, nthreads;
+  double T;
+};
+
+int fastmix_cpu_sharpen_forward(const FastmixSharpenCall* call) {
+  const FastmixSharpenCall c = *call;
+  const float inv_T = float(1.0 / c.T);  // inf for a T below about 3e-39
+  const bool finite = std::isfinite(inv_T);
+  const int64_t C = c.C;
+  blocks(c.rows, threads_for(c.rows * C, int(c.nthreads)), [&](int64_t lo, int64_t hi) {
+    if (finite && C <= kSmallC) {
+      sharpen_rows_small(c.x + lo * C, c.out + lo * C, hi - lo, C, inv_T);
+      return;
+    }
+    for (int64_t r = lo; r < hi; ++r) {
+      const float* z = c.x + r * C;
+      float* o = c.out + r * C;
+      if (finite)
+        sharpen_row(z, o, C, inv_T);
+      else
+        sharpen_row_argmax(z, o, C);
+    }
+  });
+  return kOk;
+}
+
+int fastmix_cpu_sharpen_backward(const FastmixSharpenCall* call) {
+  const FastmixSharpenCall c = *call;
+  const int64_t C = c.C;
+  blocks(c.rows, threads_for(c.rows * C, int(c.nthreads)), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const float* __restrict g = c.x + r * C;
+      const float* __restrict y = c.y + r * C;
+      float* __restrict o = c.out + r * C;
+      double dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t j = 0; j < C; ++j) dot += double(g[j]) * y[j];
+      const float d = float(dot);
+#pragma omp simd
+      for (int64_t j = 0; j < C; ++j) o[j] = float(double(y[j] * (g[j] - d)) / c.T);
+    }
+  });
+  return kOk;
+}
+
+// mixup: x viewed as (B, P, Q) in memory, x_r a pool of `pool` such rows; the weight of
+// element (b, p, q) is w[b*wsb + p*wsp + q*wsq] (wsp = wsq = 0: one per sample, wsb 0 for
+// one lambda; a mask: (wsp, wsq) = (0, 1) or (1, 0)). Forward: out = m * x_f + (1 - m) *
+// x_r[perm[b]]. Backward: the gradients to x_f (m g), x_r (summed over repeated perm
+// rows, in order of b) and the weight (summed over what it broadcasts over, in float64);
+// a null output is not wanted; x must hold elements (cpu_backend leaves empty x to the reference). Both check perm first (nothing is read out of bounds);
+// the forward checks the weight too, in the pass that reads it.
+struct FastmixMixupCall {
+  const float *g, *xf, *xr, *w;
+  const int64_t* perm;
+  float *out, *gf, *gr, *gw;
+  int64_t B, P, Q, pool, wsb, wsp, wsq, nthreads;
+};
+
+}  // extern "C"
+
+namespace {
+
+template <int KIND, int QC = 0>
+int mixup_forward(const FastmixMixupCall& c) {
+  const int64_t B = c.B, P = c.P, Q = fixed<QC>(c.Q), row = P * Q;
+  if (!perm_ok(c.perm, B, c.pool)) return kPerm;
+  if (KIND == kPerSample)  // B entries at most: checked before the pass
+    for (int64_t b = 0; b < (c.wsb ? B : std::min<int64_t>(B, 1)); ++b)
+      if (!in_unit(c.w[b * c.wsb])) return kWeight;
+  if (KIND == kMaskOverQ && P == 0)  // no channel: the pass would not read the mask
+    for (int64_t i = 0; i < B * Q; ++i)
+      if (!in_unit(c.w[i])) return kWeight;
+  int bad = 0;
+  blocks(B, threads_for(B * row, int(c.nthreads)), [&](int64_t lo, int64_t hi) {
+    int bad_t = 0;
+    for (int64_t b = lo; b < hi; ++b) {
+      const float* r = c.xr + (c.perm ? c.perm[b] : b) * row;
+      bad_t |= mix_rows<KIND, KIND != kPerSample, QC>(c.xf + b * row, r, c.w + b * c.wsb, c.out + b * row, P, Q);
+    }
+    if (bad_t) {
+#pragma omp atomic write
+      bad = 1;
+    }
+  });
+  return bad ? kWeight : kOk;
+}
+
+// the gradient to x_r: parallel over the elements of a row, serial over b, so that the
+// rows of repeated perm entries add up in order of b
+template <int KIND, int QC>
+void mixup_grad_retain(const FastmixMixupCall& c, int nt) {
+  const int64_t B = c.B, P = c.P, Q = fixed<QC>(c.Q), row = P * Q;
+  if (row == 0) return;
+  if (c.perm) std::fill(c.gr, c.gr + c.pool * row, 0.0f);
+  blocks(row, nt, [&](int64_t lo, int64_t hi) {
+    for (int64_t b = 0; b < B; ++b) {
+      float* __restrict dst = c.gr + (c.perm ? c.perm[b] : b) * row;
+      const float* __restrict g = c.g + b * row;
+      const float* wb = c.w + b * c.wsb;
+      for (int64_t p = lo / Q; p * Q < hi; ++p) {
+        float* dp = dst + p * Q;
+        const float* gp = g + p * Q;
+        if (p * Q >= lo && (p + 1) * Q <= hi) {  // a whole row of Q: the loop of fixed length
+          if (c.perm) {
+#pragma omp simd
+            for (int64_t q = 0; q < Q; ++q) dp[q] += (1.0f - weight_at<KIND>(wb, p, q)) * gp[q];
+          } else {
+#pragma omp simd
+            for (int64_t q = 0; q < Q; ++q) dp[q] = (1.0f - weight_at<KIND>(wb, p, q)) * gp[q];
+          }
+          continue;
+        }
+        const int64_t q0 = std::max(lo - p * Q, int64_t(0)), q1 = std::min(hi - p * Q, Q);
+        for (int64_t q = q0; q < q1; ++q) {
+          const float v = (1.0f - weight_at<KIND>(wb, p, q)) * gp[q];
+          dp[q] = c.perm ? dp[q] + v : v;
+        }
+      }
+    }
+  });
+}
+
+// the weight's gradient of sample b: sum of g * (x_f - x_r) over what the weight broadcasts
+// over, in float64; acc holds Q doubles (a mask over q summed over p)
+template <int KIND, int QC>
+void mixup_grad_weight_row(const FastmixMixupCall& c, int64_t b, double* acc) {
+  const int64_t P = c.P, Q = fixed<QC>(c.Q), row = P * Q;
+  const float* __restrict g = c.g + b * row;
+  const float* __restrict f = c.xf + b * row;
+  const float* __restrict r = c.xr + (c.perm ? c.perm[b] : b) * row;
+  float* __restrict gw = c.gw + b * c.wsb;
+  if constexpr (KIND == kPerSample) {
+    double s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < row; ++i) s += double(g[i] * (f[i] - r[i]));
+    if (c.wsb) gw[0] = float(s);
+    else acc[0] += s;  // one lambda for the batch: summed over b by the caller
+  } else if constexpr (KIND == kMaskOverQ) {
+    if (P == 1) {  // one channel: nothing to sum
+#pragma omp simd
+      for (int64_t q = 0; q < Q; ++q) gw[q] = g[q] * (f[q] - r[q]);
+      return;
+    }
+#pragma omp simd
+    for (int64_t q = 0; q < Q; ++q) acc[q] = double(g[q] * (f[q] - r[q]));
+    for (int64_t p = 1; p < P; ++p) {
+      const int64_t o = p * Q;
+#pragma omp simd
+      for (int64_t q = 0; q < Q; ++q) acc[q] += double(g[o + q] * (f[o + q] - r[o + q]));
+    }
+#pragma omp simd
+    for (int64_t q = 0; q < Q; ++q) gw[q] = float(acc[q]);
+  } else if constexpr (QC > 0) {  // the products in one flat loop, then each pixel's QC of them
+    float prod[kPixels * QC];
+    for (int64_t p0 = 0; p0 < P; p0 += kPixels) {
+      const int64_t n = std::min(kPixels, P - p0), i0 = p0 * QC;
+#pragma omp simd
+      for (int64_t i = 0; i < n * QC; ++i) prod[i] = g[i0 + i] * (f[i0 + i] - r[i0 + i]);
+      for (int64_t p = 0; p < n; ++p) {
+        double s = 0;
+        for (int q = 0; q < QC; ++q) s += double(prod[p * QC + q]);
+        gw[p0 + p] = float(s);
+      }
+    }
+  } else {
+    for (int64_t p = 0; p < P; ++p) {
+      double s = 0;
+      for (int64_t q = 0; q < Q; ++q) s += double(g[p * Q + q] * (f[p * Q + q] - r[p * Q + q]));
+      gw[p] = float(s);
+    }
+  }
+}
+
+template <int KIND, int QC = 0>
+int mixup_backward(const FastmixMixupCall& c) {
+  const int64_t B = c.B, P = c.P, Q = fixed<QC>(c.Q), row = P * Q;
+  if (!perm_ok(c.perm, B, c.pool)) return kPerm;
+  const int nt = threads_for(B * row, int(c.nthreads));
+  if (c.gf) {
+    blocks(B, nt, [&](int64_t lo, int64_t hi) {
+      for (int64_t b = lo; b < hi; ++b) {
+        const float* wb = c.w + b * c.wsb;
+        if constexpr (KIND == kMaskOverP && QC > 0) {
+          float me[kPixels * QC];
+          for (int64_t p0 = 0; p0 < P; p0 += kPixels) {
+            const int64_t n = std::min(kPixels, P - p0), i0 = b * row + p0 * QC;
+            expand_pixels<QC, false>(wb, p0, n, me);
+#pragma omp simd
+            for (int64_t i = 0; i < n * QC; ++i) c.gf[i0 + i] = me[i] * c.g[i0 + i];
+          }
+          continue;
+        }
+        for (int64_t p = 0; p < P; ++p) {
+          const float* __restrict g = c.g + b * row + p * Q;
+          float* __restrict o = c.gf + b * row + p * Q;
+#pragma omp simd
+          for (int64_t q = 0; q < Q; ++q) o[q] = weight_at<KIND>(wb, p, q) * g[q];
+        }
+      }
+    });
+  }
+  if (c.gr) mixup_grad_retain<KIND, QC>(c, nt);
+  if (c.gw) {
+    const bool one_lambda = KIND == kPerSample && c.wsb == 0;
+    std::vector<double> total(nt, 0.0);  // one lambda: each block's sum, added in block order
+    blocks(B, nt, [&](int64_t lo, int64_t hi) {
+      std::vector<double> acc(KIND == kMaskOverQ ? Q : 1);
+      int t = 0;
+#ifdef _OPENMP
+      t = nt > 1 ? omp_get_thread_num() : 0;
+#endif
+      for (int64_t b = lo; b < hi; ++b) mixup_grad_weight_row<KIND, QC>(c, b, acc.data());
+      if (one_lambda) total[t] = acc[0];
+    });
+    if (one_lambda) {
+      double s = 0;
+      for (double v : total) s += v;
+      c.gw[0] = float(s);
+    }
+  }
+  return kOk;
+}
+
+// the weight kind of (wsp, wsq), or -1
+int weight_kind(const FastmixMixupCall& c) {
+  if (c.wsp == 0 && c.wsq == 0) return kPerSample;
+  if (c.wsp == 0 && c.wsq == 1) return kMaskOverQ;
+  if (c.wsp == 1 && c.wsq == 0) return kMaskOverP;
+  return -1;
+}
+
+}  // namespace
+
+extern "C" {
+
+int fastmix_cpu_mixup_forward(const FastmixMixupCall* call) {
+  const FastmixMixupCall c = *call;
+  switch (weight_kind(c)) {
+    case kPerSample: return mixup_forward<kPerSample>(c);
+    case kMaskOverQ: return mixup_forward<kMaskOverQ>(c);
+    case kMaskOverP:  // channels_last images: RGB fixed at compile time
+      return c.Q == 3 ? mixup_forward<kMaskOverP, 3>(c) : mixup_forward<kMaskOverP>(c);
+    default: return kBadLayout;
+  }
+}
+
+int fastmix_cpu_mixup_backward(const FastmixMixupCall* call) {
+  const FastmixMixupCall c = *call;
+  switch (weight_kind(c)) {
+    case kPerSample: return mixup_backward<kPerSample>(c);
+    case kMaskOverQ: return mixup_backward<kMaskOverQ>(c);
+    case kMaskOverP:
+      return c.Q == 3 ? mixup_backward<kMaskOverP, 3>(c) : mixup_backward<kMaskOverP>(c);
+    default: return kBadLayout;
+  }
+}
 
 }  // extern "C"
 
@@ -247,9 +607,6 @@ struct Targets {
   int64_t y[2];
 };
 
-// Row sums run in float lanes over chunks of this many elements, the chunks add up in
-// float64: float64 lanes would halve the vector width of the loop that reads the data.
-constexpr int64_t kChunk = 256;
 
 // One read of the row: its maximum, then e = exp(z - m) with the sums of e, e^2, e q_t in
 // one loop (KEEP_E: e kept in e_out). A target row that another row shares is checked and
@@ -513,9 +870,7 @@ int loss_forward(const LossArgs& a, double tau_mix, double tau_real, double omeg
 
 extern "C" {
 
-// L_mix + omega * L_real (SPEC 4 and 6) and its gradients to the three logits, the
-// arguments bundled in one struct (ctypes then passes one pointer: marshalling two dozen
-// arguments was a visible part of a small call). cpu_backend._LossCall mirrors it.
+// L_mix + omega * L_real (SPEC 4 and 6) and its gradients to the three logits.
 // mix (B, C) pairs with forget target row i and retain target row perm[i] (i if perm is null);
 // with omega > 0, forget (B, C) pairs with forget target rows, retain (N, C) with retain target
 // rows. Targets are probabilities (qf, qr) or labels (yf, yr), never both. lam has B entries,
@@ -528,7 +883,7 @@ struct FastmixLossCall {
   float *loss, *g_mix, *g_forget, *g_retain;
   int64_t lam_stride, B, N, C;
   double tau_mix, tau_real, omega;
-  int32_t mean, check_values, nthreads;
+  int64_t mean, check_values, nthreads;
 };
 
 // Each row is read once for its terms; the gradients of the retain rows are written in that
@@ -551,7 +906,7 @@ int fastmix_cpu_loss_forward(const FastmixLossCall* call) {
       for (int64_t j = 0; j < N; ++j)
         if (c.yr[j] < 0 || c.yr[j] >= C) return kRetainLabel;
   }
-  const int nt = threads_for((real ? 2 * B + N : B) * C, c.nthreads);
+  const int nt = threads_for((real ? 2 * B + N : B) * C, int(c.nthreads));
   const LossArgs a{c.mix, c.forget, c.retain, c.qf, c.qr, c.yf, c.yr, c.perm, c.lam, c.lam_stride, B, N, C,
                    c.g_mix, real ? c.g_forget : nullptr, real ? c.g_retain : nullptr};
   const bool mean = c.mean != 0, check = c.check_values != 0;

@@ -1,4 +1,4 @@
-"""Which implementation runs an op: the PyTorch reference, Triton or CUDA C++.
+"""Which implementation runs an op: the PyTorch reference, Triton, CUDA C++ or C++ on the CPU.
 
 Each backend module registers its kernels with :func:`register` when it is imported
 (``torch_backend``, ``triton_backend``, ``cuda_backend``); :func:`kernels_for` imports a
@@ -6,14 +6,18 @@ backend on its first use, so Triton and the CUDA library load only when asked fo
 
 Resolution order for each call: the ``backend=`` keyword, else the
 ``FASTMIX_BACKEND`` environment variable, else the fastest backend usable on
-the tensor's device (``cuda`` > ``triton`` > ``torch`` on a GPU; ``torch`` on
-the CPU and for float64 data). Asking for a backend that cannot run raises ``RuntimeError`` with
-the reason.
+the tensor's device: ``cuda`` > ``triton`` > ``torch`` on a GPU; ``cpu`` on the CPU when
+its library loads, else ``torch``; ``torch`` for float64 data everywhere. Asking for a
+backend that cannot run raises ``RuntimeError`` with the reason.
 
-The ``cpu`` backend (fused C++ kernels with OpenMP, ``csrc/cpu/``, built by ``setup.py``
-where a C++ compiler exists) is opt-in for now: ``backend="cpu"`` or
-``FASTMIX_BACKEND=cpu``. It rounds differently from the reference, and the trainer's
-results on the CPU are pinned bit for bit to the reference.
+Why ``cpu`` is the CPU default: its fused C++ kernels (OpenMP, ``csrc/cpu/``, built by
+``setup.py`` where a C++ compiler exists) check the input values inside the passes that
+read them and take one ctypes call per kernel, so a call costs less host time than the
+reference's chain of PyTorch ops with its value scans, and at the large sizes each op is one
+pass over the data instead of several. It rounds differently from the reference (sums in
+another order, its own exp): results agree to float32 rounding, not bit for bit. The
+reference stays one setting away (``backend="torch"``, ``FASTMIX_BACKEND=torch``), and is
+the default wherever the library is missing or fails to load (``fastmix info`` says why).
 """
 from __future__ import annotations
 
@@ -70,6 +74,10 @@ class Kernels:
     # reduction, with_grad) -> (loss, grad_mix, grad_forget, grad_retain); None: composed by
     # kernels_for() from contrastive_forward and real_forward
     loss_forward: Callable | None = None
+    # True: mixup_forward and loss_forward check the values the ops would otherwise scan on
+    # the host (perm and label range, weight and lam in [0, 1], NaN, infinite or negative
+    # probabilities) and raise the ops' errors, so the ops skip those scans for this backend
+    checks_values: bool = False
 
 
 def compose_loss_forward(contrastive_forward: Callable, real_forward: Callable) -> Callable:
@@ -175,7 +183,7 @@ def backend_status(name: str, device: torch.device | str | None = None) -> Backe
             return BackendStatus(name, False, err)
         if device.type != "cpu":
             return BackendStatus(name, False, f"the C++ CPU kernels need a CPU tensor, not a {device.type} one")
-        return BackendStatus(name, True, "fused C++ CPU kernels (opt-in: backend='cpu')")
+        return BackendStatus(name, True, "fused C++ CPU kernels (the default on the CPU)")
     # cuda
     err = _cuda_library_error()
     if err:
@@ -200,17 +208,20 @@ def _cpu_library_loads() -> bool:
     return cpu_backend.load_error() is None
 
 
-_ENV_KEY = os.environ.encodekey("FASTMIX_BACKEND")
+# os.environ's own store and its key for FASTMIX_BACKEND: os.environ.get costs about 1 us
+# when the variable is unset (it raises and catches KeyError inside), as much as the rest
+# of resolve_backend; the store is what os.environ reads and writes, so a change made
+# through os.environ (or monkeypatch.setenv) is seen at the next call all the same.
+_ENV_STORE = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey("FASTMIX_BACKEND") if _ENV_STORE is not None else None
 
 
-def _environment_backend() -> str | None:
-    """``FASTMIX_BACKEND`` (None if unset or empty), read on every call from ``os.environ``'s
-    own mapping, which ``os.environ[...] = ...`` and ``monkeypatch.setenv`` update:
-    ``os.environ.get`` encodes the key per call, a microsecond of every op call."""
-    raw = os.environ._data.get(_ENV_KEY)
-    if raw is None:
-        return None
-    return os.environ.decodevalue(raw) or None
+def _env_backend() -> str | None:
+    """FASTMIX_BACKEND, read on every call; None when unset or empty."""
+    if _ENV_STORE is None:
+        return os.environ.get("FASTMIX_BACKEND") or None
+    raw = _ENV_STORE.get(_ENV_KEY)
+    return os.environ.decodevalue(raw) if raw else None
 
 
 # (requested name or None, device, dtype) -> backend: what resolve_backend found for a call
@@ -226,7 +237,7 @@ def resolve_backend(backend: str | None, device: torch.device, dtype: torch.dtyp
     The default never picks a kernel backend for float64 data: only the reference computes in it.
     Resolved once per (requested backend, device, dtype): an op call costs a dictionary lookup.
     """
-    requested = backend if backend is not None else _environment_backend()
+    requested = backend if backend is not None else _env_backend()
     if requested is not None and type(requested) is not str:
         return _resolve(requested, device, dtype)  # raises with the message
     key = (requested, device, dtype)
@@ -244,14 +255,18 @@ def _resolve(requested, device: torch.device, dtype: torch.dtype) -> str:
             raise ValueError(f"backend must be one of {BACKENDS} or 'auto', got {requested!r}")
         if requested != "auto":
             if requested == "cpu" and device.type == "cpu" and dtype != torch.float64 and _cpu_library_loads():
-                return "cpu"  # the opt-in's every call: no status to build
+                return "cpu"  # no status to build
             status = backend_status(requested, device)
             if not status.usable:
                 raise RuntimeError(f"fastmix backend {requested!r} cannot run on {device}: {status.reason}")
             if requested == "cpu" and dtype == torch.float64:
                 return "torch"  # the C++ kernels compute in float32; float64 stays exact
             return requested
-    if device.type == "cuda" and dtype != torch.float64:
+    if dtype == torch.float64:
+        return "torch"
+    if device.type == "cpu":
+        return "cpu" if _cpu_library_loads() else "torch"
+    if device.type == "cuda":
         for name in ("cuda", "triton"):
             if backend_status(name, device).usable:
                 return name

@@ -7,14 +7,15 @@ they are), float16 and bfloat16 are computed in float32 and returned in their dt
 float64 data never reaches this backend (``resolve_backend`` gives it to the reference).
 The threads are torch's (``torch.get_num_threads()``).
 
-The loss kernel checks the values of its inputs itself (label and ``perm`` range, ``lam``
-in [0, 1] before it reads a row; NaN, infinite or negative probabilities in the pass that
-reads them), so the ops skip their own value checks for this backend; a bad value raises
-the same ``ValueError``, naming the argument, and the outputs the kernel was filling are
-dropped.
+The kernels check the values of their inputs themselves (``Kernels.checks_values``):
+mixup's ``perm`` range and its weight in [0, 1] without NaN, the loss's label and ``perm``
+range and ``lam`` before a row is read, NaN, infinite or negative probabilities in the pass
+that reads them. The ops skip their own scans of those values for this backend; a bad value
+raises the same ``ValueError``, naming the argument, and the outputs the kernel was filling
+are dropped. The kernels check whether or not ``trusted_inputs()`` is on: it costs them a
+comparison per element they read anyway.
 
-Opt-in for now (``backend="cpu"``, ``FASTMIX_BACKEND=cpu``): its sums round differently
-from the reference's, and the trainer's CPU results are pinned to the reference bit for bit.
+The default backend for CPU tensors when the library loads (``fastmix.backends``).
 ``FASTMIX_CPU_LIB`` names another build of the library to load.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import struct
 from pathlib import Path
 
 import torch
@@ -29,30 +31,17 @@ import torch
 from . import Kernels, register, torch_backend
 
 LIB_FILE = "libfastmix_cpu.so"
-ABI_VERSION = 2  # fastmix_cpu_version() in csrc/cpu/fastmix_cpu.cpp
+ABI_VERSION = 3  # fastmix_cpu_version() in csrc/cpu/fastmix_cpu.cpp
 
-_P = ctypes.c_void_p
-_I = ctypes.c_int64
-_D = ctypes.c_double
-_INT = ctypes.c_int
-
-_SIGNATURES = {
-    "fastmix_cpu_sharpen_forward": [_P, _P, _I, _I, _D, _INT],
-    "fastmix_cpu_sharpen_backward": [_P, _P, _P, _I, _I, _D, _INT],
-    "fastmix_cpu_mixup_forward": [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _INT],
-    "fastmix_cpu_mixup_backward": [_P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _INT],
-    "fastmix_cpu_loss_forward": [_P],  # a _LossCall
-}
-
-
-class _LossCall(ctypes.Structure):
-    """The fused loss's arguments, FastmixLossCall in csrc/cpu/fastmix_cpu.cpp field for field."""
-
-    _fields_ = [(name, _P) for name in ("mix", "forget", "retain", "qf", "qr", "yf", "yr", "lam", "perm", "loss",
-                                         "g_mix", "g_forget", "g_retain")] + [
-        (name, _I) for name in ("lam_stride", "B", "N", "C")] + [
-        (name, _D) for name in ("tau_mix", "tau_real", "omega")] + [
-        (name, ctypes.c_int32) for name in ("mean", "check_values", "nthreads")]
+# Each kernel takes one pointer to a struct of its arguments (csrc/cpu/fastmix_cpu.cpp),
+# packed here with ``struct``: ctypes converts each argument of a call for about 0.25 us,
+# packing all of them into one ``bytes`` costs less than two such conversions, and a
+# ``bytes`` is its own per-call buffer (no state shared between threads). P: a pointer
+# (0 for none), q: int64, d: double; every field is 8 bytes wide.
+_SHARPEN_CALL = struct.Struct("@PPPqqqd")  # FastmixSharpenCall: x, y, out, rows, C, nthreads, T
+_MIXUP_CALL = struct.Struct("@PPPPPPPPPqqqqqqqq")  # FastmixMixupCall
+_LOSS_CALL = struct.Struct("@PPPPPPPPPPPPPqqqqdddqqq")  # FastmixLossCall
+_KERNELS = ("sharpen_forward", "sharpen_backward", "mixup_forward", "mixup_backward", "loss_forward")
 
 
 @functools.cache
@@ -68,10 +57,10 @@ def _load():
         return None, f"{LIB_FILE} cannot be loaded: {exc}"
     if version != ABI_VERSION:
         return None, f"{LIB_FILE} has ABI version {version}, this fastmix needs {ABI_VERSION}: rebuild it"
-    for name, argtypes in _SIGNATURES.items():
-        fn = getattr(lib, name)
-        fn.argtypes = argtypes
-        fn.restype = _INT
+    for name in _KERNELS:
+        fn = getattr(lib, f"fastmix_cpu_{name}")
+        fn.argtypes = [ctypes.c_char_p]  # the packed struct: a bytes object is passed as its buffer
+        fn.restype = ctypes.c_int
     return lib, None
 
 
@@ -80,65 +69,63 @@ def load_error() -> str | None:
     return _load()[1]
 
 
-def _lib():
+@functools.cache
+def _fn(name: str):
+    """The C entry point ``fastmix_cpu_<name>``, looked up once."""
     lib, err = _load()
     if lib is None:
         raise RuntimeError(f"fastmix backend 'cpu': {err}")
-    return lib
+    return getattr(lib, f"fastmix_cpu_{name}")
 
 
 POISON_OUTPUTS = False  # tests: every output starts as NaN, so an element the kernel skips shows
 
-
-def _new(shape, memory_format=torch.contiguous_format) -> torch.Tensor:
-    """A float32 output for a kernel to fill."""
-    out = torch.empty(shape, dtype=torch.float32, memory_format=memory_format)
-    return out.fill_(float("nan")) if POISON_OUTPUTS else out
+_F32 = torch.float32
 
 
-def _ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
+def _ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
 
 
-def _f32(t: torch.Tensor) -> torch.Tensor:
-    if t.dtype == torch.float32 and t.is_contiguous():  # the usual case: no dispatch at all
+def _f32(t: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
+    if t.dtype == _F32 and t.is_contiguous(memory_format=memory_format):  # the usual case: no dispatch
         return t
-    return t.to(torch.float32).contiguous()
+    return t.to(_F32).contiguous(memory_format=memory_format)
 
 
 def _new_like(t: torch.Tensor) -> torch.Tensor:
-    """A float32 output shaped as the contiguous float32 ``t``."""
+    """A float32 output shaped and laid out as the float32 ``t``."""
     out = torch.empty_like(t)
     return out.fill_(float("nan")) if POISON_OUTPUTS else out
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return t if dtype == torch.float32 else t.to(dtype)
+    return t if dtype == _F32 else t.to(dtype)
 
 
 # --- sharpen -----------------------------------------------------------------------------
 
 
 def sharpen_forward(logits: torch.Tensor, T: float) -> torch.Tensor:
-    if logits.dtype == torch.float64 or logits.numel() == 0:
+    if logits.dtype == torch.float64:
         return torch_backend.sharpen_forward(logits, T)
     z = _f32(logits)
-    out = _new(z.shape)
+    out = _new_like(z)
     C = z.shape[-1]
-    _lib().fastmix_cpu_sharpen_forward(z.data_ptr(), out.data_ptr(), z.numel() // C, C, T, torch.get_num_threads())
-    return out.to(logits.dtype)
+    _fn("sharpen_forward")(_SHARPEN_CALL.pack(
+        z.data_ptr(), 0, out.data_ptr(), z.numel() // C if C else 0, C, torch.get_num_threads(), T))
+    return _as(out, logits.dtype)
 
 
 def sharpen_backward(grad: torch.Tensor, out: torch.Tensor, T: float) -> torch.Tensor:
-    if out.dtype == torch.float64 or out.numel() == 0:
+    if out.dtype == torch.float64:
         return torch_backend.sharpen_backward(grad, out, T)
     g, y = _f32(grad), _f32(out)
-    res = _new(y.shape)
+    res = _new_like(y)
     C = y.shape[-1]
-    _lib().fastmix_cpu_sharpen_backward(
-        g.data_ptr(), y.data_ptr(), res.data_ptr(), y.numel() // C, C, T, torch.get_num_threads()
-    )
-    return res.to(out.dtype)
+    _fn("sharpen_backward")(_SHARPEN_CALL.pack(
+        g.data_ptr(), y.data_ptr(), res.data_ptr(), y.numel() // C if C else 0, C, torch.get_num_threads(), T))
+    return _as(res, out.dtype)
 
 
 # --- mixup -------------------------------------------------------------------------------
@@ -157,70 +144,90 @@ def _mixup_layout(x_forget: torch.Tensor, weight: torch.Tensor):
         if fmt == torch.channels_last:
             return fmt, H * W, C, (H * W, 1, 0)
         return fmt, C, H * W, (H * W, 0, 1)
-    row = x_forget.numel() // x_forget.shape[0]
+    row = x_forget.numel() // x_forget.shape[0] if x_forget.shape[0] else 0
     return fmt, 1, row, ((1 if weight.dim() == 1 else 0), 0, 0)
 
 
-def _native(x: torch.Tensor) -> bool:
-    return x.dtype == torch.float32 and x.numel() > 0
-
-
-def mixup_forward(x_forget, x_retain, weight, perm):
-    if not _native(x_forget):
-        return torch_backend.mixup_forward(x_forget, x_retain, weight, perm)
-    fmt, P, Q, (wb, wp, wq) = _mixup_layout(x_forget, weight)
-    xf = x_forget.contiguous(memory_format=fmt)
-    xr = x_retain.contiguous(memory_format=fmt)
-    w = _f32(weight)
-    out = _new(x_forget.shape, fmt)
-    _lib().fastmix_cpu_mixup_forward(
-        xf.data_ptr(), xr.data_ptr(), w.data_ptr(), _ptr(perm.contiguous() if perm is not None else None),
-        out.data_ptr(), xf.shape[0], P, Q, wb, wp, wq, torch.get_num_threads(),
-    )
-    return out
-
-
-def mixup_backward(grad, x_forget, x_retain, weight, perm, needs):
-    if not _native(x_forget):
-        return torch_backend.mixup_backward(grad, x_forget, x_retain, weight, perm, needs)
-    fmt, P, Q, (wb, wp, wq) = _mixup_layout(x_forget, weight)
-    g = grad.to(torch.float32).contiguous(memory_format=fmt)
-    xf = x_forget.contiguous(memory_format=fmt)
-    xr = x_retain.contiguous(memory_format=fmt)
-    w = _f32(weight)
-    grad_f = _new(xf.shape, fmt) if needs[0] else None
-    grad_r = _new(xr.shape, fmt) if needs[1] else None
-    grad_w = _new(w.shape) if needs[2] else None
-    _lib().fastmix_cpu_mixup_backward(
-        g.data_ptr(), xf.data_ptr(), xr.data_ptr(), w.data_ptr(),
-        _ptr(perm.contiguous() if perm is not None else None),
-        _ptr(grad_f), _ptr(grad_r), _ptr(grad_w), xf.shape[0], P, Q, xr.shape[0], wb, wp, wq, w.numel(),
-        torch.get_num_threads(),
-    )
-    empty = x_forget.new_empty(0)
-    return (
-        grad_f if grad_f is not None else empty,
-        grad_r if grad_r is not None else x_retain.new_empty(0),
-        grad_w.to(weight.dtype) if grad_w is not None else weight.new_empty(0),
-    )
-
-
-# --- the fused loss ----------------------------------------------------------------------
-
-# the kernel's error codes: the argument that holds a bad value, and what is wrong
-_LOSS_ERRORS = {
+# The kernels' error codes (csrc/cpu/fastmix_cpu.cpp): the argument that holds a bad value.
+# The words are a fallback only: a flagged call reruns the op's own checks (_host_checks).
+_ERRORS = {
     1: "forget_target holds labels outside [0, {C})",
     2: "retain_target holds labels outside [0, {C})",
     3: "perm holds indices outside [0, {N})",
     4: "lam must lie in [0, 1] (it holds NaN or values outside)",
     5: "forget_target holds NaN, infinite or negative probabilities",
     6: "retain_target holds NaN, infinite or negative probabilities",
+    7: "weight must lie in [0, 1] (it holds NaN or values outside)",
 }
 
 
-def checks_values(backend_dtype: torch.dtype) -> bool:
-    """Whether this backend checks the loss inputs' values itself for logits of this dtype."""
-    return backend_dtype != torch.float64
+def _host_checks(checks, values: bool | None = True) -> None:
+    """Run the op's value checks ``checks`` ((name of a ``fastmix.ops._checks`` function, its
+    arguments before ``values``), in the op's order): after a kernel flagged a bad value,
+    so that the error is the one the host path gives (its first bad argument, its message
+    with the values); and for float64 inputs, which the kernels see rounded to float32
+    (``values=None``: as the op would decide)."""
+    from fastmix.ops import _checks  # here: the op layer imports the backends
+
+    for name, *args in checks:
+        getattr(_checks, name)(*args, values)
+
+
+def _raise_flagged(code: int, checks, **sizes):
+    _host_checks(checks)
+    raise ValueError(_ERRORS.get(code, "fastmix backend 'cpu': kernel error {code}").format(code=code, **sizes))
+
+
+def _mixup_checks(weight, perm, B, pool):
+    return [("perm", "perm", perm, B, pool), ("unit_interval", "weight", weight)]
+
+
+def _mixup_call(name, grad, x_forget, x_retain, weight, perm, wants):
+    """Run mixup kernel ``name`` on float32 data laid out alike; ``wants``: which of (out,
+    grad_f, grad_r, grad_w) to make, returned as float32 tensors (None where not wanted).
+    Raises the op's error on a bad value."""
+    fmt, P, Q, (wb, wp, wq) = _mixup_layout(x_forget, weight)
+    xf, xr, w = _f32(x_forget, fmt), _f32(x_retain, fmt), _f32(weight)
+    g = _f32(grad, fmt) if grad is not None else None
+    if perm is not None and not perm.is_contiguous():
+        perm = perm.contiguous()
+    outs = [_new_like(like) if want else None for like, want in zip((xf, xf, xr, w), wants)]  # xf, xr in fmt
+    B, pool = xf.shape[0], xr.shape[0]
+    code = _fn(name)(_MIXUP_CALL.pack(
+        _ptr(g), xf.data_ptr(), xr.data_ptr(), w.data_ptr(), _ptr(perm), *map(_ptr, outs),
+        B, P, Q, pool, wb, wp, wq, torch.get_num_threads(),
+    ))
+    if code:
+        _raise_flagged(code, _mixup_checks(weight, perm, B, pool), N=pool, C=0)
+    return outs
+
+
+def mixup_forward(x_forget, x_retain, weight, perm):
+    """Checks ``perm`` (in range) and the weight (in [0, 1], no NaN) in the kernel, in the
+    pass that reads them: the ops leave those value checks to this backend
+    (``Kernels.checks_values``)."""
+    if weight.dtype == torch.float64:  # checked as the op would: float32 could round a value into [0, 1]
+        _host_checks([("unit_interval", "weight", weight)], None)
+    out = _mixup_call("mixup_forward", None, x_forget, x_retain, weight, perm, (True, False, False, False))[0]
+    return _as(out, x_forget.dtype)
+
+
+def mixup_backward(grad, x_forget, x_retain, weight, perm, needs):
+    if x_forget.numel() == 0:  # zeros for the weight, perm checked by the forward
+        return torch_backend.mixup_backward(grad, x_forget, x_retain, weight, perm, needs)
+    _, grad_f, grad_r, grad_w = _mixup_call("mixup_backward", grad, x_forget, x_retain, weight, perm, (False, *needs))
+    return (
+        _as(grad_f, x_forget.dtype) if grad_f is not None else x_forget.new_empty(0),
+        _as(grad_r, x_retain.dtype) if grad_r is not None else x_retain.new_empty(0),
+        _as(grad_w, weight.dtype) if grad_w is not None else weight.new_empty(0),
+    )
+
+
+# --- the fused loss ----------------------------------------------------------------------
+
+def _loss_checks(forget_target, retain_target, perm, lam, B, N, C):
+    return [("target", "forget_target", forget_target, None, C), ("target", "retain_target", retain_target, None, C),
+            ("perm", "perm", perm, B, N), ("unit_interval", "lam", lam)]
 
 
 def loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain_target, lam, perm,
@@ -232,6 +239,10 @@ def loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain
         return torch_backend.loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain_target,
                                           lam, perm, tau_mix, tau_real, omega, reduction, with_grad)
     real = omega != 0
+    B, C = mix_logits.shape
+    N = retain_target.shape[0]
+    if torch.float64 in (lam.dtype, forget_target.dtype):  # float32 copies could round a bad value into range
+        _host_checks(_loss_checks(forget_target, retain_target, perm, lam, B, N, C), None)
     mix = _f32(mix_logits)
     forget = _f32(forget_logits) if real else None
     retain = _f32(retain_logits) if real else None
@@ -241,23 +252,20 @@ def loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain
         yf, yr, qf, qr = None, None, _f32(forget_target), _f32(retain_target)
     lam32 = _f32(lam)
     perm_c = perm.contiguous() if perm is not None else None
-    B, C = mix.shape
-    N = retain_target.shape[0]
     loss = torch.empty((), dtype=torch.float32)
     if POISON_OUTPUTS:
         loss.fill_(float("nan"))
     g_mix = _new_like(mix) if with_grad else None
     g_f = _new_like(forget) if with_grad and real else None
     g_r = _new_like(retain) if with_grad and real else None
-    call = _LossCall(
+    code = _fn("loss_forward")(_LOSS_CALL.pack(
         mix.data_ptr(), _ptr(forget), _ptr(retain), _ptr(qf), _ptr(qr), _ptr(yf), _ptr(yr), lam32.data_ptr(),
         _ptr(perm_c), loss.data_ptr(), _ptr(g_mix), _ptr(g_f), _ptr(g_r),
         1 if lam32.dim() == 1 else 0, B, N, C, tau_mix, tau_real, omega,
         1 if reduction == "mean" else 0, 1, torch.get_num_threads(),
-    )
-    code = _lib().fastmix_cpu_loss_forward(ctypes.addressof(call))
+    ))
     if code:
-        raise ValueError(_LOSS_ERRORS.get(code, f"error {code}").format(C=C, N=N))
+        _raise_flagged(code, _loss_checks(forget_target, retain_target, perm, lam, B, N, C), C=C, N=N)
     if not with_grad:  # distinct tensors: a custom op's outputs may not alias one another
         return loss, mix_logits.new_empty(0), mix_logits.new_empty(0), mix_logits.new_empty(0)
     g_mix = _as(g_mix, mix_logits.dtype)
@@ -283,5 +291,5 @@ register("cpu", Kernels(
     sharpen_forward=sharpen_forward, sharpen_backward=sharpen_backward,
     mixup_forward=mixup_forward, mixup_backward=mixup_backward,
     contrastive_forward=contrastive_forward, real_forward=real_forward,
-    loss_forward=loss_forward,
+    loss_forward=loss_forward, checks_values=True,
 ))

@@ -8,6 +8,8 @@ closed form of SPEC section 4, exactly what the Triton and CUDA kernels compute.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import Kernels, compose_loss_forward, register
@@ -91,7 +93,7 @@ def mixup_backward(grad, x_forget, x_retain, weight, perm, needs):
         if weight.dim() == 0:
             grad_w = prod.sum()
         elif weight.dim() == 1:
-            grad_w = prod.reshape(prod.shape[0], -1).sum(dim=1)
+            grad_w = prod.reshape(prod.shape[0], math.prod(prod.shape[1:])).sum(dim=1)  # not -1: ambiguous at B = 0
         else:
             grad_w = prod.sum(dim=1, keepdim=True)
         grad_w = grad_w.to(weight.dtype)

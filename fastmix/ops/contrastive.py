@@ -152,7 +152,7 @@ def contrastive_loss(
         logits=logits, forget_target=forget_target, retain_target=retain_target, perm=perm
     )
     backend = resolve_backend(backend, device, logits.dtype)
-    values = _checks.values_wanted(logits, backend_checks=backend == "cpu")  # the C++ kernel checks them
+    values = _checks.values_wanted(logits, backend_checks=kernels_for(backend).checks_values)
     _checks.target("forget_target", forget_target, B, C, values)
     _checks.target("retain_target", retain_target, None if perm is not None else B, C, values)
     check_target_kinds(forget_target=forget_target, retain_target=retain_target)

@@ -152,7 +152,7 @@ def _loss(mix, forget, retain, q_f, q_r, lam, perm, tau_mix, tau_real, omega, re
     if omega == 0:
         forget = retain = None
     backend = resolve_backend(backend, device, wide)
-    values = _checks.values_wanted(mix, backend_checks=backend == "cpu")  # the C++ kernel checks them
+    values = _checks.values_wanted(mix, backend_checks=kernels_for(backend).checks_values)
     if passed is None or values:
         B, C = mix.shape
         _checks.target("forget_target", q_f, B, C, values)

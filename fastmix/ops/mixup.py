@@ -110,8 +110,9 @@ def mixup(
     ``weight`` (summed over the dimensions it broadcasts over).
 
     Checks: shapes, dtypes and devices always; ``perm`` in ``[0, N)`` and
-    ``weight`` in ``[0, 1]`` without NaN on CPU tensors always, on GPU tensors
-    only under ``fastmix.debug_checks(True)`` (they would synchronise).
+    ``weight`` in ``[0, 1]`` without NaN on CPU tensors always (by the kernel itself on
+    the ``cpu`` backend), on GPU tensors only under ``fastmix.debug_checks(True)`` (they
+    would synchronise).
     """
     compiling = torch.compiler.is_compiling()
     if compiling:
@@ -124,7 +125,9 @@ def mixup(
     from_float = False  # a float weight is never in _PASSED: checked and made a tensor per call
     if not passed:
         device, weight, from_float = _check_metadata(x_forget, x_retain, weight, perm)
-    values = value_checks_wanted(x_forget)
+    backend = resolve_backend(backend, device, x_forget.dtype)
+    kernels = kernels_for(backend)
+    values = not kernels.checks_values and value_checks_wanted(x_forget)  # else the kernel checks them
     if not passed or values:
         B = x_forget.shape[0]
         _checks.perm("perm", perm, B, x_retain.shape[0], values)
@@ -134,10 +137,8 @@ def mixup(
             _checks.unit_interval("weight", weight, values)
         if not (passed or from_float or compiling):
             _PASSED.add(key, device)
-    backend = resolve_backend(backend, device, x_forget.dtype)
     if compiling:
         return _mixup(x_forget, x_retain, weight, perm, backend)
-    kernels = kernels_for(backend)
     if torch.is_grad_enabled() and (x_forget.requires_grad or x_retain.requires_grad or weight.requires_grad):
         if functorch_active():
             return _MixupFunction.apply(x_forget, x_retain, weight, perm, kernels)

@@ -5,10 +5,15 @@ before the package was restructured; a refactor that changes what a run computes
 Only wall-clock fields (``seconds``), ``versions`` and the output path are left out of the
 comparison. Rewrite the golden files only for a change that is meant to alter results, and
 say so in the commit.
+
+The runs use the default backend (on the CPU the C++ ``cpu`` backend where its library is
+built); ``api_history_torch.json`` pins the step losses of the PyTorch reference
+(``FASTMIX_BACKEND=torch``) as well, so that path stays guarded bit for bit too.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -93,15 +98,24 @@ def test_step_losses_are_unchanged_bit_for_bit():
     assert api_history() == expected
 
 
+def test_step_losses_of_the_reference_backend_are_unchanged_bit_for_bit(monkeypatch):
+    monkeypatch.setenv("FASTMIX_BACKEND", "torch")
+    expected = json.loads((GOLDEN / "api_history_torch.json").read_text())
+    assert api_history() == expected
+
+
 if __name__ == "__main__":  # write the golden files
     import tempfile
 
     torch.set_num_threads(1)
     GOLDEN.mkdir(exist_ok=True)
-    names = sys.argv[1:] or [*sorted(RUNS), "api_history"]
+    names = sys.argv[1:] or [*sorted(RUNS), "api_history", "api_history_torch"]
     for name in names:
-        if name == "api_history":
+        if name.startswith("api_history"):
+            if name == "api_history_torch":
+                os.environ["FASTMIX_BACKEND"] = "torch"
             doc = api_history()
+            os.environ.pop("FASTMIX_BACKEND", None)
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 doc = run_cli(name, Path(tmp))

@@ -91,17 +91,50 @@ def test_backends_report():
     assert not fastmix.backends("meta")["cpu"].usable
 
 
-def test_default_backend_on_cpu_is_the_reference(monkeypatch):
-    from fastmix.backends import resolve_backend
+def test_default_backend_on_cpu_is_the_cpp_one_when_it_loads(monkeypatch):
+    from fastmix.backends import cpu_backend, resolve_backend
 
     monkeypatch.delenv("FASTMIX_BACKEND", raising=False)
-    assert resolve_backend(None, torch.device("cpu")) == "torch"
-    assert resolve_backend("auto", torch.device("cpu")) == "torch"
-    # the C++ kernels are opt-in (the trainer's CPU results are pinned to the reference)
-    # and compute in float32, so float64 data stays with the reference
-    if fastmix.backends("cpu")["cpu"].usable:
-        assert resolve_backend("cpu", torch.device("cpu")) == "cpu"
-        assert resolve_backend("cpu", torch.device("cpu"), torch.float64) == "torch"
+    cpu = torch.device("cpu")
+    default = "cpu" if cpu_backend.load_error() is None else "torch"
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        assert resolve_backend(None, cpu, dtype) == default
+        assert resolve_backend("auto", cpu, dtype) == default
+    # the C++ kernels compute in float32: float64 data stays with the reference
+    assert resolve_backend(None, cpu, torch.float64) == "torch"
+    assert resolve_backend("torch", cpu) == "torch"
+    monkeypatch.setenv("FASTMIX_BACKEND", "torch")  # read at every call
+    assert resolve_backend(None, cpu) == "torch"
+    monkeypatch.setenv("FASTMIX_BACKEND", "")
+    assert resolve_backend(None, cpu) == default
+    if default == "cpu":
+        assert resolve_backend("cpu", cpu) == "cpu"
+        assert resolve_backend("cpu", cpu, torch.float64) == "torch"
+        monkeypatch.setenv("FASTMIX_BACKEND", "torch")
+        assert resolve_backend("cpu", cpu) == "cpu"  # the argument over the variable
+
+
+def test_default_backend_on_cpu_without_the_library_is_the_reference():
+    # a process whose library is missing: the default falls back, backend='cpu' says why
+    script = (
+        "import torch, fastmix\n"
+        "from fastmix.backends import resolve_backend\n"
+        "print(resolve_backend(None, torch.device('cpu')))\n"
+        "print(fastmix.sharpen(torch.randn(2, 3), 0.5).shape)\n"
+        "try:\n"
+        "    fastmix.sharpen(torch.randn(2, 3), 0.5, backend='cpu')\n"
+        "except RuntimeError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FASTMIX_BACKEND"}
+    env["FASTMIX_CPU_LIB"] = os.path.join(os.sep, "nonexistent", "libfastmix_cpu.so")
+    result = subprocess.run([sys.executable, "-c", script], env=env, check=False, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "torch"
+    assert lines[1] == "torch.Size([2, 3])"
+    assert "fastmix backend 'cpu' cannot run on cpu" in lines[2] and "not built" in lines[2]
 
 
 def test_kernels_are_installed_as_a_subpackage():
