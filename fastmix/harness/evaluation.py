@@ -160,12 +160,18 @@ def evaluate(model, dataset, split, seed: int = 0, attacks: AttackSettings | Non
     Class-level: Test_r on test samples of the kept classes, Test_f on those of the
     forgotten classes. Data-level: Test on the whole evaluation set. ``attacks``: how the
     attacks run (default :class:`AttackSettings`'s defaults).
+
+    A model whose outputs are not all finite (a method that diverged, e.g. gradient ascent
+    with too large a step) gets NaN for every metric, and so a NaN Avg. Gap: an argmax
+    over NaN would report a made-up accuracy, and the attacks cannot train on NaN.
     """
     attacks = attacks or AttackSettings()
     x_tr, y_tr = dataset.x_train, dataset.y_train
     p_r = predict_proba(model, Rows(x_tr, split.retain))  # batches gathered from the one training tensor
     p_f = predict_proba(model, Rows(x_tr, split.forget))
     p_t = predict_proba(model, dataset.x_test)
+    if not all(bool(torch.isfinite(p).all()) for p in (p_r, p_f, p_t)):
+        return {name: float("nan") for name in metric_names(split.setting)}
     y_r, y_f, y_t = y_tr[split.retain], y_tr[split.forget], dataset.y_test
     out = {"Train_r": accuracy(p_r, y_r), "Train_f": accuracy(p_f, y_f)}
     if split.setting == "class":

@@ -182,8 +182,9 @@ class Tuner:
             trial.set_user_attr("metrics", {k: float(v) for k, v in row.items()})
             trial.set_user_attr("seconds", time.perf_counter() - start)
             if not math.isfinite(row["avg_gap"]):
-                trial.set_user_attr("error", "the validation Avg. Gap is not finite")
-                raise ValueError(f"trial {trial.number}: the validation Avg. Gap is not finite")
+                why = "the validation Avg. Gap is not finite (the model's outputs are not: the method diverged)"
+                trial.set_user_attr("error", why)
+                raise ValueError(f"trial {trial.number}: {why}")
             return row["avg_gap"]
 
         def report(_study, trial):
