@@ -107,7 +107,7 @@ def run(args) -> int:
                 log(f"{m}: searching {', '.join(spaces[m])}")
                 best = tuner.search(exp, m, spaces[m], args.budget)
                 if best is None:
-                    print(f"{m}: no trial completed; see {out / 'search-log.json'}")
+                    print(f"{m}: no trial completed with a finite gap; see {out / 'search-log.json'}")
                     continue
                 winners[m] = tuned_entries(best, args.budget, exp)
                 print(f"{m}: best val Avg. Gap {best.value:.2f} with {best.params} (trial {best.number})")

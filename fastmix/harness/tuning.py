@@ -80,6 +80,18 @@ def counted(trial) -> bool:
     return state == "FAIL" and not trial.user_attrs.get("interrupted")
 
 
+# A trial whose model gives non-finite outputs (its validation Avg. Gap is NaN) is scored
+# +inf: it counts against the budget like any finished trial, and TPE, which ignores
+# failed trials, learns that its region is bad (gradient ascent explodes past a step size).
+DIVERGED = "diverged: the model's outputs are not finite, so neither is its validation Avg. Gap (scored +inf)"
+
+
+def winner(done):
+    """The completed trial with the least finite validation Avg. Gap, or None."""
+    finite = [t for t in done if math.isfinite(t.value)]
+    return min(finite, key=lambda t: t.value) if finite else None
+
+
 def trial_record(trial) -> dict:
     record = {"number": trial.number, "state": trial.state.name, "params": trial.params,
               "val_avg_gap": trial.value, "metrics": trial.user_attrs.get("metrics"),
@@ -137,7 +149,8 @@ class Tuner:
             study = self.optuna.load_study(study_name=name, storage=self.storage)
             trials = study.get_trials(deepcopy=False)
             done = [t for t in trials if t.state.name == "COMPLETE"]
-            best = min(done, key=lambda t: t.value).number if done else None
+            best = winner(done)
+            best = best.number if best is not None else None
             doc[name] = {"best_trial": best, "trials": [trial_record(t) for t in trials]}
 
         def write(tmp):
@@ -181,10 +194,9 @@ class Tuner:
             row = rows[method]
             trial.set_user_attr("metrics", {k: float(v) for k, v in row.items()})
             trial.set_user_attr("seconds", time.perf_counter() - start)
-            if not math.isfinite(row["avg_gap"]):
-                why = "the validation Avg. Gap is not finite (the model's outputs are not: the method diverged)"
-                trial.set_user_attr("error", why)
-                raise ValueError(f"trial {trial.number}: {why}")
+            if not math.isfinite(row["avg_gap"]):  # scored worst, not failed: the sampler learns to avoid it
+                trial.set_user_attr("error", DIVERGED)
+                return math.inf
             return row["avg_gap"]
 
         def report(_study, trial):
@@ -206,7 +218,7 @@ class Tuner:
             study.optimize(objective, n_trials=1, catch=(ValueError,), callbacks=[report])
         self.write_log()
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        return min(done, key=lambda t: t.value) if done else None
+        return winner(done)
 
 
 def tuned_entries(best, budget: int, exp: Experiment) -> dict:

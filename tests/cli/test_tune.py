@@ -86,6 +86,45 @@ def test_later_trials_reuse_the_first_trials_original_and_retrain_rows(tmp_path,
         {k: v for k, v in second["metrics"].items() if k not in ("seconds", "RTE")}
 
 
+def diverging(monkeypatch, which):
+    """run_experiment whose method row is NaN (as a diverged model's is) on the calls in ``which``."""
+    import fastmix.harness.tuning as tuning
+
+    real, calls = tuning.run_experiment, []
+
+    def run(exp, **kw):
+        result = real(exp, **kw)
+        calls.append(exp)
+        if len(calls) - 1 in which:
+            row = result["rows"][exp.methods[0]]
+            row.update({k: float("nan") for k in row if k not in ("seconds", "RTE")})
+        return result
+
+    monkeypatch.setattr(tuning, "run_experiment", run)
+    return calls
+
+
+def test_a_diverged_trial_is_scored_worst_and_counts(tmp_path, monkeypatch, capsys):
+    from fastmix.harness.tuning import DIVERGED
+
+    out = tmp_path / "t"
+    calls = diverging(monkeypatch, {0})
+    assert main([*ARGS, "--method", "finetune", "--budget", "2", "--out", str(out)]) == 0
+    assert len(calls) == 2
+    first, second = search_log(out)["trials"]
+    assert (first["state"], first["val_avg_gap"], first["error"]) == ("COMPLETE", float("inf"), DIVERGED)
+    assert search_log(out)["best_trial"] == second["number"]
+    recipe = load_recipe(out / "digits-class.json")
+    assert {k: e["value"] for k, e in recipe["methods"]["finetune"].items()} == second["params"]
+
+    out = tmp_path / "all-diverged"  # no winner, no recipe, said so
+    diverging(monkeypatch, {0, 1})
+    capsys.readouterr()
+    assert main([*ARGS, "--method", "finetune", "--budget", "2", "--out", str(out)]) == 1
+    assert "no trial completed with a finite gap" in capsys.readouterr().out
+    assert not (out / "digits-class.json").exists() and search_log(out)["best_trial"] is None
+
+
 def test_an_interrupted_trial_runs_again_first_and_does_not_count(tmp_path, runs, monkeypatch):
     import fastmix.harness.tuning as tuning
 
