@@ -351,37 +351,9 @@ def test_large_loss_traffic(emu, emulated_library, kind):
     counts = counter.count(named)
     assert len(counts) == 3
 
-    def reads(name, l2=False):
-        return traffic.total(counts, "load", name, l2) / named[name].nbytes
-
-    # with nothing kept between launches, a row with a forget term is read twice
-    assert (reads("z_mix"), reads("z_f"), reads("z_r")) == (2, 2, 1)
-    # what a launch asks L2 to keep is what the next one reads again: then every logit is read once
-    assert (reads("z_mix", True), reads("z_f", True), reads("z_r", True)) == (1, 1, 1)
-    if kind == "probabilities":
-        assert (reads("q_f"), reads("q_r")) == (3, 2)
-        # q_f once; q_r twice: q_r[perm[i]] (mix row i) and q_r[i] (retain row i) meet in no group of lanes
-        assert (reads("q_f", True), reads("q_r", True)) == (1, 2)
-    for name in ("g_mix", "g_f", "g_r"):  # each gradient written once, nothing else written into it
-        assert traffic.total(counts, "store", name) == named[name].nbytes
-    assert all(traffic.total(counts, "store", name) == 0 for name in ("z_mix", "z_f", "z_r", "q_f", "q_r"))
-    # the kept set is one log-sum-exp group at a time: its logits (and q_f), not all of them
-    row_bytes = C * 4 * (2 if kind == "probabilities" else 1)
-    assert [c["evict_last_bytes"] for c in counts] == [B * row_bytes, B * row_bytes, 0]
+    traffic.check_fused_loss_traffic(counts, named, kind, B, C)
     # the gradient stores and the last reads go evict_first
     assert all(policy == 2 for *_, policy, store in _trace(emulated_library) if store)
-
-    # the same multiplicities at (4096, 1000) in float32 against the floor: logits and targets
-    # read once, each gradient written once (per-row state, labels, perm, lam: under 1%)
-    vector = 4096 * 1000 * 4
-    targets = ("q_f", "q_r") if kind == "probabilities" else ()
-    floor = (3 + 3 + len(targets)) * vector
-
-    def moved(l2):
-        return (sum(reads(n, l2) for n in ("z_mix", "z_f", "z_r", *targets)) + 3) * vector
-
-    assert moved(l2=False) / floor == pytest.approx(13 / 8 if targets else 8 / 6)
-    assert moved(l2=True) / floor <= 1.25
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -511,36 +511,7 @@ def test_large_loss_traffic(kind, monkeypatch):
     counts = counter.count(named)
     assert [c["kernel"] for c in counts] == ["_mix_terms_kernel", "_rows_kernel", "_grad_kernel"]
 
-    def reads(name, l2=False):
-        return traffic.total(counts, "load", name, l2) / named[name].nbytes
-
-    # with nothing kept between launches, a row with a forget term is read twice
-    assert (reads("z_mix"), reads("z_f"), reads("z_r")) == (2, 2, 1)
-    # what a launch asks L2 to keep is what the next one reads again: then every logit is read once
-    assert (reads("z_mix", True), reads("z_f", True), reads("z_r", True)) == (1, 1, 1)
-    if kind == "probabilities":
-        assert (reads("q_f"), reads("q_r")) == (3, 2)
-        # q_f once; q_r twice: q_r[perm[i]] (mix row i) and q_r[i] (retain row i) meet in no program
-        assert (reads("q_f", True), reads("q_r", True)) == (1, 2)
-    for name in ("g_mix", "g_f", "g_r"):  # each gradient written once, nothing else written into it
-        assert traffic.total(counts, "store", name) == named[name].nbytes
-    assert all(traffic.total(counts, "store", name) == 0 for name in ("z_mix", "z_f", "z_r", "q_f", "q_r"))
-    # the kept set is one log-sum-exp set at a time: its logits (and q_f), not all of them
-    row_bytes = C * 4 * (2 if kind == "probabilities" else 1)
-    assert [c["evict_last_bytes"] for c in counts][:2] == [B * row_bytes, B * row_bytes]
-    assert counts[2]["evict_last_bytes"] == 0
-
-    # the same multiplicities at (4096, 1000) in float32 against the floor: logits and targets
-    # read once, each gradient written once (per-row stats, labels, perm, lam: under 1%)
-    vector = 4096 * 1000 * 4
-    targets = ("q_f", "q_r") if kind == "probabilities" else ()
-    floor = (3 + 3 + len(targets)) * vector
-
-    def moved(l2):
-        return (sum(reads(n, l2) for n in ("z_mix", "z_f", "z_r", *targets)) + 3) * vector
-
-    assert moved(l2=False) / floor == pytest.approx(13 / 8 if targets else 8 / 6)
-    assert moved(l2=True) / floor <= 1.25
+    traffic.check_fused_loss_traffic(counts, named, kind, B, C)
 
 
 def test_loss_forward_pairs_mix_and_forget_rows():
