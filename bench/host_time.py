@@ -81,13 +81,33 @@ class _Bare(torch.autograd.Function):
         return None, *ctx.grads
 
 
-def forward_backward_us(make_loss, inputs, n: int, grad_output=None) -> tuple[float, float]:
+def forward_backward_us(make_loss, inputs, n: int, grad_output=None) -> tuple[float, float, float]:
+    """Forward, whole backward (one ``torch.autograd.grad`` call) and the backward's
+    marginal share (:func:`marginal_backward_us`), us per call."""
     fwd = per_call_us(make_loss, n)
     bwd = []
     for _ in range(7):  # each graph goes backward once
         losses = iter([make_loss() for _ in range(n)])
         bwd.append(per_call_us(lambda it=losses: torch.autograd.grad(next(it), inputs, grad_output), n, repeats=1))
-    return fwd, STAT(bwd)
+    return fwd, STAT(bwd), marginal_backward_us(make_loss, inputs, n, grad_output)
+
+
+def marginal_backward_us(make_out, inputs, n: int, grad_output=None) -> float:
+    """What an op adds to a backward the engine runs anyway: ``torch.autograd.grad`` over two
+    roots, the op's output and ``anchor.sum()``, less the same call over ``anchor.sum()``
+    alone. A training step runs one backward over the whole graph, so the engine's fixed
+    cost per call (the graph task, its start and end: about what ``x.sum()``'s whole
+    backward costs) is paid once per step, not per op; this is the op's own share. The two
+    are timed alternately, 7 rounds, each graph going backward once."""
+    anchor = torch.randn(8, requires_grad=True)
+    with_op, alone = [], []
+    for _ in range(7):
+        graphs = iter([(make_out(), anchor.sum()) for _ in range(n)])
+        with_op.append(per_call_us(lambda it=graphs: torch.autograd.grad(
+            next(it), (*inputs, anchor), (grad_output, None)), n, repeats=1))
+        sums = iter([anchor.sum() for _ in range(n)])
+        alone.append(per_call_us(lambda it=sums: torch.autograd.grad(next(it), anchor), n, repeats=1))
+    return STAT(with_op) - STAT(alone)
 
 
 def cpu_loss_rows(logits, targets, lam, perm, n: int) -> list:
@@ -107,7 +127,8 @@ def cpu_loss_rows(logits, targets, lam, perm, n: int) -> list:
                                        0, 1, 1)
     fn = cpu_backend._fn("loss_forward")
     kernel = per_call_us(lambda: fn(call), n)
-    return [("  cpu_backend.loss_forward (wrapper)", wrapper, None), ("  its C kernel alone (ctypes)", kernel, None)]
+    return [("  cpu_backend.loss_forward (wrapper)", wrapper, None, None),
+            ("  its C kernel alone (ctypes)", kernel, None, None)]
 
 
 def main() -> None:
@@ -144,15 +165,15 @@ def main() -> None:
                 ("native: F.cross_entropy (32, 10)", *forward_backward_us(
                     lambda: torch.nn.functional.cross_entropy(logits[0], y_f), logits[:1], args.n))]
         for name, targets in (("labels", (y_f, y_r)), ("probabilities", (q_f, q_r))):
-            fwd, bwd = forward_backward_us(lambda t=targets: module(*logits, *t, lam, perm), logits, args.n)
-            rows.append((f"MixUnlearnLoss {name}", fwd, bwd))
+            fwd, bwd, marginal = forward_backward_us(lambda t=targets: module(*logits, *t, lam, perm), logits, args.n)
+            rows.append((f"MixUnlearnLoss {name}", fwd, bwd, marginal))
             if name == "labels":  # what nn.Module.__call__ adds (its hook checks) to the op's own path
                 rows.append(("  the same through .forward", per_call_us(
-                    lambda t=targets: module.forward(*logits, *t, lam, perm), args.n), None))
+                    lambda t=targets: module.forward(*logits, *t, lam, perm), args.n), None, None))
             if args.backend == "cpu":
                 rows += cpu_loss_rows(logits, targets, lam, perm, args.n)
         rows.append(("sharpen (no grad)", per_call_us(lambda: fastmix.sharpen(z, 0.3, backend=args.backend), args.n),
-                     None))
+                     None, None))
         z_grad = z.clone().requires_grad_()
         rows.append(("sharpen", *forward_backward_us(lambda: fastmix.sharpen(z_grad, 0.3, backend=args.backend),
                                                      [z_grad], args.n, torch.ones(B, C))))
@@ -165,8 +186,11 @@ def main() -> None:
     stat = "least" if args.min else "median"
     print(f"host CPU time per call, us ({stat} of 7 x {args.n} calls; backend {args.backend}: {kernels})"
           f"{' inside trusted_inputs()' if args.trusted else ''}")
-    for name, fwd, bwd in rows:
-        print(f"  {name:36s} forward {fwd:6.1f}" + (f"  backward {bwd:6.1f}" if bwd is not None else ""))
+    print("  (backward: one torch.autograd.grad call, the engine's fixed cost included; its share: what the op"
+          " adds to a backward over a larger graph)")
+    for name, fwd, bwd, share in rows:
+        print(f"  {name:36s} forward {fwd:6.1f}"
+              + (f"  backward {bwd:6.1f}  its share {share:6.1f}" if bwd is not None else ""))
 
 
 if __name__ == "__main__":

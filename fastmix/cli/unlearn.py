@@ -100,11 +100,11 @@ NOT_COMPARED = ("out", "models_dir", "n_forget", "n_retain", "n_eval")
 NOT_ROWS = ("pending", "diagnostics", "settings", "versions")
 
 
-def finished_results(path: Path, exp) -> dict | None:
-    """The rows of ``path`` (a results.json) when it holds a complete run (no ``pending``)
-    with ``exp``'s settings apart from :data:`NOT_COMPARED`, else None (missing,
-    unreadable, incomplete or other settings: the run is done again). An image folder's
-    files are not compared, only its path and sizes (as for the cached models)."""
+def recorded_results(path: Path, exp) -> dict | None:
+    """``{"rows", "settings", "pending", "diagnostics"}`` of ``path`` (a results.json) when it
+    holds a run, complete or stopped, with ``exp``'s settings apart from
+    :data:`NOT_COMPARED`, else None (missing, unreadable or other settings). An image
+    folder's files are not compared, only its path and sizes (as for the cached models)."""
     import json
 
     from fastmix.harness.experiment import validate_experiment
@@ -113,13 +113,38 @@ def finished_results(path: Path, exp) -> dict | None:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(doc, dict) or doc.get("pending") or not isinstance(doc.get("settings"), dict):
+    if not isinstance(doc, dict) or not isinstance(doc.get("settings"), dict):
         return None
     expected = json.loads(json.dumps(run_settings(exp, validate_experiment(exp)), default=str))
     same = lambda d: {k: v for k, v in d.items() if k not in NOT_COMPARED}  # noqa: E731
     if same(doc["settings"]) != same(expected):
         return None
-    return {"rows": {k: v for k, v in doc.items() if k not in NOT_ROWS}, "settings": doc["settings"]}
+    rows = {k: v for k, v in doc.items() if k not in NOT_ROWS}
+    return {"rows": rows, "settings": doc["settings"], "pending": list(doc.get("pending") or ()),
+            "diagnostics": doc.get("diagnostics")}
+
+
+def finished_results(path: Path, exp) -> dict | None:
+    """The rows and settings of ``path`` when it holds a complete run (no ``pending``) with
+    ``exp``'s settings (:func:`recorded_results`), else None: the run is done again."""
+    doc = recorded_results(path, exp)
+    if doc is None or doc["pending"]:
+        return None
+    return {"rows": doc["rows"], "settings": doc["settings"]}
+
+
+def stopped_run(path: Path, exp) -> dict | None:
+    """What a stopped run with ``exp``'s settings left in ``path``: ``{"rows", "diagnostics"}``
+    with the rows of the original, retrain and every method it finished, or None (no such
+    run, or nothing finished that another run would reuse)."""
+    doc = recorded_results(path, exp)
+    if doc is None or not doc["pending"]:
+        return None
+    rows = {name: row for name, row in doc["rows"].items()
+            if name in ("original", "retrain") or (name in exp.methods and name not in doc["pending"])}
+    if not {"original", "retrain"} <= rows.keys():
+        return None
+    return {"rows": rows, "diagnostics": doc["diagnostics"]}
 
 
 def diagnostics(result) -> dict | None:
@@ -161,12 +186,24 @@ def run_one(args):
     log = (lambda *a: None) if exp.quiet else (lambda *a: print(*a, file=sys.stderr))
     out = Path(args.out)
 
+    # a stopped run with these settings: its finished methods are kept, not run again
+    # (never under torchrun, whose ranks must all run the same methods)
+    try:
+        stopped = None if launched_by_torchrun() else stopped_run(out / "results.json", exp)
+    except ValueError:  # settings the run itself rejects, with its own message
+        stopped = None
+    kept = stopped["diagnostics"] if stopped is not None else None
+    if stopped is not None and not args.quiet:
+        done = [name for name in exp.methods if name in stopped["rows"]]
+        print(f"{out / 'results.json'} holds a stopped run with these settings: "
+              f"{', '.join(done) if done else 'no method'} finished; running the rest")
+
     def write(result):  # results.json after each method: a stopped run keeps what it finished
         write_results(out / "results.json", result["rows"], results_settings(exp, result), pending=result["pending"],
-                      diagnostics=diagnostics(result))
+                      diagnostics=diagnostics(result) or kept)
 
     try:
-        result = run_experiment(exp, log=log, write=write)
+        result = run_experiment(exp, log=log, write=write, references=stopped and stopped["rows"])
     except (DataError, ValueError) as e:
         print(f"fastmix unlearn: error: {e}")
         return 2, None, None
@@ -184,8 +221,8 @@ def run_one(args):
         mu = result["extras"].get("mixunlearn", {}).get("mixunlearn")
         preview = mu.preview(seed=exp.seed) if mu is not None else None
         title = f"{exp.dataset}, {exp.setting}-level, label-{exp.labels}, seed {exp.seed}"
-        write_png(out / "results.png", rows, metrics, preview, title,
-                  mask_stats=mu.mask_stats if mu is not None else None)
+        mask_stats = mu.mask_stats if mu is not None else ((kept or {}).get("mixunlearn") or {}).get("mask_stats")
+        write_png(out / "results.png", rows, metrics, preview, title, mask_stats=mask_stats)
     if not args.quiet:
         print(f"wrote {out / 'results.json'}" + ("" if args.no_png else f" and {out / 'results.png'}"))
     return 0, result, exp
@@ -198,7 +235,8 @@ def run_seeds(args) -> int:
 
     A seed whose results.json is complete and has this run's settings (apart from where
     it is written) is not run again: a stopped ``--seeds`` run resumes with the seeds it
-    had left, and a seed with other settings, or whose run was stopped, is run again."""
+    had left, a seed whose run was stopped keeps the methods it finished (as any run of
+    :func:`run_one` does), and a seed with other settings is run again."""
     import copy
 
     from fastmix.harness.evaluation import metric_names

@@ -419,12 +419,16 @@ def run_experiment(exp: Experiment, log=print, write=None, references: dict | No
     ``result["pending"]`` lists the methods not yet run (empty in the last call). With
     ``write``, ``exp.out`` must be writable before anything is trained.
 
-    ``references``: the ``"original"`` and ``"retrain"`` rows of an earlier run of the same
-    experiment (same data, split, seed, models and attacks; only the methods or their
-    options differ), reused instead of evaluating the two models again. The caller vouches
-    for the match: :class:`fastmix.harness.tuning.Tuner` passes its first trial's rows to
-    the later trials of one search, where evaluating them each time cost about a third
-    of a short trial.
+    ``references``: rows of an earlier run of the same experiment (same data, split, seed,
+    models and attacks), reused instead of evaluating the two models again
+    (``"original"``, ``"retrain"``) or running a method again (its name; its ``extras`` are
+    then absent). The caller vouches for the match: :class:`fastmix.harness.tuning.Tuner`
+    passes its first trial's original and retrain rows to the later trials of one search,
+    where evaluating them each time cost about a third of a short trial, and ``fastmix
+    unlearn`` passes the rows of a stopped run with the same settings, whose finished
+    methods are not run again. A method's result does not depend on the others: each
+    draws from generators seeded with ``exp.seed`` and works on its own copy of the
+    original.
     """
     options = validate_experiment(exp)
     ds, split = prepare_data(exp, log)
@@ -456,6 +460,11 @@ def run_experiment(exp: Experiment, log=print, write=None, references: dict | No
             {**evaluate(model, ds, split, exp.seed, exp.attacks), "seconds": train_seconds[name]}
     finished(exp.methods)
     for i, name in enumerate(exp.methods):
+        if name in (references or {}):
+            rows[name] = dict(references[name])
+            log(f"{name}: its row is reused, not run again")
+            finished(exp.methods[i + 1:])
+            continue
         method_result = get_method(name)(method_context(exp, ds, split, original, options))
         rows[name] = {**evaluate(method_result.model, ds, split, exp.seed, exp.attacks),
                       "seconds": method_result.seconds}

@@ -108,3 +108,50 @@ def test_results_json_lists_pending_methods_of_a_stopped_run(tmp_path):
     assert set(doc) == {"original", "retrain", "finetune", "pending", "settings", "versions"}
     assert doc["pending"] == ["broken-for-test"]
     assert doc["finetune"]["avg_gap"] >= 0
+
+
+RESUME_ARGS = ["--method", "finetune,ga", *ARGS[:2], "--ft-epochs", "1", "--ga-epochs", "1", "--threads", "1",
+               "--quiet", "--no-png"]
+
+
+def run_with(out: Path, *extra: str, stop: str | None = None, forbid: str | None = None) -> dict | None:
+    """``fastmix unlearn`` in this process; ``stop``: that method stops the run; ``forbid``:
+    that method must not run (fails the test if it does). The results.json, or None when stopped."""
+    from fastmix.cli import main
+    from fastmix.harness import methods
+
+    def stopped(ctx):
+        raise KeyboardInterrupt
+
+    def forbidden(ctx):
+        raise AssertionError(f"{forbid} ran again")
+
+    with pytest.MonkeyPatch.context() as mp:
+        if stop:
+            mp.setitem(methods.METHODS, stop, stopped)
+        if forbid:
+            mp.setitem(methods.METHODS, forbid, forbidden)
+        try:
+            assert main(["unlearn", *RESUME_ARGS, *extra, "--out", str(out)]) == 0
+        except KeyboardInterrupt:
+            return None
+    return json.loads((out / "results.json").read_text())
+
+
+def test_a_stopped_run_keeps_its_finished_methods(tmp_path):
+    """Run again with the same settings, a stopped run runs only the methods it had left,
+    and ends with the results of a run that was never stopped."""
+    whole = run_with(tmp_path / "whole")
+    assert run_with(tmp_path / "out", stop="ga") is None
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["pending"] == ["ga"]
+    resumed = run_with(tmp_path / "out", forbid="finetune")
+    assert "pending" not in resumed
+    assert comparable(resumed) == comparable(whole)
+
+
+def test_a_stopped_run_with_other_settings_is_not_reused(tmp_path):
+    assert run_with(tmp_path, stop="ga") is None
+    with pytest.raises(AssertionError, match="finetune ran again"):  # other --ft-lr: finetune runs again
+        run_with(tmp_path, "--ft-lr", "0.02", forbid="finetune")
+    doc = run_with(tmp_path, "--ft-lr", "0.02")
+    assert "pending" not in doc and doc["settings"]["options"]["ft_lr"] == 0.02
