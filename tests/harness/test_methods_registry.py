@@ -142,3 +142,23 @@ def test_the_experiment_refuses_a_method_that_needs_labels_before_training(name,
     exp = experiment.Experiment(labels="agnostic", methods=("mixunlearn", name), out=str(tmp_path))
     with pytest.raises(ValueError, match=f"'{name}'.*label-agnostic"):
         experiment.run_experiment(exp, log=lambda *a: None)
+
+
+@pytest.mark.parametrize("name, options", [("salun", {"salun_epochs": 1}), ("ssd", {}), ("rl", {"rl_epochs": 1}),
+                                           ("scrub", {"scrub_epochs": 2, "scrub_msteps": 1, "scrub_lr": 0.01})])
+def test_the_baselines_layout_changes_their_result_by_rounding_only(digits_case, monkeypatch, name, options):
+    """The baselines train a convolutional model in channels_last (as the trainer and
+    MixUnlearn do) and hand it back in the default layout; the default layout gives the
+    same model up to rounding. SalUn (a weight mask from gradients), SSD (Fisher
+    products), RL and SCRUB (a teacher beside the student) cover the layout-sensitive steps."""
+    from fastmix.harness.methods import common
+
+    fast = get_method(name)(digits_case.context(options=options)).model
+    convs = [m.weight for m in fast.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(w.is_contiguous() for w in convs), "handed back in the default layout"
+    monkeypatch.setattr(common, "trainer_layout", lambda model, sample_dim: model)
+    plain = get_method(name)(digits_case.context(options=options)).model
+    assert not all(torch.equal(a, b) for a, b in zip(fast.state_dict().values(), plain.state_dict().values())), \
+        "the layouts took different arithmetic paths (else this test shows nothing)"
+    for (key, a), b in zip(fast.state_dict().items(), plain.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5, msg=lambda m, k=key: f"{k}: {m}")

@@ -9,6 +9,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from fastmix.mixunlearn.engine import is_convolutional
 from fastmix.progress import progress_bar
 from fastmix.settings import setting_fields, validate
 
@@ -32,8 +33,21 @@ def needs_labels(method: str, ctx: MethodContext) -> None:
 
 
 def student(ctx: MethodContext) -> nn.Module:
-    """A trainable copy of the original model (``ctx.original`` is never modified)."""
-    return copy.deepcopy(ctx.original).train().requires_grad_(True)
+    """A trainable copy of the original model (``ctx.original`` is never modified), laid
+    out as fastmix trains every model (:func:`trainer_layout`)."""
+    return trainer_layout(copy.deepcopy(ctx.original), ctx.x_forget.dim()).train().requires_grad_(True)
+
+
+def trainer_layout(model: nn.Module, sample_dim: int) -> nn.Module:
+    """``model`` in channels_last when it is convolutional and fed images, in place: the
+    layout in which ``training.train_classifier`` (the original, retrain, fine-tuning)
+    and MixUnlearn's engine run theirs. Its convolutions are faster on the CPU and on
+    GPUs (BENCHMARKS.md, "Baselines in channels_last"), and every method's seconds (the
+    RTE column) are measured on the same terms. A layout changes results by rounding
+    only; :func:`done` hands the model back in the default layout."""
+    if is_convolutional(model, sample_dim):
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
@@ -112,8 +126,9 @@ def num_classes(ctx: MethodContext) -> int:
 
 
 def done(ctx: MethodContext, model: nn.Module, start: float, extras: dict | None = None) -> MethodResult:
-    """The result: the model frozen in eval mode, the seconds since ``start`` (after the
-    device has finished)."""
+    """The result: the model frozen in eval mode and in the default layout, the seconds
+    since ``start`` (after the device has finished)."""
     if ctx.x_forget.device.type == "cuda":
         torch.cuda.synchronize(ctx.x_forget.device)
+    model.to(memory_format=torch.contiguous_format)
     return MethodResult(model.eval().requires_grad_(False), time.perf_counter() - start, extras or {})
