@@ -14,6 +14,7 @@ cudaError_t cudaGetLastError(void) {
 const char* cudaGetErrorString(cudaError_t e) {
   if (e == cudaSuccess) return "no error (emulated)";
   if (e == cudaErrorMisalignedAddress) return "emulated CUDA error (misaligned address)";
+  if (e == cudaErrorLaunchFailure) return "emulated CUDA error (threads waiting at a barrier others never reach)";
   return "emulated CUDA error (invalid launch configuration)";
 }
 cudaError_t cudaDriverGetVersion(int* v) { *v = CUDART_VERSION; return cudaSuccess; }

@@ -8,6 +8,7 @@ float16/bfloat16 arithmetic is the headers' host emulation. Skipped where g++ or
 CUDA headers are missing, or with FASTMIX_SKIP_EMULATION=1.
 """
 import ctypes
+import hashlib
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import spec64
 import torch
+from filelock import FileLock
 from tolerance import assert_as_accurate
 
 from fastmix.backends import cuda_backend, torch_backend
@@ -35,7 +37,15 @@ def _cuda_include():
     yield Path("/usr/local/cuda/include")
 
 
-def build_emulated(out: Path, extra=()):
+# The emulated library's builds: the plain one and sm_90's vector atomics.
+BUILDS = {"libfastmix_cuda_emu.so": (), "libfastmix_cuda_emu_v.so": ("-DFASTMIX_EMULATE_VECTOR_ATOMICS",)}
+
+
+def build_emulated(tmp_path_factory, name: str) -> Path:
+    """The emulated library ``name`` (one of :data:`BUILDS`), built once per test run: the
+    pytest-xdist workers share the builds (about 30 s of g++ each, run side by side), under
+    a file lock, in a folder named by a hash of the commands and of every source and
+    header they read."""
     if os.environ.get("FASTMIX_SKIP_EMULATION") == "1":
         pytest.skip("FASTMIX_SKIP_EMULATION=1")
     gxx = shutil.which("g++")
@@ -43,12 +53,28 @@ def build_emulated(out: Path, extra=()):
     if gxx is None or include is None:
         pytest.skip("g++ or the CUDA headers (cuda_fp16.h) not found: cannot emulate the kernels")
     sources = sorted(str(p) for p in (ROOT / "csrc").glob("*.cu")) + [str(ROOT / "tests" / "cuda_emulate.cpp")]
-    cmd = [gxx, "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-DFASTMIX_EMULATE", "-Wall", "-Wextra",
-           "-Wno-unknown-pragmas", f"-I{include}", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'tests'}",
-           *extra, "-x", "c++", "-include", "cuda_emulate.h", *sources, "-o", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, f"g++ failed:\n{' '.join(cmd)}\n{result.stderr[-4000:]}"
-    return out
+    base = [gxx, "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-DFASTMIX_EMULATE", "-Wall", "-Wextra",
+            "-Wno-unknown-pragmas", f"-I{include}", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'tests'}"]
+    commands = {lib: [*base, *extra, "-x", "c++", "-include", "cuda_emulate.h", *sources]
+                for lib, extra in BUILDS.items()}
+    digest = hashlib.sha256(repr(sorted(commands.items())).encode())
+    read = [*sources, *(ROOT / "csrc").glob("*.cuh"), *(ROOT / "csrc").glob("*.h"), ROOT / "tests" / "cuda_emulate.h"]
+    for path in sorted(map(str, read)):
+        digest.update(Path(path).read_bytes())
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    folder = root / f"emu-{digest.hexdigest()[:16]}"
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / name).exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            running = {lib: subprocess.Popen([*cmd, "-o", str(folder / (lib + ".tmp"))], stderr=subprocess.PIPE,
+                                             text=True) for lib, cmd in commands.items()}
+            for lib, proc in running.items():
+                _, err = proc.communicate()
+                assert proc.returncode == 0, f"g++ failed:\n{' '.join(commands[lib])}\n{err[-4000:]}"
+                (folder / (lib + ".tmp")).rename(folder / lib)
+    return folder / name
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +82,7 @@ def emulated_library(tmp_path_factory):
     prebuilt = os.environ.get("FASTMIX_EMULATED_LIB")  # e.g. an AddressSanitizer build, see csrc/README.md
     if prebuilt:
         return Path(prebuilt)
-    return build_emulated(tmp_path_factory.mktemp("emu") / "libfastmix_cuda_emu.so")
+    return build_emulated(tmp_path_factory, "libfastmix_cuda_emu.so")
 
 
 @pytest.fixture
@@ -497,8 +523,7 @@ def test_mixup(emu, shape, weight_kind, channels_last, dtype, with_perm):
 @pytest.fixture(scope="module")
 def vector_atomics_library(tmp_path_factory):
     """The emulation built as for sm_90: gradients through perm by 16-byte atomic adds."""
-    out = tmp_path_factory.mktemp("emu_v") / "libfastmix_cuda_emu_v.so"
-    return build_emulated(out, extra=("-DFASTMIX_EMULATE_VECTOR_ATOMICS",))
+    return build_emulated(tmp_path_factory, "libfastmix_cuda_emu_v.so")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
