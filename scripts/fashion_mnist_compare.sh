@@ -10,7 +10,8 @@
 #    stopped search; the winners are OUT/tune-SETTING/fashion-mnist-SETTING.json.
 # 2. tables: `fastmix unlearn --method all --seeds 0,1,2` per setting and label mode with
 #    that recipe (the label-agnostic runs reuse the label-aware recipes), two at a time;
-#    a finished seed is not run again.
+#    a finished seed is not run again, a stopped one keeps the methods it finished;
+#    OUT/tables.md gets the four tables in Markdown (scripts/results_tables.py).
 # The paper's 20-epoch original and retrained models are trained once per seed and kept
 # in OUT/models (shared with scripts/fashion_mnist_options.py when given the same OUT).
 # The IDX files come from Debian's dataset-fashion-mnist, or set DATA_ROOT.
@@ -34,3 +35,7 @@ run_table() {  # setting labels
 run_table class aware & run_table data aware & wait
 run_table class agnostic & run_table data agnostic & wait
 for d in class-aware class-agnostic data-aware data-agnostic; do cat "$OUT/$d.txt"; done
+# RESULTS.md's four tables (mean ± std, Avg. Gap, RTE, seconds, the machine)
+python "$(dirname "$0")/results_tables.py" "$OUT/class-aware" "$OUT/data-aware" "$OUT/class-agnostic" \
+  "$OUT/data-agnostic" > "$OUT/tables.md"
+echo "wrote $OUT/tables.md"

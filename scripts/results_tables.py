@@ -1,6 +1,9 @@
 """Markdown tables from `fastmix unlearn` results.json files (for RESULTS.md).
 
 Usage: python scripts/results_tables.py OUT/class-aware OUT/class-agnostic ...
+
+A `--seeds` run's results.json holds each metric's mean and its sample standard deviation
+(`METRIC_std`): its cells read `mean ± std`. Every table says its seeds and the machine.
 """
 from __future__ import annotations
 
@@ -8,23 +11,33 @@ import json
 import sys
 from pathlib import Path
 
-META = ("settings", "versions")
+NOT_ROWS = ("settings", "versions", "pending", "diagnostics")
+METRICS = ("Train_r", "Train_f", "Test_r", "Test_f", "Test", "ASR", "MIA_efficacy")
+
+
+def cell(row: dict, col: str) -> str:
+    digits = 0 if col == "seconds" else 2
+    text = f"{row[col]:.{digits}f}"
+    return f"{text} ± {row[col + '_std']:.{digits}f}" if col + "_std" in row else text
 
 
 def table(path: Path) -> str:
     res = json.loads((path / "results.json").read_text())
-    s = res["settings"]
-    rows = {k: v for k, v in res.items() if k not in META}
-    metrics = [m for m in ("Train_r", "Train_f", "Test_r", "Test_f", "Test", "ASR", "MIA_efficacy")
-               if m in rows["retrain"]]
-    cols = [*metrics, "avg_gap", "seconds"]
+    s, v = res["settings"], res.get("versions", {})
+    if res.get("pending"):
+        raise SystemExit(f"{path / 'results.json'} is a stopped run (pending: {', '.join(res['pending'])})")
+    rows = {k: r for k, r in res.items() if k not in NOT_ROWS}
+    metrics = [m for m in METRICS if m in rows["retrain"]]
+    cols = [*metrics, "avg_gap", "RTE", "seconds"]
+    cols = [c for c in cols if all(c in r for r in rows.values())]
+    seeds = s.get("seeds", [s.get("seed")])
     out = [f"**{s['setting']}-level, label-{s['labels']}** (D_f: {s['n_forget']} images, D_r: {s['n_retain']}, "
-           f"{s['eval_split']} set: {s['n_eval']})", "",
+           f"{s['eval_split']} set: {s['n_eval']}; seeds {', '.join(map(str, seeds))}; "
+           f"torch {v.get('torch', '?')}, {v.get('cpu_threads', '?')} thread(s), {v.get('machine', '?')})", "",
            "| method | " + " | ".join(c.replace("_", " ") for c in cols) + " |",
            "|---" * (len(cols) + 1) + "|"]
     for name, row in rows.items():
-        cells = (f"{row[c]:.2f}" if c != "seconds" else f"{row[c]:.0f}" for c in cols)
-        out.append(f"| {name} | " + " | ".join(cells) + " |")
+        out.append(f"| {name} | " + " | ".join(cell(row, c) for c in cols) + " |")
     return "\n".join(out)
 
 

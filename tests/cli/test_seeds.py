@@ -75,3 +75,24 @@ def test_a_rerun_skips_finished_seeds_and_reruns_stopped_or_changed_ones(tmp_pat
 
     assert main([*argv, "--omega", "2"]) == 0 and runs == [0, 3, 3, 0, 3]  # other settings: both again
     assert json.loads(files[0].read_text())["settings"]["options"]["omega"] == 2.0
+
+
+def test_results_tables_script_shows_mean_and_std(tmp_path):
+    """scripts/results_tables.py (RESULTS.md's tables) renders a --seeds run as mean ± std."""
+    import importlib.util
+    from pathlib import Path
+
+    assert main([*ARGS, "--seeds", "0,3", "--out", str(tmp_path)]) == 0
+    script = Path(__file__).parents[2] / "scripts" / "results_tables.py"
+    spec = importlib.util.spec_from_file_location("results_tables", script)
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    text = tables.table(tmp_path)
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert "seeds 0, 3" in text.splitlines()[0]
+    row = next(line for line in text.splitlines() if line.startswith("| mixunlearn |"))
+    gap = f"{doc['mixunlearn']['avg_gap']:.2f} ± {doc['mixunlearn']['avg_gap_std']:.2f}"
+    assert gap in row and row.count("±") == len(row.split("|")) - 3  # every cell but the name
+    with pytest.raises(SystemExit, match="stopped run"):
+        (tmp_path / "results.json").write_text(json.dumps({**doc, "pending": ["mixunlearn"]}))
+        tables.table(tmp_path)
