@@ -39,6 +39,9 @@ def add_parser(subparsers) -> None:
                     "tunes every one in turn", method_default=None)
     p.add_argument("--budget", type=positive_int, required=True,
                    help="finished trials per method (a resumed search counts the trials it already finished)")
+    p.add_argument("--restart", action="store_true",
+                   help="forget the trials OUT holds of the methods named by --method and search them again from the "
+                        "first trial (e.g. after a method's search space changed); other methods' trials stay")
     p.set_defaults(run=run, eval_split="val", val_size=None, out="fastmix-tune")
     helps = {"val_size": f"training samples carved out as the validation split the trials are scored on (default "
                          f"{DEFAULT_VAL_SHARE:.0%}% of the training set)",
@@ -102,6 +105,10 @@ def run(args) -> int:
         log(f"tuning {', '.join(methods)} on {exp.dataset}, {exp.setting}-level, label-{exp.labels}: "
             f"{exp.val_size} validation samples, budget {args.budget} each")
         winners = {}
+        if args.restart:
+            for m in methods:
+                if tuner.forget(m):
+                    log(f"{m}: its earlier trials in {out} are forgotten (--restart)")
         try:
             for m in methods:
                 log(f"{m}: searching {', '.join(spaces[m])}")

@@ -127,8 +127,18 @@ class Tuner:
             study.set_user_attr("key", key)
         elif held != key:
             raise ValueError(f"{self.out / STORAGE} holds a search of {method} with other settings (data, split, "
-                             "seed, attacks, fixed options or search space); use another --out for this one")
+                             "seed, attacks, fixed options or search space); use another --out for this one, or "
+                             "--restart to forget that search")
         return study
+
+    def forget(self, method: str) -> bool:
+        """Delete ``method``'s study (its trials) from the journal and the search log;
+        False when there was none."""
+        if method not in self.optuna.study.get_all_study_names(self.storage):
+            return False
+        self.optuna.delete_study(study_name=method, storage=self.storage)
+        self.write_log()
+        return True
 
     def recover(self, study) -> None:
         """Trials left running by a stopped search (none runs now: the lock is held) are

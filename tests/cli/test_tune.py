@@ -206,6 +206,18 @@ def test_a_search_with_other_settings_is_refused_in_the_same_folder(tmp_path, ca
     assert "holds a search of finetune with other settings" in capsys.readouterr().out and len(runs) == 1
 
 
+def test_restart_forgets_a_methods_trials_and_searches_again(tmp_path, capsys, runs):
+    argv = [*ARGS, "--method", "finetune", "--ft-epochs", "1", "--budget", "1", "--out", str(tmp_path)]
+    assert main(argv) == 0 and len(runs) == 1
+    first = search_log(tmp_path)["trials"]
+    assert main([*argv, "--seed", "1"]) == 2
+    assert "--restart to forget that search" in capsys.readouterr().out and len(runs) == 1
+    assert main([*argv, "--seed", "1", "--restart"]) == 0 and len(runs) == 2 and runs[-1].seed == 1
+    again = search_log(tmp_path)["trials"]
+    assert [t["number"] for t in again] == [0] and again != first
+    assert main([*argv, "--seed", "1"]) == 0 and len(runs) == 2  # the new search is the one resumed
+
+
 def test_fastmix_unlearn_takes_the_recipe_tune_wrote_and_a_flag_still_wins(tmp_path):
     out = tmp_path / "t"
     assert main([*ARGS, "--method", "finetune", "--budget", "1", "--out", str(out)]) == 0
