@@ -87,6 +87,19 @@ def _check_labels(name: str, y: torch.Tensor | None, num_classes: int) -> None:
 
 
 @dataclass
+class _Models:
+    """What :meth:`MixUnlearn._models` sets up for a run."""
+
+    original: FrozenOriginal
+    unlearner: nn.Module
+    mixblock: MixBlock | None
+    opponent: nn.Module | None  # the lagged generator opponent (generator_opponent="lagged")
+    groups: RowGroups | None  # BatchNorm's per-part statistics in the fast step
+    feat_shape: tuple | None  # f_D's feature map per sample, with a MixBlock
+    num_classes: int
+
+
+@dataclass
 class PreparedRun:
     """A run set up by :meth:`MixUnlearn.prepare` and not yet looped over.
 
@@ -226,6 +239,52 @@ class MixUnlearn:
         """Check the data and set a run up: models, optimisers, the teacher cache, the plan."""
         cfg, eng, dev = self.config, self.engine, self.device
         rank, world_size = world()
+        graphs = self._check_engine(world_size)
+        start = time.perf_counter()
+        data = self._data(forget_data, retain_data)
+        loss_fn = MixUnlearnLoss(
+            cfg.tau_gen, cfg.tau_mix, cfg.tau_real, cfg.omega if cfg.use_mix else 0.0,
+            cfg.sharpen_T, cfg.reduction, backend=self.backend,
+        )
+        m = self._models(data)
+        self.mixblock = m.mixblock
+        adam = dict(capturable=graphs and dev.type == "cuda", fused=eng.use_fused_adam(dev) or None)
+        mixblock_opt = None if m.mixblock is None else torch.optim.Adam(m.mixblock.parameters(), lr=cfg.gen_lr, **adam)
+        unlearner_opt = torch.optim.Adam(m.unlearner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **adam)
+        flush = tuple(filter(None, (m.unlearner, m.mixblock, m.opponent)))
+        flush = flush if eng.step == "fast" and eng.use_flush_subnormals(dev) else ()
+        cache = None
+        if eng.step == "fast":
+            if flush:
+                engine.flush_subnormals_(m.original, *flush)
+            cache = self._build_cache(data, m.original, loss_fn, m.feat_shape, m.num_classes)
+        else:
+            self.cache_info = {"cached": False, "reason": "step='paper' recomputes f_D every iteration"}
+        rng = torch.Generator(device=dev).manual_seed(self.seed)
+        unlearner_forward, mixblock_forward, shard = self._data_parallel(m, rank, world_size)
+        x_f = data.x_f
+        state = StepState(
+            config=cfg, unlearner=m.unlearner, unlearner_forward=unlearner_forward, mixblock=m.mixblock,
+            mixblock_forward=mixblock_forward, loss_fn=loss_fn, unlearner_opt=unlearner_opt,
+            mixblock_opt=mixblock_opt, amp=engine.Amp(eng.amp, dev, graphs=graphs), rng=rng,
+            image_size=tuple(x_f.shape[2:4]) if x_f.dim() == 4 else None, backend=self.backend, shard=shard,
+            pairing="argsort" if graphs else "randperm", groups=m.groups, opponent=m.opponent,
+            mask_stats=MaskStats(dev) if m.mixblock is not None and cfg.use_mix else None,
+        )
+        reader = BatchReader(data, m.original, cache, loss_fn, self._augment, rng)
+        if graphs:
+            self._log("CUDA graphs: the batch read, the generator step and the unlearner step are captured "
+                      "after 3 warm-up iterations; an epoch's short last batch runs uncaptured")
+        steps = (x_f.shape[0] + cfg.batch_size - 1) // cfg.batch_size
+        plan = LoopPlan(n_forget=x_f.shape[0], n_retain=data.x_r.shape[0], steps=steps, flush=flush, graphs=graphs,
+                        capture=dev.type == "cuda", quiet=self.quiet or rank != 0)
+        return PreparedRun(state=state, reader=reader, data=data, original=m.original, cache=cache, plan=plan,
+                           start=start)
+
+    def _check_engine(self, world_size: int) -> bool:
+        """Refuse engine options this launch cannot run, before any work; returns whether
+        the run captures CUDA graphs."""
+        eng, dev = self.engine, self.device
         if world_size > 1 and eng.step == "paper":
             raise ValueError("step='paper' (--paper-step) runs in one process; launch it without torchrun")
         graphs = eng.use_cuda_graphs(dev)
@@ -235,80 +294,51 @@ class MixUnlearn:
         if graphs and dev.type == "cuda" and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
             raise ValueError(f"cuda_graphs=True (--cuda-graphs) needs torch.cuda.CUDAGraph.register_generator_state, "
                              f"which torch {torch.__version__} lacks; pass --no-cuda-graphs")
-        start = time.perf_counter()
-        data = self._data(forget_data, retain_data)
-        x_f = data.x_f
-        fmt = data.memory_format
+        return graphs
+
+    def _models(self, data: RunData) -> _Models:
+        """The run's copies of the model (the frozen original f_D, the unlearner, the lagged
+        opponent if any), the MixBlock, and the BatchNorm row groups of the fast step; the
+        caller's model is never modified."""
+        cfg, eng, dev, fmt = self.config, self.engine, self.device, data.memory_format
         use_mixblock = cfg.mask == "mixblock"
         original = FrozenOriginal(copy.deepcopy(self.model).to(dev, memory_format=fmt),
                                   self.feature_layer if use_mixblock else None)
         unlearner = copy.deepcopy(self.model).to(dev, memory_format=fmt).train().requires_grad_(True)
         with torch.no_grad():
-            num_classes = original.logits(x_f[:1]).shape[1]
+            num_classes = original.logits(data.x_f[:1]).shape[1]
         _check_labels("forget_data", data.y_f, num_classes)
         _check_labels("retain_data", data.y_r, num_classes)
-        loss_fn = MixUnlearnLoss(
-            cfg.tau_gen, cfg.tau_mix, cfg.tau_real, cfg.omega if cfg.use_mix else 0.0,
-            cfg.sharpen_T, cfg.reduction, backend=self.backend,
-        )
-        feat_shape = None
+        feat_shape = mixblock = opponent = groups = None
         if use_mixblock:
             with torch.no_grad():
-                feat_shape = tuple(original(x_f[:1])[1].shape[1:])
-        mixblock = None
-        if use_mixblock:
+                feat_shape = tuple(original(data.x_f[:1])[1].shape[1:])
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
                 mixblock = MixBlock(feat_shape[0], init=cfg.mixblock_init,
                                     upsample=cfg.mask_upsample).to(dev, memory_format=fmt)
-        self.mixblock = mixblock
-        opponent = None
-        if use_mixblock and cfg.generator_opponent == "lagged":
-            opponent = copy.deepcopy(unlearner).requires_grad_(False).train()
-        groups = None
+            if cfg.generator_opponent == "lagged":
+                opponent = copy.deepcopy(unlearner).requires_grad_(False).train()
         if eng.step == "fast" and has_batchnorm(unlearner):  # the paper step runs its parts separately
             groups = RowGroups()
             for model in filter(None, (unlearner, opponent)):
                 group_batchnorm(model, groups)
-        adam = dict(capturable=graphs and dev.type == "cuda", fused=eng.use_fused_adam(dev) or None)
-        mixblock_opt = torch.optim.Adam(mixblock.parameters(), lr=cfg.gen_lr, **adam) if use_mixblock else None
-        unlearner_opt = torch.optim.Adam(unlearner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **adam)
-        steps = (x_f.shape[0] + cfg.batch_size - 1) // cfg.batch_size
-        flush = tuple(filter(None, (unlearner, mixblock, opponent)))
-        flush = flush if eng.step == "fast" and eng.use_flush_subnormals(dev) else ()
-        cache = None
-        if eng.step == "fast":
-            if flush:
-                engine.flush_subnormals_(original, *flush)
-            cache = self._build_cache(data, original, loss_fn, feat_shape, num_classes)
-        else:
-            self.cache_info = {"cached": False, "reason": "step='paper' recomputes f_D every iteration"}
-        rng = torch.Generator(device=dev).manual_seed(self.seed)
-        unlearner_forward, mixblock_forward, shard = unlearner, mixblock, None
-        if world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
+        return _Models(original=original, unlearner=unlearner, mixblock=mixblock, opponent=opponent, groups=groups,
+                       feat_shape=feat_shape, num_classes=num_classes)
 
-            ids = [dev.index] if dev.type == "cuda" else None
-            shard = RowShard(rank, world_size)
-            unlearner_forward = DDP(unlearner, device_ids=ids)
-            mixblock_forward = DDP(mixblock, device_ids=ids) if use_mixblock else None
-            self._log(f"data-parallel over {world_size} ranks: each runs ceil(B/{world_size}) rows of every batch")
-        state = StepState(
-            config=cfg, unlearner=unlearner, unlearner_forward=unlearner_forward, mixblock=mixblock,
-            mixblock_forward=mixblock_forward, loss_fn=loss_fn, unlearner_opt=unlearner_opt,
-            mixblock_opt=mixblock_opt, amp=engine.Amp(eng.amp, dev, graphs=graphs), rng=rng,
-            image_size=tuple(x_f.shape[2:4]) if x_f.dim() == 4 else None, backend=self.backend, shard=shard,
-            pairing="argsort" if graphs else "randperm", groups=groups, opponent=opponent,
-            mask_stats=MaskStats(dev) if use_mixblock and cfg.use_mix else None,
-        )
-        reader = BatchReader(data, original, cache, loss_fn, self._augment, rng)
-        if graphs:
-            self._log("CUDA graphs: the batch read, the generator step and the unlearner step are captured "
-                      "after 3 warm-up iterations; an epoch's short last batch runs uncaptured")
-        plan = LoopPlan(n_forget=x_f.shape[0], n_retain=data.x_r.shape[0], steps=steps, flush=flush, graphs=graphs,
-                        capture=dev.type == "cuda", quiet=self.quiet or rank != 0)
-        return PreparedRun(state=state, reader=reader, data=data, original=original, cache=cache, plan=plan,
-                           start=start)
+    def _data_parallel(self, m: _Models, rank: int, world_size: int):
+        """``(unlearner_forward, mixblock_forward, shard)``: the models themselves in one
+        process; DistributedDataParallel wrappers and this rank's rows under torchrun."""
+        if world_size == 1:
+            return m.unlearner, m.mixblock, None
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        dev = self.device
+        ids = [dev.index] if dev.type == "cuda" else None
+        unlearner_forward = DDP(m.unlearner, device_ids=ids)
+        mixblock_forward = DDP(m.mixblock, device_ids=ids) if m.mixblock is not None else None
+        self._log(f"data-parallel over {world_size} ranks: each runs ceil(B/{world_size}) rows of every batch")
+        return unlearner_forward, mixblock_forward, RowShard(rank, world_size)
 
     def _build_cache(self, data: RunData, original: FrozenOriginal, loss_fn, feat_shape,
                      num_classes) -> TeacherCache | None:
