@@ -31,6 +31,9 @@ ON_GPU = DEVICE.type == "cuda"
 # "compile" is torch.compile of that same code, the rest are fastmix backends
 # ("fastmix-cpu": the opt-in C++ CPU kernels, CPU runs only).
 IMPLS = ("eager", "compile", "fastmix-torch", "fastmix-cpu", "fastmix-triton", "fastmix-cuda")
+# The op benchmarks add "fastmix": the default backend, what a call without backend= gets
+# (fastmix-cpu on CPU tensors, a GPU backend on GPU tensors).
+OP_IMPLS = (*IMPLS[:2], "fastmix", *IMPLS[2:])
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LAYOUTS = ("contiguous", "channels_last")
@@ -70,8 +73,9 @@ def dtype_skip(dtype_name: str) -> None:
 
 
 def impl_skip(impl: str) -> str | None:
-    """Skip ``impl`` here with the reason, or return the fastmix backend name (None for eager/compile)."""
-    if impl in ("eager", "compile"):
+    """Skip ``impl`` here with the reason, or return the fastmix backend name (None for eager,
+    compile and fastmix's default backend)."""
+    if impl in ("eager", "compile", "fastmix"):
         return None
     backend = impl.split("-", 1)[1]
     if backend == "torch" and ON_GPU:

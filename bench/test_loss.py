@@ -4,7 +4,7 @@ setting) and with integer labels (the label-aware setting, the trainer's default
 import bench_eager as eager
 import pytest
 import torch
-from bench_common import DEVICE, DTYPES, IMPLS, compile_fn, dtype_skip, impl_skip, run_case, tensor_bytes
+from bench_common import DEVICE, DTYPES, OP_IMPLS, compile_fn, dtype_skip, impl_skip, run_case, tensor_bytes
 from cases import LOGIT_SIZES, size_id, smoke_skip
 
 TAU_GEN, TAU_MIX, TAU_REAL, OMEGA, T = 1.0, 10.0, 10.0, 1.0, 0.3
@@ -13,7 +13,7 @@ TAU_GEN, TAU_MIX, TAU_REAL, OMEGA, T = 1.0, 10.0, 10.0, 1.0, 0.3
 @pytest.mark.parametrize("targets", ["soft", "label"])
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("size", LOGIT_SIZES, ids=size_id)
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", OP_IMPLS)
 def test_loss_forward_backward(benchmark, impl, size, dtype, targets):
     dtype_skip(dtype)
     backend = impl_skip(impl)

@@ -3,7 +3,7 @@
 import bench_eager as eager
 import pytest
 import torch
-from bench_common import DEVICE, DTYPES, IMPLS, LAYOUTS, compile_fn, dtype_skip, impl_skip, run_case, tensor_bytes
+from bench_common import DEVICE, DTYPES, LAYOUTS, OP_IMPLS, compile_fn, dtype_skip, impl_skip, run_case, tensor_bytes
 from cases import IMAGE_SIZES, size_id, smoke_skip
 
 
@@ -44,7 +44,7 @@ def _case(impl, size, dtype, layout):
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("size", IMAGE_SIZES, ids=size_id)
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", OP_IMPLS)
 def test_mixup_forward(benchmark, impl, size, dtype, layout):
     backend, dt = _case(impl, size, dtype, layout)
     make_inputs = _inputs(size, dt, layout, with_grad=False)
@@ -61,7 +61,7 @@ def test_mixup_forward(benchmark, impl, size, dtype, layout):
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("size", IMAGE_SIZES, ids=size_id)
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", OP_IMPLS)
 def test_mixup_mask_backward(benchmark, impl, size, dtype, layout):
     backend, dt = _case(impl, size, dtype, layout)
     make_inputs = _inputs(size, dt, layout, with_grad=True)

@@ -2,7 +2,7 @@
 import bench_eager as eager
 import pytest
 import torch
-from bench_common import DEVICE, DTYPES, IMPLS, compile_fn, dtype_skip, impl_skip, run_case, tensor_bytes
+from bench_common import DEVICE, DTYPES, OP_IMPLS, compile_fn, dtype_skip, impl_skip, run_case, tensor_bytes
 from cases import LOGIT_SIZES, size_id, smoke_skip
 
 T = 0.3
@@ -10,7 +10,7 @@ T = 0.3
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("size", LOGIT_SIZES, ids=size_id)
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", OP_IMPLS)
 def test_sharpen(benchmark, impl, size, dtype):
     dtype_skip(dtype)
     backend = impl_skip(impl)
