@@ -1,6 +1,8 @@
 """The outputs of `fastmix unlearn`: a text table, results.json and a PNG."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import platform
 from pathlib import Path
@@ -42,13 +44,27 @@ def aggregate(per_seed: list[dict[str, dict]]) -> dict[str, dict]:
 
 
 def versions() -> dict:
+    """What ran: the packages' versions, the machine, and ``fastmix_source``, a hash of
+    fastmix's own source (:func:`source_hash`): the version number stays put between
+    releases, and a resumed run may mix code (nothing compares it; it is a record)."""
     import sklearn
     import torch
 
-    from fastmix import __version__
+    import fastmix
 
-    return {"fastmix": __version__, "torch": torch.__version__, "scikit-learn": sklearn.__version__,
-            "python": platform.python_version(), "machine": platform.machine(), "cpu_threads": torch.get_num_threads()}
+    return {"fastmix": fastmix.__version__, "fastmix_source": source_hash(Path(fastmix.__file__).parent),
+            "torch": torch.__version__, "scikit-learn": sklearn.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "cpu_threads": torch.get_num_threads()}
+
+
+@functools.lru_cache(maxsize=4)
+def source_hash(root: Path) -> str:
+    """The first 16 hex digits of a SHA-256 over the relative paths and contents of the
+    ``.py`` files under ``root`` (the package, its kernels included), read once per process."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def write_results(path: Path, rows: dict[str, dict], settings: dict, pending=(), diagnostics=None) -> dict:
