@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-NOT_ROWS = ("settings", "versions", "pending", "diagnostics")
-METRICS = ("Train_r", "Train_f", "Test_r", "Test_f", "Test", "ASR", "MIA_efficacy")
+from fastmix.cli.unlearn import NOT_ROWS
+from fastmix.harness.evaluation import metric_names
 
 
 def cell(row: dict, col: str) -> str:
@@ -27,8 +27,7 @@ def table(path: Path) -> str:
     if res.get("pending"):
         raise SystemExit(f"{path / 'results.json'} is a stopped run (pending: {', '.join(res['pending'])})")
     rows = {k: r for k, r in res.items() if k not in NOT_ROWS}
-    metrics = [m for m in METRICS if m in rows["retrain"]]
-    cols = [*metrics, "avg_gap", "RTE", "seconds"]
+    cols = [*metric_names(s["setting"]), "avg_gap", "RTE", "seconds"]
     cols = [c for c in cols if all(c in r for r in rows.values())]
     seeds = s.get("seeds", [s.get("seed")])
     out = [f"**{s['setting']}-level, label-{s['labels']}** (D_f: {s['n_forget']} images, D_r: {s['n_retain']}, "

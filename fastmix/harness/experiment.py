@@ -448,6 +448,9 @@ def run_experiment(exp: Experiment, log=print, write=None, references: dict | No
     result = {"rows": rows, "metrics": names, "extras": extras, "options": options, "split": split, "dataset": ds}
 
     def finished(pending):
+        ordered = {n: rows[n] for n in ("original", "retrain", *exp.methods) if n in rows}  # kept rows in place
+        rows.clear()
+        rows.update(ordered)
         for row in rows.values():
             row["avg_gap"] = avg_gap(row, rows["retrain"], names)
             row["RTE"] = rte(rows["retrain"]["seconds"], row["seconds"])
@@ -458,18 +461,18 @@ def run_experiment(exp: Experiment, log=print, write=None, references: dict | No
         known = (references or {}).get(name)
         rows[name] = dict(known) if known is not None else \
             {**evaluate(model, ds, split, exp.seed, exp.attacks), "seconds": train_seconds[name]}
-    finished(exp.methods)
-    for i, name in enumerate(exp.methods):
+    for name in exp.methods:  # in the first write already: a stop before the loop loses none of them
         if name in (references or {}):
             rows[name] = dict(references[name])
             log(f"{name}: its row is reused, not run again")
-            finished(exp.methods[i + 1:])
-            continue
+    pending = [name for name in exp.methods if name not in rows]
+    finished(pending)
+    for i, name in enumerate(pending):
         method_result = get_method(name)(method_context(exp, ds, split, original, options))
         rows[name] = {**evaluate(method_result.model, ds, split, exp.seed, exp.attacks),
                       "seconds": method_result.seconds}
         extras[name] = method_result.extras
         log(f"{name}: {method_result.seconds:.1f}s")
-        finished(exp.methods[i + 1:])
+        finished(pending[i + 1:])
     log(f"evaluation and methods took {time.perf_counter() - start:.1f}s")
     return result
