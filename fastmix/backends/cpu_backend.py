@@ -241,7 +241,7 @@ def loss_forward(mix_logits, forget_logits, retain_logits, forget_target, retain
     real = omega != 0
     B, C = mix_logits.shape
     N = retain_target.shape[0]
-    if torch.float64 in (lam.dtype, forget_target.dtype):  # float32 copies could round a bad value into range
+    if torch.float64 in (lam.dtype, forget_target.dtype, retain_target.dtype):  # float32 could round a bad value in
         _host_checks(_loss_checks(forget_target, retain_target, perm, lam, B, N, C), None)
     mix = _f32(mix_logits)
     forget = _f32(forget_logits) if real else None

@@ -152,7 +152,8 @@ def contrastive_loss(
         logits=logits, forget_target=forget_target, retain_target=retain_target, perm=perm
     )
     backend = resolve_backend(backend, device, logits.dtype)
-    values = _checks.values_wanted(logits, backend_checks=kernels_for(backend).checks_values)
+    kernels = kernels_for(backend)
+    values = _checks.values_wanted(logits, backend_checks=kernels.checks_values)
     _checks.target("forget_target", forget_target, B, C, values)
     _checks.target("retain_target", retain_target, None if perm is not None else B, C, values)
     check_target_kinds(forget_target=forget_target, retain_target=retain_target)
@@ -161,7 +162,7 @@ def contrastive_loss(
     tau = _checks.positive_finite("tau", tau)
     reduction = _checks.reduction_arg(reduction)
     if eager():
-        return closed_form_loss(kernels_for(backend).contrastive_forward, (logits,),
+        return closed_form_loss(kernels.contrastive_forward, (logits,),
                                 (forget_target, retain_target, lam, perm), (tau, reduction))
     loss, _ = _contrastive(
         logits, forget_target, retain_target, lam, perm, tau, reduction, wants_grad(logits), backend

@@ -152,7 +152,8 @@ def _loss(mix, forget, retain, q_f, q_r, lam, perm, tau_mix, tau_real, omega, re
     if omega == 0:
         forget = retain = None
     backend = resolve_backend(backend, device, wide)
-    values = _checks.values_wanted(mix, backend_checks=kernels_for(backend).checks_values)
+    kernels = kernels_for(backend)
+    values = _checks.values_wanted(mix, backend_checks=kernels.checks_values)
     if passed is None or values:
         B, C = mix.shape
         _checks.target("forget_target", q_f, B, C, values)
@@ -168,7 +169,7 @@ def _loss(mix, forget, retain, q_f, q_r, lam, perm, tau_mix, tau_real, omega, re
         if cacheable:
             _PASSED.add(key, (device, wide))
     if not compiling:
-        return closed_form_loss(kernels_for(backend).loss_forward, (mix, forget, retain), (q_f, q_r, lam, perm),
+        return closed_form_loss(kernels.loss_forward, (mix, forget, retain), (q_f, q_r, lam, perm),
                                 (tau_mix, tau_real, omega, reduction))
     with_grad = wants_grad(mix, forget, retain)
     return _mixunlearn(mix, forget, retain, q_f, q_r, lam, perm, tau_mix, tau_real, omega, reduction, with_grad,

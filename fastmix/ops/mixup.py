@@ -7,7 +7,6 @@ from fastmix.backends import kernels_for, resolve_backend
 
 from . import _checks
 from ._autograd import c_apply, functorch_active
-from .debug import value_checks_wanted
 
 
 @torch.library.custom_op("fastmix::mixup", mutates_args=())
@@ -127,7 +126,7 @@ def mixup(
         device, weight, from_float = _check_metadata(x_forget, x_retain, weight, perm)
     backend = resolve_backend(backend, device, x_forget.dtype)
     kernels = kernels_for(backend)
-    values = not kernels.checks_values and value_checks_wanted(x_forget)  # else the kernel checks them
+    values = _checks.values_wanted(x_forget, backend_checks=kernels.checks_values)
     if not passed or values:
         B = x_forget.shape[0]
         _checks.perm("perm", perm, B, x_retain.shape[0], values)

@@ -295,6 +295,20 @@ def test_the_mixup_kernel_checks_values(bad, name, channels_last, dtype):
                             in_kernel=weight.dtype != torch.float64)  # float64: checked as the host does
 
 
+@pytest.mark.parametrize("which", ["forget_target", "retain_target"])
+def test_a_float64_target_is_checked_before_float32_rounds_its_bad_value_away(which):
+    # -1e-50 is -0.0 in float32, where the kernel's check cannot see it: the backend
+    # checks a float64 target as the host does, whichever of the two it is
+    gen = torch.Generator().manual_seed(5)
+    B, C = 4, 5
+    q = {k: torch.softmax(torch.randn(B, C, generator=gen), 1) for k in ("forget_target", "retain_target")}
+    q[which] = q[which].double()
+    q[which][1, 2] = -1e-50
+    logits = torch.randn(B, C, generator=gen)
+    _same_error_as_the_host(fastmix.contrastive_loss, logits, q["forget_target"], q["retain_target"],
+                            torch.rand(B, generator=gen), 1.0, name=which, in_kernel=False)
+
+
 def test_good_inputs_are_not_scanned_on_the_host(monkeypatch):
     # the cpu backend's kernels check the values: no aminmax and read-back per call
     from fastmix.ops import _checks
