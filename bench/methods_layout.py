@@ -11,7 +11,8 @@ import time
 
 import torch
 
-from fastmix.harness.methods import MethodContext, common, get_method
+from fastmix.harness import training
+from fastmix.harness.methods import MethodContext, get_method
 from fastmix.harness.models import build_model
 
 
@@ -22,15 +23,15 @@ def main() -> None:
     model = build_model("mnist-cnn", 10, 1, seed=0).requires_grad_(False)
     ctx = MethodContext(original=model, x_forget=x[:600], y_forget=y[:600], x_retain=x[600:], y_retain=y[600:],
                         labels="aware", options={}, seed=0, quiet=True)
-    layouts = {"channels_last": common.trainer_layout, "default": lambda m, sample_dim: m}
+    layouts = {"channels_last": training.trainer_layout, "default": lambda m, sample_dim: False}
     for name in sys.argv[1].split(","):
         times = []
         for layout in ("channels_last", "default") * 2:
-            common.trainer_layout = layouts[layout]
+            training.trainer_layout = layouts[layout]
             start = time.thread_time()
             get_method(name)(ctx)
             times.append(f"{layout} {time.thread_time() - start:.1f}s")
-        common.trainer_layout = layouts["channels_last"]
+        training.trainer_layout = layouts["channels_last"]
         print(name, " ".join(times), flush=True)
 
 

@@ -58,8 +58,7 @@ def train_classifier(
     """
     device = x.device
     cpu = device.type == "cpu"
-    fmt = torch.channels_last if is_convolutional(model, x.dim()) else torch.contiguous_format
-    model.to(memory_format=fmt)
+    fmt = torch.channels_last if trainer_layout(model, x.dim()) else torch.contiguous_format
     gen = torch.Generator(device=device).manual_seed(seed)
     aug_gen = torch.Generator(device=device).manual_seed((seed + 1) % 2**63) if augment is not None else None
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, fused=cpu or None)
@@ -83,6 +82,18 @@ def train_classifier(
                 opt.step()
                 bar.update(1)
     return model.to(memory_format=torch.contiguous_format).eval()
+
+
+def trainer_layout(model: nn.Module, sample_dim: int) -> bool:
+    """Lay ``model`` out, in place, as fastmix trains every model: channels_last when it
+    is convolutional and fed images (as MixUnlearn's engine does; its convolutions are
+    faster on the CPU and on GPUs), else unchanged. Returns whether it is channels_last.
+    A layout changes results by rounding only; trained models are handed back in the
+    default layout (``model.to(memory_format=torch.contiguous_format)``)."""
+    if not is_convolutional(model, sample_dim):
+        return False
+    model.to(memory_format=torch.channels_last)
+    return True
 
 
 def fingerprint(*tensors: torch.Tensor) -> str:

@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from fastmix.mixunlearn.engine import is_convolutional
+from fastmix.harness import training
 from fastmix.progress import progress_bar
 from fastmix.settings import setting_fields, validate
 
@@ -34,20 +34,11 @@ def needs_labels(method: str, ctx: MethodContext) -> None:
 
 def student(ctx: MethodContext) -> nn.Module:
     """A trainable copy of the original model (``ctx.original`` is never modified), laid
-    out as fastmix trains every model (:func:`trainer_layout`)."""
-    return trainer_layout(copy.deepcopy(ctx.original), ctx.x_forget.dim()).train().requires_grad_(True)
-
-
-def trainer_layout(model: nn.Module, sample_dim: int) -> nn.Module:
-    """``model`` in channels_last when it is convolutional and fed images, in place: the
-    layout in which ``training.train_classifier`` (the original, retrain, fine-tuning)
-    and MixUnlearn's engine run theirs. Its convolutions are faster on the CPU and on
-    GPUs (BENCHMARKS.md, "Baselines in channels_last"), and every method's seconds (the
-    RTE column) are measured on the same terms. A layout changes results by rounding
-    only; :func:`done` hands the model back in the default layout."""
-    if is_convolutional(model, sample_dim):
-        model.to(memory_format=torch.channels_last)
-    return model
+    out as fastmix trains every model (:func:`fastmix.harness.training.trainer_layout`):
+    every method's seconds (the RTE column) are measured on the same terms."""
+    model = copy.deepcopy(ctx.original)
+    training.trainer_layout(model, ctx.x_forget.dim())
+    return model.train().requires_grad_(True)
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
