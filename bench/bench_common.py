@@ -29,7 +29,7 @@ ON_GPU = DEVICE.type == "cuda"
 # Implementations compared in every group. "eager" is the straightforward PyTorch
 # code a user of the paper would write (bench_eager.py, autograd through plain ops),
 # "compile" is torch.compile of that same code, the rest are fastmix backends
-# ("fastmix-cpu": the opt-in C++ CPU kernels, CPU runs only).
+# ("fastmix-cpu": the C++ CPU kernels, the default on CPU tensors; CPU runs only).
 IMPLS = ("eager", "compile", "fastmix-torch", "fastmix-cpu", "fastmix-triton", "fastmix-cuda")
 # The op benchmarks add "fastmix": the default backend, what a call without backend= gets
 # (fastmix-cpu on CPU tensors, a GPU backend on GPU tensors).

@@ -1,5 +1,5 @@
 // A host emulation of the little of CUDA that csrc/ uses, so that the kernels run on
-// machines without a GPU (tests/test_cuda_emulated.py). Force-included before each
+// machines without a GPU (tests/backends/test_cuda_emulated.py). Force-included before each
 // csrc/*.cu compiled by g++ with -DFASTMIX_EMULATE. Blocks run one after another.
 // The threads of a block run as fibers (ucontext) on the calling thread, in turn: each
 // runs until it waits at a barrier (__syncthreads, a warp shuffle) or ends, then the
@@ -125,9 +125,9 @@ T* dynamic_shared() {
 }
 
 #ifndef FASTMIX_EMULATE_OS_THREADS
-// Each of `blocks` blocks as `threads` fibers: begin(n) sets up block n, enter(t, n) sets up
-// thread t of block n each time it is resumed (the CUDA thread's coordinates are per OS
-// thread here, shared by the fibers), body(t) is its work. A block whose fibers all wait
+// Each of `blocks` blocks as `threads` fibers: begin(n) sets up block n, enter(t) sets up
+// thread t each time it is resumed (threadIdx is per OS thread here, shared by the
+// fibers), body(t) is its work. A block whose fibers all wait
 // and none can go on (a barrier some threads never reach) fails the launch, where a GPU
 // would hang.
 template <typename Begin, typename Enter, typename Body>
@@ -142,8 +142,6 @@ void run_fibers(unsigned threads, uint64_t blocks, Begin begin, Enter enter, Bod
   std::vector<Fiber> fibers(threads);
   ucontext_t loop;
   static thread_local Fiber* t_starting;  // the fiber resumed for the first time
-  ucontext_t* const outer_loop = t_loop;  // a launch from inside a kernel is not expected; kept safe
-  ucontext_t* const outer_self = t_self;
   t_loop = &loop;
   for (uint64_t n = 0; n < blocks; ++n) {
     begin(n);
@@ -162,7 +160,7 @@ void run_fibers(unsigned threads, uint64_t blocks, Begin begin, Enter enter, Bod
       for (unsigned t = 0; t < threads; ++t) {
         Fiber& f = fibers[t];
         if (f.done) continue;
-        enter(t, n);
+        enter(t);
         t_self = &f.context;
         if (!f.started) {
           f.started = true;
@@ -178,14 +176,10 @@ void run_fibers(unsigned threads, uint64_t blocks, Begin begin, Enter enter, Bod
       }
       if (alive > 0 && t_progress == before) {  // every live fiber waits at a barrier no one else reaches
         last_error = cudaErrorLaunchFailure;
-        t_loop = outer_loop;
-        t_self = outer_self;
         return;
       }
     }
   }
-  t_loop = outer_loop;
-  t_self = outer_self;
 }
 #endif
 
@@ -209,14 +203,14 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, KArgs.
     current->shared.assign(smem + 16, 0);
   };
 #ifndef FASTMIX_EMULATE_OS_THREADS
-  run_fibers(block.x, blocks, [&](uint64_t) { fresh(); }, [&](unsigned t, uint64_t n) {
-    t_threadIdx = uint3{t, 0, 0};
-    t_blockDim = block;
-    t_gridDim = grid;
-    t_launch = serial;
+  t_blockDim = block;
+  t_gridDim = grid;
+  t_launch = serial;
+  run_fibers(block.x, blocks, [&](uint64_t n) {
+    fresh();
     t_blockIdx = uint3{static_cast<unsigned>(n % grid.x), static_cast<unsigned>(n / grid.x), 0};
     t_block = current.get();
-  }, [&](unsigned t) {
+  }, [&](unsigned t) { t_threadIdx = uint3{t, 0, 0}; }, [&](unsigned t) {
     std::apply(kernel, packed);
     // an exited thread no longer holds back __syncthreads or its warp
     t_block->warp_bars[t / 32]->arrive_and_drop();

@@ -1,7 +1,7 @@
 """Which implementation runs an op: the PyTorch reference, Triton, CUDA C++ or C++ on the CPU.
 
 Each backend module registers its kernels with :func:`register` when it is imported
-(``torch_backend``, ``triton_backend``, ``cuda_backend``); :func:`kernels_for` imports a
+(``torch_backend``, ``triton_backend``, ``cuda_backend``, ``cpu_backend``); :func:`kernels_for` imports a
 backend on its first use, so Triton and the CUDA library load only when asked for.
 
 Resolution order for each call: the ``backend=`` keyword, else the
@@ -74,7 +74,7 @@ class Kernels:
     # reduction, with_grad) -> (loss, grad_mix, grad_forget, grad_retain); None: composed by
     # kernels_for() from contrastive_forward and real_forward
     loss_forward: Callable | None = None
-    # True: mixup_forward and loss_forward check the values the ops would otherwise scan on
+    # True: mixup_forward, contrastive_forward and loss_forward check the values the ops would otherwise scan on
     # the host (perm and label range, weight and lam in [0, 1], NaN, infinite or negative
     # probabilities) and raise the ops' errors, so the ops skip those scans for this backend
     checks_values: bool = False

@@ -49,8 +49,9 @@ class MixUnlearnConfig:
     nearly pure forget); ``generator_opponent="lagged"`` scores the generator's mixes with
     a copy of f_U whose weights follow f_U's by an EMA (``LAGGED_MOMENTUM``, updated after
     every unlearner step; the copy runs in train mode, with batch statistics, and its
-    buffers are not averaged); ``mixblock_init="paper"`` and ``mask_upsample="nearest"``
-    are the MixBlock's initialisation and upsampling of the authors' and AdAutoMix's code.
+    buffers are not averaged); ``mixblock_init="paper"`` is the MixBlock's initialisation
+    of the authors' and AdAutoMix's code. ``mask_upsample`` is the one departure that
+    follows the authors by default (``"nearest"``; ``"bilinear"`` is SPEC 5's), see below.
 
     The defaults were chosen by measurement (RESULTS.md, "Where fastmix departs from the
     authors' code"; Fashion-MNIST class- and data-level, 3 seeds, validation split): the

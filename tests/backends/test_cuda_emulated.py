@@ -378,7 +378,7 @@ def test_large_loss_traffic(emu, emulated_library, kind):
     assert len(counts) == 3
 
     traffic.check_fused_loss_traffic(counts, named, kind, B, C)
-    # the gradient stores and the last reads go evict_first
+    # the gradient stores go evict_first
     assert all(policy == 2 for *_, policy, store in _trace(emulated_library) if store)
 
 

@@ -1,7 +1,7 @@
 """What results.json records beside the metrics."""
 
 
-def test_results_record_a_hash_of_fastmix_source(tmp_path):
+def test_versions_record_a_hash_of_fastmix_source(tmp_path):
     """versions()["fastmix_source"] names the code that ran: it changes with any .py file."""
     from fastmix.harness.report import source_hash, versions
 
