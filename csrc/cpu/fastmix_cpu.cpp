@@ -1,6 +1,7 @@
 // fastmix's CPU kernels: the ops of SPEC sections 2 to 4 fused into one or two passes
-// over the rows, float32 data, float64 accumulators (the loss: float32 partial sums over
-// chunks of a row, added in float64), OpenMP across rows when there is enough work. A plain C ABI loaded with ctypes (fastmix/backends/cpu_backend.py), no
+// over the rows, float32 data; sums in float32 over chunks of a row, added in float64 (short
+// sharpen rows entirely in float32), the mixup weight's gradient in float64; OpenMP across
+// rows when there is enough work. A plain C ABI loaded with ctypes (fastmix/backends/cpu_backend.py), no
 // torch headers: the library builds in seconds with any C++17 compiler.
 //
 // Every pointer is to contiguous float32 / int64 data; the Python side makes it so.
@@ -139,7 +140,8 @@ inline void sharpen_row(const float* __restrict z, float* __restrict o, int64_t 
   for (int64_t j = 0; j < C; ++j) o[j] *= inv;
 }
 
-// A temperature so small that 1 / T is no finite float: the maximum gets everything.
+// A temperature so small that 1 / T is no finite float: the maximum gets everything (tied
+// maxima share it, 1/n each).
 inline void sharpen_row_argmax(const float* z, float* o, int64_t C) {
   const float m = row_max(z, C);
   int64_t n = 0;
@@ -363,7 +365,8 @@ int fastmix_cpu_sharpen_backward(const FastmixSharpenCall* call) {
 // one lambda; a mask: (wsp, wsq) = (0, 1) or (1, 0)). Forward: out = m * x_f + (1 - m) *
 // x_r[perm[b]]. Backward: the gradients to x_f (m g), x_r (summed over repeated perm
 // rows, in order of b) and the weight (summed over what it broadcasts over, in float64);
-// a null output is not wanted; x must hold elements (cpu_backend leaves empty x to the reference). Both check perm first (nothing is read out of bounds);
+// a null output is not wanted; the backward needs x to hold elements (cpu_backend leaves
+// empty x to the reference; the forward takes it). Both check perm first (nothing is read out of bounds);
 // the forward checks the weight too, in the pass that reads it.
 struct FastmixMixupCall {
   const float *g, *xf, *xr, *w;
