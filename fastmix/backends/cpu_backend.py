@@ -206,7 +206,9 @@ def mixup_forward(x_forget, x_retain, weight, perm):
     """Checks ``perm`` (in range) and the weight (in [0, 1], no NaN) in the kernel, in the
     pass that reads them: the ops leave those value checks to this backend
     (``Kernels.checks_values``)."""
-    if weight.dtype == torch.float64:  # checked as the op would: float32 could round a value into [0, 1]
+    # float32 could round a float64 value into [0, 1]: checked as the op would, here rather
+    # than in the op because this also runs inside a compiled graph, where the op reads no values
+    if weight.dtype == torch.float64:
         _host_checks([("unit_interval", "weight", weight)], None)
     out = _mixup_call("mixup_forward", None, x_forget, x_retain, weight, perm, (True, False, False, False))[0]
     return _as(out, x_forget.dtype)

@@ -170,14 +170,14 @@ def recipe_of(args) -> str | None:
 
 def method_names(args, options: dict) -> list[str]:
     """``--method`` expanded; ``all`` in the label-agnostic setting keeps the methods that run
-    without labels with the settings the run will use: the flags in ``options`` over the
-    recipe's (a recipe may, e.g., drop SCRUB's cross-entropy term, scrub_gamma 0)."""
+    without labels with the settings the run will use (:func:`~fastmix.harness.experiment.resolve_options`:
+    a recipe may, e.g., drop SCRUB's cross-entropy term, scrub_gamma 0)."""
+    from fastmix.harness.experiment import resolve_options
     from fastmix.harness.methods import METHODS, expand_method_names
 
     recipe = recipe_of(args)
     held = recipe_options(load_recipe(recipe), METHODS) if recipe else {}
-    given = {k: v for k, v in options.items() if v is not None}
-    return expand_method_names(args.method, args.labels, {**held, **given})
+    return expand_method_names(args.method, args.labels, resolve_options(args.dataset, options, held))
 
 
 def add_attack_args(p: argparse.ArgumentParser) -> None:

@@ -44,19 +44,26 @@ def import_optuna():
     return optuna
 
 
+# Experiment fields that say where a run writes and what it prints, never what it computes.
+WHERE = ("out", "models_dir", "quiet")
+
+
+def _fields(exp: Experiment, *leave_out: str) -> dict:
+    return {k: v for k, v in dataclasses.asdict(exp).items() if k not in WHERE + leave_out}
+
+
 def search_key(exp: Experiment, method: str, space: dict) -> str:
     """What determines a search's trials besides the drawn settings; a resumed search must
     have the same (where it runs and what it prints do not count)."""
-    fields = {k: v for k, v in dataclasses.asdict(exp).items() if k not in ("out", "models_dir", "quiet", "methods")}
     space_text = {name: repr(dim) for name, dim in space.items()}
-    return json.dumps({"method": method, "experiment": fields, "space": space_text}, sort_keys=True, default=str)
+    return json.dumps({"method": method, "experiment": _fields(exp, "methods"), "space": space_text},
+                      sort_keys=True, default=str)
 
 
 def reference_key(exp: Experiment) -> str:
     """What the original's and retrain's rows depend on: every field but the methods, their
     options and where the run writes (method options never reach those two models)."""
-    skip = ("out", "models_dir", "quiet", "methods", "options")
-    return json.dumps({k: v for k, v in dataclasses.asdict(exp).items() if k not in skip}, sort_keys=True, default=str)
+    return json.dumps(_fields(exp, "methods", "options"), sort_keys=True, default=str)
 
 
 def suggest(trial, name: str, dim):
@@ -178,6 +185,7 @@ class Tuner:
         study = self.study(exp, method, space)
         self.recover(study)
         size = grid_size(space)
+        ref_key = reference_key(exp)
 
         def objective(trial):
             params = {name: suggest(trial, name, dim) for name, dim in space.items()}
@@ -189,7 +197,6 @@ class Tuner:
                     return done.value
             start = time.perf_counter()
             run = dataclasses.replace(exp, methods=(method,), options={**exp.options, **params})
-            ref_key = reference_key(exp)
             try:
                 rows = run_experiment(run, log=lambda *a: None, references=self.references.get(ref_key))["rows"]
             except ValueError as e:
