@@ -3,7 +3,8 @@
 Usage: python scripts/results_tables.py OUT/class-aware OUT/class-agnostic ...
 
 A `--seeds` run's results.json holds each metric's mean and its sample standard deviation
-(`METRIC_std`): its cells read `mean ± std`. Every table says its seeds and the machine.
+(`METRIC_std`): its cells read `mean ± std`. Every table says its seeds, the machine and
+the fastmix source its rows came from (several, named, when a resumed run mixed code).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from fastmix.cli.unlearn import NOT_ROWS
+from fastmix.cli.unlearn import NOT_ROWS, recorded_sources
 from fastmix.harness.evaluation import metric_names
 
 
@@ -30,9 +31,12 @@ def table(path: Path) -> str:
     cols = [*metric_names(s["setting"]), "avg_gap", "RTE", "seconds"]
     cols = [c for c in cols if all(c in r for r in rows.values())]
     seeds = s.get("seeds", [s.get("seed")])
+    sources = recorded_sources(res)
+    code = (f"fastmix source {sources[0]}" if len(sources) == 1 else
+            f"rows from {len(sources)} fastmix sources: {', '.join(sources)}" if sources else "fastmix source unknown")
     out = [f"**{s['setting']}-level, label-{s['labels']}** (D_f: {s['n_forget']} images, D_r: {s['n_retain']}, "
            f"{s['eval_split']} set: {s['n_eval']}; seeds {', '.join(map(str, seeds))}; "
-           f"torch {v.get('torch', '?')}, {v.get('cpu_threads', '?')} thread(s), {v.get('machine', '?')})", "",
+           f"torch {v.get('torch', '?')}, {v.get('cpu_threads', '?')} thread(s), {v.get('machine', '?')}; {code})", "",
            "| method | " + " | ".join(c.replace("_", " ") for c in cols) + " |",
            "|---" * (len(cols) + 1) + "|"]
     for name, row in rows.items():

@@ -101,7 +101,7 @@ NOT_ROWS = ("pending", "diagnostics", "settings", "versions")
 
 
 def recorded_results(path: Path, exp) -> dict | None:
-    """``{"rows", "settings", "pending", "diagnostics"}`` of ``path`` (a results.json) when it
+    """``{"rows", "settings", "pending", "diagnostics", "sources"}`` of ``path`` (a results.json) when it
     holds a run, complete or stopped, with ``exp``'s settings apart from
     :data:`NOT_COMPARED`, else None (missing, unreadable or other settings). An image
     folder's files are not compared, only its path and sizes (as for the cached models)."""
@@ -121,20 +121,28 @@ def recorded_results(path: Path, exp) -> dict | None:
         return None
     rows = {k: v for k, v in doc.items() if k not in NOT_ROWS}
     return {"rows": rows, "settings": doc["settings"], "pending": list(doc.get("pending") or ()),
-            "diagnostics": doc.get("diagnostics")}
+            "diagnostics": doc.get("diagnostics"), "sources": recorded_sources(doc)}
+
+
+def recorded_sources(doc: dict) -> list:
+    """The ``fastmix_source`` hashes a results.json says its rows came from (older files
+    record one ``fastmix_source``; none: [])."""
+    v = doc.get("versions") if isinstance(doc.get("versions"), dict) else {}
+    held = v.get("fastmix_sources") or ([v["fastmix_source"]] if v.get("fastmix_source") else [])
+    return [str(h) for h in held]
 
 
 def finished_results(path: Path, exp) -> dict | None:
-    """The rows and settings of ``path`` when it holds a complete run (no ``pending``) with
+    """The rows, settings and sources of ``path`` when it holds a complete run (no ``pending``) with
     ``exp``'s settings (:func:`recorded_results`), else None: the run is done again."""
     doc = recorded_results(path, exp)
     if doc is None or doc["pending"]:
         return None
-    return {"rows": doc["rows"], "settings": doc["settings"]}
+    return {"rows": doc["rows"], "settings": doc["settings"], "sources": doc["sources"]}
 
 
 def stopped_run(path: Path, exp) -> dict | None:
-    """What a stopped run with ``exp``'s settings left in ``path``: ``{"rows", "diagnostics"}``
+    """What a stopped run with ``exp``'s settings left in ``path``: ``{"rows", "diagnostics", "sources"}``
     with the rows of the original, retrain and every method it finished, or None (no such
     run, or nothing finished that another run would reuse)."""
     doc = recorded_results(path, exp)
@@ -144,7 +152,7 @@ def stopped_run(path: Path, exp) -> dict | None:
             if name in ("original", "retrain") or (name in exp.methods and name not in doc["pending"])}
     if not {"original", "retrain"} <= rows.keys():
         return None
-    return {"rows": rows, "diagnostics": doc["diagnostics"]}
+    return {"rows": rows, "diagnostics": doc["diagnostics"], "sources": doc["sources"]}
 
 
 def diagnostics(result) -> dict | None:
@@ -200,7 +208,7 @@ def run_one(args):
 
     def write(result):  # results.json after each method: a stopped run keeps what it finished
         write_results(out / "results.json", result["rows"], results_settings(exp, result), pending=result["pending"],
-                      diagnostics=diagnostics(result) or kept)
+                      diagnostics=diagnostics(result) or kept, sources=stopped["sources"] if stopped else ())
 
     try:
         result = run_experiment(exp, log=log, write=write, references=stopped and stopped["rows"])
@@ -262,14 +270,14 @@ def run_seeds(args) -> int:
         rc, result, exp = run_one(one)
         if rc != 0:
             return rc
-        per_seed.append({"rows": result["rows"], "settings": results_settings(exp, result)})
+        per_seed.append(finished_results(Path(one.out) / "results.json", exp))  # as written: its sources too
     settings = dict(per_seed[-1]["settings"])
     rows, metrics = aggregate([run["rows"] for run in per_seed]), metric_names(settings["setting"])
     print(f"mean ± std over seeds {', '.join(map(str, args.seeds))}:")
     print(format_table(rows, metrics))
     settings.pop("seed", None)
     settings.update(seeds=list(args.seeds), out=str(out))
-    write_results(out / "results.json", rows, settings)
+    write_results(out / "results.json", rows, settings, sources=[h for run in per_seed for h in run["sources"]])
     if not args.no_png:
         title = (f"{settings['dataset']}, {settings['setting']}-level, label-{settings['labels']}, "
                  f"seeds {', '.join(map(str, args.seeds))}")
@@ -278,7 +286,7 @@ def run_seeds(args) -> int:
 
 
 def reusable_run(args) -> dict | None:
-    """``{"rows", "settings"}`` of ``OUT/results.json`` when it holds this run, finished
+    """``{"rows", "settings", "sources"}`` of ``OUT/results.json`` when it holds this run, finished
     (:func:`finished_results`), else None (also for bad arguments, which the run reports)."""
     try:
         options = options_from_args(args)

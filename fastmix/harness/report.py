@@ -46,7 +46,8 @@ def aggregate(per_seed: list[dict[str, dict]]) -> dict[str, dict]:
 def versions() -> dict:
     """What ran: the packages' versions, the machine, and ``fastmix_source``, a hash of
     fastmix's own source (:func:`source_hash`): the version number stays put between
-    releases, and a resumed run may mix code (nothing compares it; it is a record)."""
+    releases. A resumed run may mix code (nothing compares it): :func:`write_results`
+    lists every source its rows came from."""
     import sklearn
     import torch
 
@@ -67,11 +68,16 @@ def source_hash(root: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def write_results(path: Path, rows: dict[str, dict], settings: dict, pending=(), diagnostics=None) -> dict:
+def write_results(path: Path, rows: dict[str, dict], settings: dict, pending=(), diagnostics=None,
+                  sources=()) -> dict:
     """results.json: one record per row keyed by method name (``original``, ``retrain``,
     then each method) with the metrics in percent, ``avg_gap`` and ``seconds``; plus
     ``settings`` and ``versions``. Written atomically; while methods are still to run it
-    also lists them under ``pending`` (absent once the run is complete)."""
+    also lists them under ``pending`` (absent once the run is complete).
+
+    ``versions["fastmix_sources"]``: the sorted ``fastmix_source`` hashes of the code that
+    made the rows, this process's and ``sources`` (those of rows kept from earlier runs:
+    a resumed run, a ``--seeds`` run's seeds); more than one means the rows mix code."""
     doc = {name: {k: float(v) for k, v in row.items()} for name, row in rows.items()}
     if pending:
         doc["pending"] = list(pending)
@@ -79,6 +85,7 @@ def write_results(path: Path, rows: dict[str, dict], settings: dict, pending=(),
         doc["diagnostics"] = diagnostics
     doc["settings"] = settings
     doc["versions"] = versions()
+    doc["versions"]["fastmix_sources"] = sorted({doc["versions"]["fastmix_source"], *sources})
 
     def write(tmp):
         with open(tmp, "w") as f:

@@ -140,13 +140,21 @@ def run_with(out: Path, *extra: str, stop: str | None = None, forbid: str | None
 
 def test_a_stopped_run_keeps_its_finished_methods(tmp_path):
     """Run again with the same settings, a stopped run runs only the methods it had left,
-    and ends with the results of a run that was never stopped."""
+    and ends with the results of a run that was never stopped; its results.json names the
+    code of the kept rows beside its own."""
     whole = run_with(tmp_path / "whole")
+    assert whole["versions"]["fastmix_sources"] == [whole["versions"]["fastmix_source"]]
     assert run_with(tmp_path / "out", stop="ga") is None
-    assert json.loads((tmp_path / "out" / "results.json").read_text())["pending"] == ["ga"]
+    path = tmp_path / "out" / "results.json"
+    stopped = json.loads(path.read_text())
+    assert stopped["pending"] == ["ga"]
+    other = "0" * 16  # as if stopped under other code, in a file from before fastmix_sources
+    path.write_text(json.dumps({**stopped, "versions": {**stopped["versions"], "fastmix_source": other,
+                                                         "fastmix_sources": None}}))
     resumed = run_with(tmp_path / "out", forbid="finetune")
     assert "pending" not in resumed
     assert comparable(resumed) == comparable(whole)
+    assert resumed["versions"]["fastmix_sources"] == sorted([other, whole["versions"]["fastmix_source"]])
 
 
 def test_a_stopped_run_with_other_settings_is_not_reused(tmp_path):

@@ -1,7 +1,10 @@
 """`fastmix unlearn --seeds`: one run per seed, then each metric's mean and standard
 deviation over the seeds; and the RTE column of every run."""
+import contextlib
+import io
 import json
 import math
+import shutil
 
 import pytest
 
@@ -12,9 +15,18 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ARGS = ["unlearn", "--train-epochs", "2", "--unlearn-epochs", "1", "--method", "mixunlearn", "--quiet", "--no-png"]
 
 
-def test_seeds_report_mean_and_std_of_the_per_seed_runs(tmp_path, capsys):
-    assert main([*ARGS, "--seeds", "0,3", "--out", str(tmp_path)]) == 0
-    table = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def seeds_run(tmp_path_factory, one_torch_thread):
+    """One ``--seeds 0,3`` run shared by the tests that only read it (or a copy): its folder and table."""
+    out = tmp_path_factory.mktemp("seeds")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main([*ARGS, "--seeds", "0,3", "--out", str(out)]) == 0
+    return out, printed.getvalue()
+
+
+def test_seeds_report_mean_and_std_of_the_per_seed_runs(seeds_run):
+    tmp_path, table = seeds_run
     assert "mean ± std over seeds 0, 3" in table and "±" in table.splitlines()[-1]
     runs = [json.loads((tmp_path / f"seed-{s}" / "results.json").read_text()) for s in (0, 3)]
     assert [r["settings"]["seed"] for r in runs] == [0, 3]
@@ -46,7 +58,7 @@ def test_bad_seed_lists_are_refused(seeds, tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
-def test_a_rerun_skips_finished_seeds_and_reruns_stopped_or_changed_ones(tmp_path, monkeypatch):
+def test_a_rerun_skips_finished_seeds_and_reruns_stopped_or_changed_ones(seeds_run, tmp_path, monkeypatch):
     import fastmix.harness.experiment as experiment
 
     runs = []
@@ -57,42 +69,64 @@ def test_a_rerun_skips_finished_seeds_and_reruns_stopped_or_changed_ones(tmp_pat
         return real(exp, **kw)
 
     monkeypatch.setattr(experiment, "run_experiment", counting)
+    shutil.copytree(seeds_run[0], tmp_path, dirs_exist_ok=True)
     argv = [*ARGS, "--seeds", "0,3", "--out", str(tmp_path)]
-    assert main(argv) == 0 and runs == [0, 3]
     files = [tmp_path / f"seed-{s}" / "results.json" for s in (0, 3)]
     stamps = [p.stat().st_mtime_ns for p in files]
+    assert main(argv) == 0 and runs == []  # both complete with the same settings: nothing runs
+    assert [p.stat().st_mtime_ns for p in files] == stamps
     first = json.loads((tmp_path / "results.json").read_text())
 
-    assert main(argv) == 0 and runs == [0, 3]  # both complete with the same settings: nothing runs
-    assert [p.stat().st_mtime_ns for p in files] == stamps
+    assert main(argv) == 0 and runs == []
     again = json.loads((tmp_path / "results.json").read_text())
     assert {k: v for k, v in again.items() if k != "versions"} == {k: v for k, v in first.items() if k != "versions"}
 
     stopped = json.loads(files[1].read_text())
     files[1].write_text(json.dumps({**stopped, "pending": ["mixunlearn"]}))  # as a run stopped half-way leaves it
-    assert main(argv) == 0 and runs == [0, 3, 3]
+    assert main(argv) == 0 and runs == [3]
     assert "pending" not in json.loads(files[1].read_text())
 
-    assert main([*argv, "--omega", "2"]) == 0 and runs == [0, 3, 3, 0, 3]  # other settings: both again
+    assert main([*argv, "--omega", "2"]) == 0 and runs == [3, 0, 3]  # other settings: both again
     assert json.loads(files[0].read_text())["settings"]["options"]["omega"] == 2.0
 
 
-def test_results_tables_script_shows_mean_and_std(tmp_path):
-    """scripts/results_tables.py (RESULTS.md's tables) renders a --seeds run as mean ± std."""
+def results_tables():
     import importlib.util
     from pathlib import Path
 
-    assert main([*ARGS, "--seeds", "0,3", "--out", str(tmp_path)]) == 0
     script = Path(__file__).parents[2] / "scripts" / "results_tables.py"
     spec = importlib.util.spec_from_file_location("results_tables", script)
     tables = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tables)
+    return tables
+
+
+def test_results_tables_script_shows_mean_and_std(seeds_run, tmp_path):
+    """scripts/results_tables.py (RESULTS.md's tables) renders a --seeds run as mean ± std."""
+    tables = results_tables()
+    shutil.copytree(seeds_run[0], tmp_path, dirs_exist_ok=True)
     text = tables.table(tmp_path)
     doc = json.loads((tmp_path / "results.json").read_text())
     assert "seeds 0, 3" in text.splitlines()[0]
+    assert f"fastmix source {doc['versions']['fastmix_source']})" in text.splitlines()[0]
     row = next(line for line in text.splitlines() if line.startswith("| mixunlearn |"))
     gap = f"{doc['mixunlearn']['avg_gap']:.2f} ± {doc['mixunlearn']['avg_gap_std']:.2f}"
     assert gap in row and row.count("±") == len(row.split("|")) - 3  # every cell but the name
     with pytest.raises(SystemExit, match="stopped run"):
         (tmp_path / "results.json").write_text(json.dumps({**doc, "pending": ["mixunlearn"]}))
         tables.table(tmp_path)
+
+
+def test_seeds_that_ran_other_code_are_named_in_the_table(seeds_run, tmp_path):
+    """A seed finished under other fastmix code is reused (the code is not a setting), and
+    the aggregate and its table name both sources."""
+    shutil.copytree(seeds_run[0], tmp_path, dirs_exist_ok=True)
+    seed3 = tmp_path / "seed-3" / "results.json"
+    doc = json.loads(seed3.read_text())
+    other = "f" * 16
+    seed3.write_text(json.dumps({**doc, "versions": {**doc["versions"], "fastmix_sources": [other]}}))
+    assert main([*ARGS, "--seeds", "0,3", "--out", str(tmp_path)]) == 0
+    agg = json.loads((tmp_path / "results.json").read_text())
+    own = agg["versions"]["fastmix_source"]
+    assert agg["versions"]["fastmix_sources"] == sorted([own, other])
+    assert f"rows from 2 fastmix sources: {', '.join(sorted([own, other]))}" in results_tables().table(tmp_path)
