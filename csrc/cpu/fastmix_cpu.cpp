@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #ifdef _OPENMP
@@ -83,6 +85,17 @@ inline bool perm_ok(const int64_t* perm, int64_t B, int64_t pool) {
   return true;
 }
 
+// The calling thread's block [lo, hi) of [0, n): one block per thread of the team, all of
+// [0, n) outside a parallel region.
+inline std::pair<int64_t, int64_t> own_block(int64_t n) {
+  int t = 0, T = 1;
+#ifdef _OPENMP
+  t = omp_get_thread_num();
+  T = omp_get_num_threads();
+#endif
+  return {n * t / T, n * (t + 1) / T};
+}
+
 // Run body(lo, hi) over [0, n) split into one block per thread, or directly with one
 // thread: a parallel region costs about a microsecond even with a team of one.
 template <class Body>
@@ -93,12 +106,8 @@ void blocks(int64_t n, int nt, const Body& body) {
   }
 #pragma omp parallel num_threads(nt)
   {
-    int t = 0, T = 1;
-#ifdef _OPENMP
-    t = omp_get_thread_num();
-    T = omp_get_num_threads();
-#endif
-    body(n * t / T, n * (t + 1) / T);
+    const auto [lo, hi] = own_block(n);
+    body(lo, hi);
   }
 }
 
@@ -254,6 +263,11 @@ inline int expand_pixels(const float* __restrict w, int64_t p0, int64_t n, float
   return bad;
 }
 
+template <int KIND>
+inline float weight_at(const float* wb, int64_t p, int64_t q) {
+  return KIND == kPerSample ? wb[0] : (KIND == kMaskOverQ ? wb[q] : wb[p]);
+}
+
 template <int KIND, bool CHECK, int QC>
 inline int mix_rows(const float* __restrict f, const float* __restrict r, const float* __restrict w,
                     float* __restrict o, int64_t P, int64_t Q_) {
@@ -286,18 +300,13 @@ inline int mix_rows(const float* __restrict f, const float* __restrict r, const 
         for (int64_t q = 0; q < Q; ++q) op[q] = w[q] * fp[q] + (1.0f - w[q]) * rp[q];
       }
     } else {
-      const float m = KIND == kPerSample ? w[0] : w[p];
+      const float m = weight_at<KIND>(w, p, 0);
       if (CHECK && KIND == kMaskOverP) bad |= !in_unit(m);
 #pragma omp simd
       for (int64_t q = 0; q < Q; ++q) op[q] = m * fp[q] + (1.0f - m) * rp[q];
     }
   }
   return bad;
-}
-
-template <int KIND>
-inline float weight_at(const float* wb, int64_t p, int64_t q) {
-  return KIND == kPerSample ? wb[0] : (KIND == kMaskOverQ ? wb[q] : wb[p]);
 }
 
 }  // namespace
@@ -540,12 +549,18 @@ int mixup_backward(const FastmixMixupCall& c) {
   return kOk;
 }
 
-// the weight kind of (wsp, wsq), or -1
-int weight_kind(const FastmixMixupCall& c) {
-  if (c.wsp == 0 && c.wsq == 0) return kPerSample;
-  if (c.wsp == 0 && c.wsq == 1) return kMaskOverQ;
-  if (c.wsp == 1 && c.wsq == 0) return kMaskOverP;
-  return -1;
+template <int N>
+using Const = std::integral_constant<int, N>;
+
+// run(kind, qc) with the weight kind of (wsp, wsq) and QC as compile-time constants
+// (channels_last RGB under a mask over p: QC 3), or kBadLayout for another layout
+template <class Run>
+int with_weight_kind(const FastmixMixupCall& c, const Run& run) {
+  if (c.wsp == 0 && c.wsq == 0) return run(Const<kPerSample>{}, Const<0>{});
+  if (c.wsp == 0 && c.wsq == 1) return run(Const<kMaskOverQ>{}, Const<0>{});
+  if (c.wsp == 1 && c.wsq == 0)
+    return c.Q == 3 ? run(Const<kMaskOverP>{}, Const<3>{}) : run(Const<kMaskOverP>{}, Const<0>{});
+  return kBadLayout;
 }
 
 }  // namespace
@@ -554,24 +569,12 @@ extern "C" {
 
 int fastmix_cpu_mixup_forward(const FastmixMixupCall* call) {
   const FastmixMixupCall c = *call;
-  switch (weight_kind(c)) {
-    case kPerSample: return mixup_forward<kPerSample>(c);
-    case kMaskOverQ: return mixup_forward<kMaskOverQ>(c);
-    case kMaskOverP:  // channels_last images: RGB fixed at compile time
-      return c.Q == 3 ? mixup_forward<kMaskOverP, 3>(c) : mixup_forward<kMaskOverP>(c);
-    default: return kBadLayout;
-  }
+  return with_weight_kind(c, [&](auto kind, auto qc) { return mixup_forward<decltype(kind)::value, decltype(qc)::value>(c); });
 }
 
 int fastmix_cpu_mixup_backward(const FastmixMixupCall* call) {
   const FastmixMixupCall c = *call;
-  switch (weight_kind(c)) {
-    case kPerSample: return mixup_backward<kPerSample>(c);
-    case kMaskOverQ: return mixup_backward<kMaskOverQ>(c);
-    case kMaskOverP:
-      return c.Q == 3 ? mixup_backward<kMaskOverP, 3>(c) : mixup_backward<kMaskOverP>(c);
-    default: return kBadLayout;
-  }
+  return with_weight_kind(c, [&](auto kind, auto qc) { return mixup_backward<decltype(kind)::value, decltype(qc)::value>(c); });
 }
 
 }  // extern "C"
@@ -801,12 +804,7 @@ int loss_forward(const LossArgs& a, double tau_mix, double tau_real, double omeg
     }
     // each thread keeps its block of mix and forget rows for both passes, the second one
     // last row first: what is still in cache from the first pass is read first
-    int t = 0, T = 1;
-#ifdef _OPENMP
-    t = omp_get_thread_num();
-    T = omp_get_num_threads();
-#endif
-    const int64_t lo = B * t / T, hi = B * (t + 1) / T;
+    const auto [lo, hi] = own_block(B);
     const double* qn = real ? qn_r.data() : nullptr;
     RowStats* fgt = real ? s_fgt.data() : nullptr;
     for (int64_t i = lo; i < hi; ++i) {
@@ -901,10 +899,9 @@ int fastmix_cpu_loss_forward(const FastmixLossCall* call) {
   if (c.check_values) {
     for (int64_t i = 0; i < B; ++i) {
       if (labels && (c.yf[i] < 0 || c.yf[i] >= C)) return kForgetLabel;
-      if (c.perm && (c.perm[i] < 0 || c.perm[i] >= N)) return kPerm;
-      const float l = c.lam[i * c.lam_stride];
-      if (!(l >= 0.0f && l <= 1.0f)) return kLam;
+      if (!in_unit(c.lam[i * c.lam_stride])) return kLam;
     }
+    if (!perm_ok(c.perm, B, N)) return kPerm;
     if (labels)
       for (int64_t j = 0; j < N; ++j)
         if (c.yr[j] < 0 || c.yr[j] >= C) return kRetainLabel;
