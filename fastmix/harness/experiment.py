@@ -289,13 +289,15 @@ def model_meta(exp: Experiment, ds: ImageDataset, split, model_name: str, recipe
     return {**base, "role": "original"}, {**base, **split_fields, "role": "retrain"}
 
 
-def train_original_and_retrained(exp: Experiment, ds: ImageDataset, split, log=print):
+def train_original_and_retrained(exp: Experiment, ds: ImageDataset, split, log=print, retrain: bool = True):
     """The original model (all training data) and the retrained one (D_r only), trained
     with the data set's recipe or loaded from ``out/models`` when trained before with
     the same data, split, recipe, model, seed and fastmix version (``models_dir``,
     default ``out/models``; :func:`model_meta`). A cached file whose stored metadata
     differ is refused before anything is trained. With a ``checkpoint`` both start from
-    its weights (fine-tuning); else from the seed's. Returns ``(original, retrain, seconds)``."""
+    its weights (fine-tuning); else from the seed's. Returns ``(original, retrain, seconds)``;
+    with ``retrain`` False (its row is known) the retrained model is neither trained nor
+    loaded: None, and no seconds."""
     d = DEFAULTS[exp.dataset]["train"]
     recipe = Recipe(exp.train_epochs or d.epochs, d.batch_size, exp.train_lr or d.lr, d.weight_decay)
     laf = exp.protocol == "laf"
@@ -330,14 +332,17 @@ def train_original_and_retrained(exp: Experiment, ds: ImageDataset, split, log=p
         path_orig, lambda: first, x, y, recipe, seed=exp.seed, meta=meta_orig, desc="original", quiet=exp.quiet,
         log=log, augment=augment,
     )
-    retain = split.retain.to(dev)
-    retrained, t_ret, _ = train_or_load(
-        path_ret, make, Rows(x, retain), y[retain], recipe, seed=exp.seed, meta=meta_ret, desc="retrain",
-        quiet=exp.quiet, log=log, augment=augment,
-    )
+    seconds = {"original": t_orig}
+    retrained = None
+    if retrain:
+        retain = split.retain.to(dev)
+        retrained, seconds["retrain"], _ = train_or_load(
+            path_ret, make, Rows(x, retain), y[retain], recipe, seed=exp.seed, meta=meta_ret, desc="retrain",
+            quiet=exp.quiet, log=log, augment=augment,
+        )
     if rank == 0 and world_size > 1:
         barrier()
-    return original, retrained, {"original": t_orig, "retrain": t_ret}
+    return original, retrained, seconds
 
 
 def check_feature_layer(model, model_name: str, exp: Experiment) -> None:
@@ -421,8 +426,9 @@ def run_experiment(exp: Experiment, log=print, write=None, references: dict | No
 
     ``references``: rows of an earlier run of the same experiment (same data, split, seed,
     models and attacks), reused instead of evaluating the two models again
-    (``"original"``, ``"retrain"``) or running a method again (its name; its ``extras`` are
-    then absent). The caller vouches for the match: :class:`fastmix.harness.tuning.Tuner`
+    (``"original"``, ``"retrain"``; a known retrain row also spares loading, or training,
+    the retrained model) or running a method again (its name; its ``extras`` are then
+    absent). The caller vouches for the match: :class:`fastmix.harness.tuning.Tuner`
     passes its first trial's original and retrain rows to the later trials of one search,
     where evaluating them each time cost about a third of a short trial, and ``fastmix
     unlearn`` passes the rows of a stopped run with the same settings, whose finished
@@ -436,7 +442,9 @@ def run_experiment(exp: Experiment, log=print, write=None, references: dict | No
         prepare_outputs(exp, results=True)
     log(f"{exp.dataset}: {ds.x_train.shape[0]} training images ({split.forget.numel()} to forget), "
         f"{ds.x_test.shape[0]} {ds.eval_split} images; {split.setting}-level, label-{exp.labels}")
-    original, retrained, train_seconds = train_original_and_retrained(exp, ds, split, log)
+    known = references or {}
+    original, retrained, train_seconds = train_original_and_retrained(exp, ds, split, log,
+                                                                      retrain="retrain" not in known)
     names = metric_names(split.setting)
     rows, extras = {}, {}
     start = time.perf_counter()
@@ -458,12 +466,11 @@ def run_experiment(exp: Experiment, log=print, write=None, references: dict | No
             write({**result, "pending": list(pending)})
 
     for name, model in (("original", original), ("retrain", retrained)):
-        known = (references or {}).get(name)
-        rows[name] = dict(known) if known is not None else \
+        rows[name] = dict(known[name]) if name in known else \
             {**evaluate(model, ds, split, exp.seed, exp.attacks), "seconds": train_seconds[name]}
     for name in exp.methods:  # in the first write already: a stop before the loop loses none of them
-        if name in (references or {}):
-            rows[name] = dict(references[name])
+        if name in known:
+            rows[name] = dict(known[name])
             log(f"{name}: its row is reused, not run again")
     pending = [name for name in exp.methods if name not in rows]
     finished(pending)

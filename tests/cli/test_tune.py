@@ -13,20 +13,29 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ARGS = ["tune", "--train-epochs", "1", "--quiet", "--threads", "1"]
 
 
-@pytest.fixture
-def runs(monkeypatch):
-    """Every Experiment a trial runs, in order (through the real run_experiment)."""
+def recorded_runs(monkeypatch, diverged=()):
+    """Every Experiment a trial runs, in order, through the real run_experiment; on the calls
+    numbered in ``diverged`` the method row comes back NaN (as a diverged model's does)."""
     import fastmix.harness.tuning as tuning
 
-    seen = []
-    real = tuning.run_experiment
+    real, seen = tuning.run_experiment, []
 
-    def recording(exp, **kw):
+    def run(exp, **kw):
+        number = len(seen)
         seen.append(exp)
-        return real(exp, **kw)
+        result = real(exp, **kw)
+        if number in diverged:
+            row = result["rows"][exp.methods[0]]
+            row.update({k: float("nan") for k in row if k not in ("seconds", "RTE")})
+        return result
 
-    monkeypatch.setattr(tuning, "run_experiment", recording)
+    monkeypatch.setattr(tuning, "run_experiment", run)
     return seen
+
+
+@pytest.fixture
+def runs(monkeypatch):
+    return recorded_runs(monkeypatch)
 
 
 def search_log(out, method="finetune"):
@@ -74,41 +83,25 @@ def test_later_trials_reuse_the_first_trials_original_and_retrain_rows(tmp_path,
     import fastmix.harness.experiment as experiment
     from fastmix.harness.experiment import run_experiment
 
-    evaluated = []
-    real = experiment.evaluate
+    evaluated, loaded = [], []
+    real, real_load = experiment.evaluate, experiment.train_or_load
     monkeypatch.setattr(experiment, "evaluate", lambda *a, **kw: evaluated.append(1) or real(*a, **kw))
+    monkeypatch.setattr(experiment, "train_or_load", lambda *a, **kw: loaded.append(kw["desc"]) or real_load(*a, **kw))
     out = tmp_path / "t"
     assert main([*ARGS, "--method", "finetune", "--ft-epochs", "1", "--budget", "2", "--out", str(out)]) == 0
     assert len(runs) == 2 and len(evaluated) == 4  # original, retrain and the method; then the method only
+    assert loaded == ["original", "retrain", "original"]  # the retrained model is not even loaded again
     second = search_log(out)["trials"][1]
     fresh = run_experiment(runs[1], log=lambda *a: None)["rows"]["finetune"]  # everything evaluated anew
     assert {k: float(v) for k, v in fresh.items() if k not in ("seconds", "RTE")} == \
         {k: v for k, v in second["metrics"].items() if k not in ("seconds", "RTE")}
 
 
-def diverging(monkeypatch, which):
-    """run_experiment whose method row is NaN (as a diverged model's is) on the calls in ``which``."""
-    import fastmix.harness.tuning as tuning
-
-    real, calls = tuning.run_experiment, []
-
-    def run(exp, **kw):
-        result = real(exp, **kw)
-        calls.append(exp)
-        if len(calls) - 1 in which:
-            row = result["rows"][exp.methods[0]]
-            row.update({k: float("nan") for k in row if k not in ("seconds", "RTE")})
-        return result
-
-    monkeypatch.setattr(tuning, "run_experiment", run)
-    return calls
-
-
 def test_a_diverged_trial_is_scored_worst_and_counts(tmp_path, monkeypatch, capsys):
     from fastmix.harness.tuning import DIVERGED
 
     out = tmp_path / "t"
-    calls = diverging(monkeypatch, {0})
+    calls = recorded_runs(monkeypatch, diverged={0})
     assert main([*ARGS, "--method", "finetune", "--budget", "2", "--out", str(out)]) == 0
     assert len(calls) == 2
     first, second = search_log(out)["trials"]
@@ -118,7 +111,7 @@ def test_a_diverged_trial_is_scored_worst_and_counts(tmp_path, monkeypatch, caps
     assert {k: e["value"] for k, e in recipe["methods"]["finetune"].items()} == second["params"]
 
     out = tmp_path / "all-diverged"  # no winner, no recipe, said so
-    diverging(monkeypatch, {0, 1})
+    recorded_runs(monkeypatch, diverged={0, 1})  # wraps the first: its calls from here on are 2 and 3
     capsys.readouterr()
     assert main([*ARGS, "--method", "finetune", "--budget", "2", "--out", str(out)]) == 1
     assert "no trial completed with a finite gap" in capsys.readouterr().out
