@@ -12,13 +12,13 @@ import hashlib
 import os
 import shutil
 import subprocess
-import zlib
 from pathlib import Path
 
 import pytest
 import spec64
 import torch
 from filelock import FileLock
+from inputs import noncontiguous, seeded, targets
 from tolerance import assert_as_accurate
 
 from fastmix.backends import cuda_backend, torch_backend
@@ -107,22 +107,6 @@ def _counters(lib_path):
     return launches.value, vectors.value
 
 
-def _gen(*seed):
-    return torch.Generator().manual_seed(zlib.crc32(repr(seed).encode()))  # the same in every run
-
-
-def _targets(kind, n, C, gen):
-    if kind == "labels":
-        return torch.randint(0, C, (n,), generator=gen)
-    return torch.softmax(torch.randn(n, C, generator=gen) * 2, dim=1)
-
-
-def _noncontiguous(t):
-    wide = torch.full((t.shape[0], 2 * t.shape[1]), float("nan"), dtype=t.dtype)
-    wide[:, ::2] = t
-    return wide[:, ::2]
-
-
 def _poison(t):
     return t.fill_(float("nan")) if t.is_floating_point() else t
 
@@ -134,12 +118,12 @@ def _poison(t):
 def test_contrastive(emu, B, C, kind, dtype):
     if B > 64 and dtype != torch.float32:
         pytest.skip("emulation is slow: float32 covers the large-batch path, small batches the half types")
-    gen = _gen("contrastive", B, C, kind)
+    gen = seeded("contrastive", B, C, kind)
     pool = B + 5
     logits = (torch.randn(B, C, generator=gen) * 3).to(dtype)
     if (B + C) % 2:
-        logits = _noncontiguous(logits)
-    q_f, q_r = _targets(kind, B, C, gen), _targets(kind, pool, C, gen)
+        logits = noncontiguous(logits)
+    q_f, q_r = targets(kind, B, C, gen), targets(kind, pool, C, gen)
     perm = torch.randint(0, pool, (B,), generator=gen)
     perm[0] = perm[-1]
     lam = torch.rand(B, generator=gen) if C % 2 else torch.rand((), generator=gen)
@@ -165,10 +149,10 @@ def test_contrastive(emu, B, C, kind, dtype):
 def test_real(emu, B_r, B_f, C, kind, dtype):
     if B_r + B_f > 64 and dtype != torch.float32:
         pytest.skip("emulation is slow: float32 covers the large-batch path, small batches the half types")
-    gen = _gen("real", B_r, B_f, C, kind)
+    gen = seeded("real", B_r, B_f, C, kind)
     z_r = (torch.randn(B_r, C, generator=gen) * 3).to(dtype)
-    z_f = _noncontiguous((torch.randn(B_f, C, generator=gen) * 3).to(dtype))
-    q_r, q_f = _targets(kind, B_r, C, gen), _targets(kind, B_f, C, gen)
+    z_f = noncontiguous((torch.randn(B_f, C, generator=gen) * 3).to(dtype))
+    q_r, q_f = targets(kind, B_r, C, gen), targets(kind, B_f, C, gen)
     if kind == "probabilities":
         q_f = q_f.t().contiguous().t()  # column-major targets
     reduction = "mean" if C % 2 else "sum"
@@ -195,15 +179,15 @@ LOSS_SIZES = [  # (B, B_r, C): one block (<= 4096 logits), the grid (warp or blo
 def test_loss_forward(emu, B, B_r, C, omega, kind, dtype):
     if (B + B_r) * C > 8192 and dtype != torch.float32:
         pytest.skip("emulation is slow: float32 covers the grid paths, small batches the half types")
-    gen = _gen("loss", B, B_r, C, kind, omega)
+    gen = seeded("loss", B, B_r, C, kind, omega)
     z_mix = (torch.randn(B, C, generator=gen) * 3).to(dtype)
     z_r = (torch.randn(B_r, C, generator=gen) * 3).to(dtype)
     z_f = (torch.randn(B, C, generator=gen) * 3).to(dtype)
     if C % 2:
-        z_mix = _noncontiguous(z_mix)
+        z_mix = noncontiguous(z_mix)
     if B % 2:
-        z_f = _noncontiguous(z_f)
-    q_f, q_r = _targets(kind, B, C, gen), _targets(kind, B_r, C, gen)
+        z_f = noncontiguous(z_f)
+    q_f, q_r = targets(kind, B, C, gen), targets(kind, B_r, C, gen)
     if kind == "probabilities" and C % 3 == 0:
         q_r = q_r.t().contiguous().t()  # column-major targets
     perm = torch.randint(0, B_r, (B,), generator=gen) if B_r != B or C % 2 else None
@@ -252,7 +236,7 @@ def test_loss_forward_rejects_shapes_the_kernels_would_overrun(emu):
 
 def test_loss_launches(emu, emulated_library):
     # (32, 10): L_mix + omega * L_real, 96 rows, in one kernel launch; C_tau alone as well
-    gen = _gen("launches")
+    gen = seeded("launches")
     z = torch.randn(3, 32, 10, generator=gen)
     q = torch.randint(0, 10, (32,), generator=gen)
     lam = torch.rand(32, generator=gen)
@@ -273,7 +257,7 @@ def test_loss_launches(emu, emulated_library):
     assert _counters(emulated_library)[0] == 2
 
 
-GRID_LAYOUTS = {  # how the grid path reads rows: 16-byte vectors only where every row allows
+GRID_LAYOUTS = {  # rows in each layout, and whether the kernels (one block or the grid) read them as 16-byte vectors
     "aligned": True, "row stride": True, "offset": False, "strided": False,
 }
 
@@ -290,7 +274,7 @@ def _layout(t, layout):
         flat = torch.full((B * C + 1,), float("nan"), dtype=t.dtype)
         flat[1:] = t.reshape(-1)
         return flat[1:].view(B, C)
-    return _noncontiguous(t) if layout == "strided" else t.contiguous()
+    return noncontiguous(t) if layout == "strided" else t.contiguous()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -300,10 +284,10 @@ def _layout(t, layout):
 def test_loss_grid_layouts(emu, emulated_library, layout, kind, omega, dtype):
     # the grid path (95 rows of 64) with every logits and soft target tensor in one layout;
     # half logits with float32 targets read the targets 32 bytes (two accesses) at a time
-    gen = _gen("grid layout", layout, kind, omega, dtype)
+    gen = seeded("grid layout", layout, kind, omega, dtype)
     B, B_r, C = 37, 21, 64
     z_mix, z_r, z_f = (_layout((torch.randn(n, C, generator=gen) * 3).to(dtype), layout) for n in (B, B_r, B))
-    q_f, q_r = _targets(kind, B, C, gen), _targets(kind, B_r, C, gen)
+    q_f, q_r = targets(kind, B, C, gen), targets(kind, B_r, C, gen)
     if kind == "probabilities":
         q_f, q_r = _layout(q_f, layout), _layout(q_r, layout)
     perm = torch.randint(0, B_r, (B,), generator=gen)
@@ -349,10 +333,10 @@ def test_large_loss_traffic(emu, emulated_library, kind):
     # test of the same name; a program here is the group of lanes that owns a row)
     import traffic
 
-    gen = _gen("traffic", kind)
+    gen = seeded("traffic", kind)
     B, C = 24, 64  # 72 rows of 64: past the single block
     z_mix, z_f, z_r = (torch.randn(B, C, generator=gen) for _ in range(3))
-    q_f, q_r = _targets(kind, B, C, gen), _targets(kind, B, C, gen)
+    q_f, q_r = targets(kind, B, C, gen), targets(kind, B, C, gen)
     # mix row i keeps towards q_r[i + 1]: never a row the same lanes read (a random perm sometimes is)
     perm, lam = torch.arange(B).roll(-1), torch.rand(B, generator=gen)
     lib = ctypes.CDLL(str(emulated_library))
@@ -385,33 +369,26 @@ def test_large_loss_traffic(emu, emulated_library, kind):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_vector_path_only_where_aligned(emu, emulated_library, dtype):
     # 16-byte accesses for contiguous aligned rows, element accesses otherwise; both agree
-    gen = _gen("vector", dtype)
+    gen = seeded("vector", dtype)
     C = 64
-    store = (torch.randn(9, C + 8, generator=gen) * 3).to(dtype)
-    q = _targets("probabilities", 8, C, gen)
+    logits = (torch.randn(8, C, generator=gen) * 3).to(dtype)
+    q = targets("probabilities", 8, C, gen)
     lam = torch.rand(8, generator=gen)
-    cases = {
-        "aligned": (store[:8, :C].contiguous(), True),
-        "row stride": (store[:8, :C], store.stride(0) * store.element_size() % 16 == 0),
-        "offset": (store.view(-1)[1:1 + 8 * C].view(8, C), False),
-        "strided": (store[:8, ::2], False),
-    }
-    results = {}
-    for name, (z, vector) in cases.items():
+    for layout, vector in GRID_LAYOUTS.items():
+        z = _layout(logits, layout)
         _counters(emulated_library)
-        qq = q[:, : z.shape[1]] / q[:, : z.shape[1]].sum(1, keepdim=True)
-        results[name] = emu.contrastive_forward(z, qq, qq, lam, None, 0.5, "sum", True)
-        ref = torch_backend.contrastive_forward(z, qq, qq, lam, None, 0.5, "sum", True)
-        assert (_counters(emulated_library)[1] > 0) == vector, name
-        torch.testing.assert_close(results[name], ref, rtol=1e-2, atol=2e-2 if dtype != torch.float32 else 1e-5)
+        got = emu.contrastive_forward(z, q, q, lam, None, 0.5, "sum", True)
+        ref = torch_backend.contrastive_forward(z, q, q, lam, None, 0.5, "sum", True)
+        assert (_counters(emulated_library)[1] > 0) == vector, layout
+        torch.testing.assert_close(got, ref, rtol=1e-2, atol=2e-2 if dtype != torch.float32 else 1e-5)
 
 
 @pytest.mark.parametrize("C", [5000, 32768])
 def test_contrastive_long_rows(emu, C):
-    gen = _gen("long", C)
+    gen = seeded("long", C)
     B = 2
     logits = torch.randn(B, C, generator=gen) * 4
-    q_f, q_r = _targets("probabilities", B, C, gen), _targets("labels", B, C, gen)
+    q_f, q_r = targets("probabilities", B, C, gen), targets("labels", B, C, gen)
     lam = torch.rand(B, generator=gen)
     loss, grad = emu.contrastive_forward(logits, q_f, q_r, lam, None, 0.05, "sum", True)
     ref = torch_backend.contrastive_forward(logits, q_f, q_r, lam, None, 0.05, "sum", True)
@@ -421,7 +398,7 @@ def test_contrastive_long_rows(emu, C):
 
 
 def test_lambda_edges_and_nan(emu):
-    gen = _gen("edges")
+    gen = seeded("edges")
     z = torch.randn(6, 10, generator=gen)
     q = torch.randint(0, 10, (6,), generator=gen)
     for value in (0.0, 1.0):
@@ -441,10 +418,10 @@ def test_lambda_edges_and_nan(emu):
 @pytest.mark.parametrize("C", [1, 2, 10, 1000, 1001, 5000])
 @pytest.mark.parametrize("B", [1, 3, 33])
 def test_sharpen(emu, B, C, dtype):
-    gen = _gen("sharpen", B, C)
+    gen = seeded("sharpen", B, C)
     z = (torch.randn(B, C, generator=gen) * 3).to(dtype)
     if C % 2:
-        z = _noncontiguous(z)
+        z = noncontiguous(z)
     g = torch.randn(B, C, generator=gen).to(dtype)
     out = emu.sharpen_forward(z, 0.3)
     ref = torch_backend.sharpen_forward(z, 0.3)
@@ -483,7 +460,7 @@ MIXUP_SHAPES = [(1, 1, 5, 7), (3, 3, 8, 8), (5, 4, 9, 6), (2, 8, 4, 4)]
 @pytest.mark.parametrize("shape", MIXUP_SHAPES)
 @pytest.mark.parametrize("with_perm", [False, True])
 def test_mixup(emu, shape, weight_kind, channels_last, dtype, with_perm):
-    gen = _gen("mixup", shape, weight_kind, channels_last, with_perm)
+    gen = seeded("mixup", shape, weight_kind, channels_last, with_perm)
     B, Cc, H, W = shape
     pool = B + 3 if with_perm else B
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -533,7 +510,7 @@ def test_mixup_grad_through_perm_with_vector_atomics(emu, vector_atomics_library
     lib, err = cuda_backend._load()
     assert err is None, err
     monkeypatch.setattr(cuda_backend, "_LIB", lib)
-    gen = _gen("vatomic", dtype, inner)
+    gen = seeded("vatomic", dtype, inner)
     B, pool = 6, 4
     x_f = torch.randn(B, inner, generator=gen).to(dtype)
     x_r = torch.randn(pool, inner, generator=gen).to(dtype)
@@ -552,7 +529,7 @@ def test_mixup_grad_through_perm_with_vector_atomics(emu, vector_atomics_library
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_mixup_flat_unaligned(emu, dtype):
-    gen = _gen("flat", dtype)
+    gen = seeded("flat", dtype)
     x_f = torch.randn(5, 3001, generator=gen).to(dtype)[1:]  # an offset that breaks 16-byte alignment
     x_r = torch.randn(4, 3001, generator=gen).to(dtype)
     w = torch.rand(4, generator=gen)
@@ -618,7 +595,7 @@ def test_outputs_are_fully_written(emu, monkeypatch):
     real_empty, real_empty_like = torch.empty, torch.empty_like
     monkeypatch.setattr(torch, "empty", lambda *a, **k: _poison(real_empty(*a, **k)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: _poison(real_empty_like(*a, **k)))
-    gen = _gen("poison")
+    gen = seeded("poison")
     z = torch.randn(257, 1001, generator=gen)
     q = torch.randint(0, 1001, (257,), generator=gen)
     loss, grad = emu.contrastive_forward(z, q, q, torch.rand(257, generator=gen), None, 0.5, "sum", True)
@@ -656,7 +633,7 @@ def test_public_ops_through_torch_library(public_cuda):
     # the custom ops' contracts: no output aliases another, autograd, no-grad calls
     import fastmix
 
-    gen = _gen("public")
+    gen = seeded("public")
     z = torch.randn(9, 7, generator=gen)
     labels = torch.randint(0, 7, (9,), generator=gen)
     with torch.no_grad():

@@ -2,15 +2,14 @@
 
 On a CPU machine the Triton cases run under TRITON_INTERPRET=1 (set in
 conftest.py) in float32; the float16 and bfloat16 cases, the CUDA backend and
-the largest sizes run where a GPU is present. (tests/test_cuda_emulated.py runs
+the largest sizes run where a GPU is present. (tests/backends/test_cuda_emulated.py runs
 the CUDA source on the CPU.)
 """
-import zlib
-
 import pytest
 import spec64
 import torch
 from devices import HAS_CUDA, needs_gpu
+from inputs import noncontiguous, seeded, targets
 from tolerance import assert_as_accurate
 
 import fastmix
@@ -54,24 +53,6 @@ def backend(request, monkeypatch):
         cuda_backend.check_index_error()  # a test that left the device flag set fails here
 
 
-def _gen(*seed):
-    # a seed per case, the same in every run (str hashes change between processes)
-    return torch.Generator().manual_seed(zlib.crc32(repr(seed).encode()))
-
-
-def _targets(kind, n, C, gen):
-    if kind == "labels":
-        return torch.randint(0, C, (n,), generator=gen).to(DEVICE)
-    return torch.softmax(torch.randn(n, C, generator=gen) * 2, dim=1).to(DEVICE)
-
-
-def _noncontiguous(t):
-    """The same values, every other column of a wider tensor."""
-    wide = torch.empty(t.shape[0], 2 * t.shape[1], dtype=t.dtype, device=t.device)
-    wide[:, ::2] = t
-    return wide[:, ::2]
-
-
 def _run(fn, logits, backend):
     leaves = [z.detach().clone().requires_grad_() for z in logits]
     value = fn(*leaves, backend=backend)
@@ -96,12 +77,12 @@ def _compare(fn, logits, exact_fn, dtype, what, backend):
 @pytest.mark.parametrize("C", CLASSES)
 @pytest.mark.parametrize("B", BATCHES)
 def test_contrastive_loss(B, C, kind, dtype, backend):
-    gen = _gen("contrastive", B, C, kind)
+    gen = seeded("contrastive", B, C, kind)
     pool = B + 5
     logits = (torch.randn(B, C, generator=gen) * 3).to(DEVICE, dtype)
     if (B + C) % 2:
-        logits = _noncontiguous(logits)
-    q_f, q_r = _targets(kind, B, C, gen), _targets(kind, pool, C, gen)
+        logits = noncontiguous(logits, gaps=None)
+    q_f, q_r = targets(kind, B, C, gen, DEVICE), targets(kind, pool, C, gen, DEVICE)
     perm = torch.randint(0, pool, (B,), generator=gen).to(DEVICE)
     perm[0] = perm[-1]  # a repeat
     lam = torch.rand(B, generator=gen).to(DEVICE) if C % 2 else torch.rand((), generator=gen).to(DEVICE)
@@ -123,10 +104,10 @@ def test_contrastive_loss(B, C, kind, dtype, backend):
 @pytest.mark.parametrize("C", [1, 10, 1001])
 @pytest.mark.parametrize("B_r,B_f", [(1, 1), (32, 3), (3, 257), pytest.param(600, 40, marks=needs_gpu)])
 def test_real_loss(B_r, B_f, C, kind, dtype, backend):
-    gen = _gen("real", B_r, B_f, C, kind)
+    gen = seeded("real", B_r, B_f, C, kind)
     z_r = (torch.randn(B_r, C, generator=gen) * 3).to(DEVICE, dtype)
-    z_f = _noncontiguous((torch.randn(B_f, C, generator=gen) * 3).to(DEVICE, dtype))
-    q_r, q_f = _targets(kind, B_r, C, gen), _targets(kind, B_f, C, gen)
+    z_f = noncontiguous((torch.randn(B_f, C, generator=gen) * 3).to(DEVICE, dtype), gaps=None)
+    q_r, q_f = targets(kind, B_r, C, gen, DEVICE), targets(kind, B_f, C, gen, DEVICE)
     reduction = "mean" if C % 2 else "sum"
 
     def fn(a, b, backend):
@@ -141,10 +122,10 @@ def test_real_loss(B_r, B_f, C, kind, dtype, backend):
 @pytest.mark.parametrize("lam_value", [0.0, 1.0])
 @pytest.mark.parametrize("kind", ["labels", "probabilities"])
 def test_contrastive_loss_at_lambda_edges(lam_value, kind, backend):
-    gen = _gen("edges", lam_value, kind)
+    gen = seeded("edges", lam_value, kind)
     B, C = 6, 10
     logits = torch.randn(B, C, generator=gen).to(DEVICE)
-    q_f, q_r = _targets(kind, B, C, gen), _targets(kind, B, C, gen)
+    q_f, q_r = targets(kind, B, C, gen, DEVICE), targets(kind, B, C, gen, DEVICE)
     for lam in (torch.full((B,), lam_value, device=DEVICE), torch.tensor(lam_value, device=DEVICE), lam_value):
 
         def fn(z, backend, lam=lam):
@@ -165,9 +146,9 @@ def test_contrastive_loss_at_lambda_edges(lam_value, kind, backend):
     ],
 )
 def test_contrastive_loss_large(B, C, kind, backend):
-    gen = _gen("large", B, C, kind)
+    gen = seeded("large", B, C, kind)
     logits = (torch.randn(B, C, generator=gen) * 4).to(DEVICE)
-    q_f, q_r = _targets(kind, B, C, gen), _targets(kind, B + 7, C, gen)
+    q_f, q_r = targets(kind, B, C, gen, DEVICE), targets(kind, B + 7, C, gen, DEVICE)
     perm = torch.randint(0, B + 7, (B,), generator=gen).to(DEVICE)
     lam = torch.rand(B, generator=gen).to(DEVICE)
 
@@ -181,7 +162,7 @@ def test_contrastive_loss_large(B, C, kind, backend):
 
 
 def test_loss_without_grad_matches(backend):
-    gen = _gen("nograd")
+    gen = seeded("nograd")
     logits = torch.randn(9, 7, generator=gen).to(DEVICE)
     labels = torch.randint(0, 7, (9,), generator=gen).to(DEVICE)
     with torch.no_grad():
@@ -225,10 +206,10 @@ def test_out_of_range_indices_never_pass_silently():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,C", [(B, C) for B in (1, 3, 257) for C in CLASSES] + [(2, 32768)])
 def test_sharpen(B, C, dtype, backend):
-    gen = _gen("sharpen", B, C)
+    gen = seeded("sharpen", B, C)
     logits = (torch.randn(B, C, generator=gen) * 3).to(DEVICE, dtype)
     if C % 2:
-        logits = _noncontiguous(logits)
+        logits = noncontiguous(logits, gaps=None)
     grad_out = torch.randn(B, C, generator=gen).to(DEVICE, dtype)
     results = {}
     for name in (backend, "torch"):
@@ -258,7 +239,7 @@ MIXUP_SHAPES = [(1, 1, 5, 7), (3, 3, 8, 8), (5, 4, 9, 6), (2, 8, 4, 4)]
 @pytest.mark.parametrize("shape", MIXUP_SHAPES)
 @pytest.mark.parametrize("with_perm", [False, True])
 def test_mixup(shape, weight_kind, channels_last, dtype, with_perm, backend):
-    gen = _gen("mixup", shape, weight_kind, channels_last, with_perm)
+    gen = seeded("mixup", shape, weight_kind, channels_last, with_perm)
     B, Cc, H, W = shape
     pool = B + 3 if with_perm else B
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -302,7 +283,7 @@ def test_mixup(shape, weight_kind, channels_last, dtype, with_perm, backend):
 def test_mixup_flat_unaligned_and_partial_grads(dtype, backend):
     # (B, D) samples with D not a multiple of a vector width, offset views, and a backward
     # that needs only the weight's gradient
-    gen = _gen("flat", dtype)
+    gen = seeded("flat", dtype)
     x_f = torch.randn(5, 3001, generator=gen).to(DEVICE, dtype)[1:]
     x_r = torch.randn(4, 3001, generator=gen).to(DEVICE, dtype)
     weight = torch.rand(4, generator=gen).to(DEVICE)
@@ -316,7 +297,7 @@ def test_mixup_flat_unaligned_and_partial_grads(dtype, backend):
 
 @needs_gpu
 def test_mixup_large_images_channels_last(backend):
-    gen = _gen("big")
+    gen = seeded("big")
     x_f = torch.randn(16, 3, 224, 224, generator=gen).to(DEVICE).contiguous(memory_format=torch.channels_last)
     x_r = torch.randn(20, 3, 224, 224, generator=gen).to(DEVICE).contiguous(memory_format=torch.channels_last)
     mask = torch.rand(16, 1, 224, 224, generator=gen).to(DEVICE)
@@ -448,9 +429,9 @@ def launches(monkeypatch):
 def test_small_losses_are_one_triton_launch_and_nothing_else(loss, kind, launches):
     from fastmix import kernels
 
-    gen = _gen("one launch", loss, kind)
+    gen = seeded("one launch", loss, kind)
     z = torch.randn(32, 10, generator=gen)
-    q = _targets(kind, 32, 10, gen)
+    q = targets(kind, 32, 10, gen, DEVICE)
     lam = torch.rand(32, generator=gen)
     perm = torch.randperm(32, generator=gen)
     with launches.mode:
@@ -469,7 +450,7 @@ def test_large_losses_are_launches_over_rows(loss, launches):
     # past the tile every row runs in parallel: a program per mix row, then two persistent grids
     from fastmix import kernels
 
-    gen = _gen("launches over rows", loss)
+    gen = seeded("launches over rows", loss)
     z = torch.randn(200, 30, generator=gen)
     labels = torch.randint(0, 30, (200,), generator=gen)
     lam = torch.rand(200, generator=gen)
@@ -499,10 +480,10 @@ def test_large_loss_traffic(kind, monkeypatch):
     if HAS_CUDA:
         pytest.skip("counts bytes under the interpreter")
     monkeypatch.setattr(contrastive, "TILE_ELEMENTS", 1)
-    gen = _gen("traffic", kind)
+    gen = seeded("traffic", kind)
     B, C = 24, 40
     z_mix, z_f, z_r = (torch.randn(B, C, generator=gen) for _ in range(3))
-    q_f, q_r = _targets(kind, B, C, gen), _targets(kind, B, C, gen)
+    q_f, q_r = targets(kind, B, C, gen, DEVICE), targets(kind, B, C, gen, DEVICE)
     # mix row i keeps towards q_r[i + 1]: never a row the same program reads (a random perm sometimes is)
     perm, lam = torch.arange(B).roll(-1), torch.rand(B, generator=gen)
     counter = traffic.Traffic(monkeypatch)
@@ -547,9 +528,9 @@ def _strided(t, step=4):
 
 @pytest.mark.parametrize("B,C", [(6, 10), (300, 7)])
 def test_contrastive_strided_perm(B, C, backend):
-    gen = _gen("strided perm", B, C)
+    gen = seeded("strided perm", B, C)
     logits = torch.randn(B, C, generator=gen).to(DEVICE)
-    q_f, q_r = _targets("probabilities", B, C, gen), _targets("probabilities", B + 3, C, gen)
+    q_f, q_r = targets("probabilities", B, C, gen, DEVICE), targets("probabilities", B + 3, C, gen, DEVICE)
     perm = _strided(torch.randint(0, B + 3, (B,), generator=gen).to(DEVICE))
     lam = torch.rand(B, generator=gen).to(DEVICE)
     assert perm.stride(0) == 4
@@ -563,7 +544,7 @@ def test_contrastive_strided_perm(B, C, backend):
 
 @pytest.mark.parametrize("weight_kind", ["per_sample", "mask"])
 def test_mixup_strided_perm(weight_kind, backend):
-    gen = _gen("mixup strided perm", weight_kind)
+    gen = seeded("mixup strided perm", weight_kind)
     B, pool = 5, 9
     x_f = torch.randn(B, 3, 4, 5, generator=gen).to(DEVICE)
     x_r = torch.randn(pool, 3, 4, 5, generator=gen).to(DEVICE)
@@ -581,7 +562,7 @@ def test_mixup_strided_perm(weight_kind, backend):
 @pytest.mark.parametrize("perm", [False, True])
 def test_mixup_expanded_mask_gradient(perm, backend):
     # one mask for the whole batch, expanded (stride 0 over the batch): its gradient is per sample
-    gen = _gen("expanded mask", perm)
+    gen = seeded("expanded mask", perm)
     B, pool, Cc, H, W = 6, 8, 3, 5, 7
     x_f = torch.randn(B, Cc, H, W, generator=gen).to(DEVICE)
     x_r = torch.randn(pool, Cc, H, W, generator=gen).to(DEVICE)
@@ -627,7 +608,7 @@ def cuda_grid_limits(monkeypatch):
 @pytest.mark.parametrize("weight_kind", ["per_sample", "mask"])
 def test_mixup_batch_beyond_grid_axis_y(weight_kind, backend, cuda_grid_limits):
     B = 65537  # one more than the grid's y axis holds
-    gen = _gen("big batch", weight_kind)
+    gen = seeded("big batch", weight_kind)
     x_f = torch.randn(B, 1, 1, 2, generator=gen).to(DEVICE)
     x_r = torch.randn(B + 3, 1, 1, 2, generator=gen).to(DEVICE)
     weight = torch.rand((B,) if weight_kind == "per_sample" else (B, 1, 1, 2), generator=gen).to(DEVICE)
@@ -671,12 +652,12 @@ def test_loss_forward(B, B_r, C, kind, reduction, omega, backend, loss_path):
         pytest.skip(f"the {backend} backend has no loss_forward yet")
     if loss_path == "rows" and backend != "triton":
         pytest.skip("the row path's limits are the Triton launcher's")
-    gen = _gen("fused", B, B_r, C, kind, reduction, omega)
+    gen = seeded("fused", B, B_r, C, kind, reduction, omega)
     pool = B_r
     z_mix = (torch.randn(B, C, generator=gen) * 3).to(DEVICE)
-    z_f = _noncontiguous((torch.randn(B, C, generator=gen) * 3).to(DEVICE))
+    z_f = noncontiguous((torch.randn(B, C, generator=gen) * 3).to(DEVICE), gaps=None)
     z_r = (torch.randn(B_r, C, generator=gen) * 3).to(DEVICE)
-    q_f, q_r = _targets(kind, B, C, gen), _targets(kind, pool, C, gen)
+    q_f, q_r = targets(kind, B, C, gen, DEVICE), targets(kind, pool, C, gen, DEVICE)
     if kind == "probabilities" and B > 1:
         q_f = q_f[:1].expand(B, C)  # one target row for every forget sample: stride 0
     perm = _strided(torch.randint(0, pool, (B,), generator=gen).to(DEVICE))
@@ -711,11 +692,11 @@ def test_single_losses_on_the_row_path(loss, kind, monkeypatch):
 
     monkeypatch.setattr(contrastive, "TILE_ELEMENTS", 1)
     monkeypatch.setattr(contrastive, "MAX_BLOCK", 16)
-    gen = _gen("row path", loss, kind)
+    gen = seeded("row path", loss, kind)
     C = 37
     if loss == "contrastive":
-        z = _noncontiguous((torch.randn(7, C, generator=gen) * 3).to(DEVICE))
-        q_f, q_r = _targets(kind, 7, C, gen), _targets(kind, 11, C, gen)
+        z = noncontiguous((torch.randn(7, C, generator=gen) * 3).to(DEVICE), gaps=None)
+        q_f, q_r = targets(kind, 7, C, gen, DEVICE), targets(kind, 11, C, gen, DEVICE)
         perm = _strided(torch.randint(0, 11, (7,), generator=gen).to(DEVICE))
         lam = torch.rand(7, generator=gen).to(DEVICE)
 
@@ -728,8 +709,8 @@ def test_single_losses_on_the_row_path(loss, kind, monkeypatch):
         _compare(fn, [z], exact, torch.float32, f"row path {loss} {kind}", "triton")
     else:
         z_r = (torch.randn(9, C, generator=gen) * 3).to(DEVICE)
-        z_f = _noncontiguous((torch.randn(5, C, generator=gen) * 3).to(DEVICE))
-        q_r, q_f = _targets(kind, 9, C, gen), _targets(kind, 5, C, gen)
+        z_f = noncontiguous((torch.randn(5, C, generator=gen) * 3).to(DEVICE), gaps=None)
+        q_r, q_f = targets(kind, 9, C, gen, DEVICE), targets(kind, 5, C, gen, DEVICE)
 
         def fn(a, b, backend):
             return fastmix.real_loss(a, b, q_r, q_f, 2.0, backend=backend)
@@ -745,7 +726,7 @@ def test_loss_forward_without_real_logits(B, C, backend):
     kernel = _kernels(backend).loss_forward
     if kernel is None:
         pytest.skip(f"the {backend} backend has no loss_forward yet")
-    gen = _gen("fused omega 0", B)
+    gen = seeded("fused omega 0", B)
     z = torch.randn(B, C, generator=gen).to(DEVICE)
     labels = torch.randint(0, C, (B,), generator=gen).to(DEVICE)
     lam = torch.rand(B, generator=gen).to(DEVICE)
@@ -762,11 +743,11 @@ def test_loss_forward_large_sets_against_spec():
     # the two-kernel path with all three sets (the interpreter runs each row's program in turn)
     from fastmix import kernels
 
-    gen = _gen("fused large")
+    gen = seeded("fused large")
     B, B_r, C = 70, 90, 40
     z_mix, z_f, z_r = (torch.randn(n, C, generator=gen) * 3 for n in (B, B, B_r))
-    z_f = _noncontiguous(z_f)
-    q_f, q_r = _targets("probabilities", 1, C, gen).expand(B, C), _targets("probabilities", B_r, C, gen)
+    z_f = noncontiguous(z_f, gaps=None)
+    q_f, q_r = targets("probabilities", 1, C, gen, DEVICE).expand(B, C), targets("probabilities", B_r, C, gen, DEVICE)
     perm = _strided(torch.randint(0, B_r, (B,), generator=gen))
     lam = torch.rand(B, generator=gen)
     loss, *grads = kernels.loss_forward(z_mix, z_f, z_r, q_f, q_r, lam, perm, 0.3, 2.0, 0.4, "mean", True)

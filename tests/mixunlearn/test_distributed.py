@@ -116,13 +116,9 @@ def test_two_processes_give_one_process_gradients(two_ranks, kind):
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_two_processes_equal_one_at_the_same_global_batch(two_ranks, name):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+def test_two_processes_equal_one_at_the_same_global_batch(two_ranks, name, torch_threads):
+    with torch_threads(1):
         single, mu = unlearn(CASES[name])
-    finally:
-        torch.set_num_threads(before)
     ranks = [torch.load(two_ranks / f"{name}-{r}.pt") for r in (0, 1)]
     for k, v in single.state_dict().items():
         assert torch.equal(ranks[0]["state"][k], ranks[1]["state"][k])  # DDP keeps the ranks identical

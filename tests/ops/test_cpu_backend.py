@@ -78,24 +78,9 @@ def test_mixup(shape, pool, weight_kind, channels_last, dtype):
         assert_as_accurate(a, r, e, dtype if what != "weight" else torch.float32, f"grad {what}")
 
 
-@pytest.fixture
-def threads():
-    """Run a body with n torch threads, then restore the count."""
-    before = torch.get_num_threads()
-
-    def run(n, fn):
-        torch.set_num_threads(n)
-        try:
-            return fn()
-        finally:
-            torch.set_num_threads(before)
-
-    return run
-
-
 @pytest.mark.parametrize("weight_kind", ["scalar", "per_sample", "mask"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_mixup_in_parallel_gives_the_one_thread_results(threads, weight_kind, channels_last):
+def test_mixup_in_parallel_gives_the_one_thread_results(torch_threads, weight_kind, channels_last):
     # above the kernels' parallel threshold (32768 elements): blocks of samples, and the
     # retain gradient in blocks of a row's elements with repeated perm rows added in order
     gen = torch.Generator().manual_seed(5)
@@ -112,7 +97,11 @@ def test_mixup_in_parallel_gives_the_one_thread_results(threads, weight_kind, ch
         out = fastmix.mixup(*leaves, perm, backend=backend)
         return (out, *torch.autograd.grad(out, leaves, g))
 
-    one, three, ref = threads(1, run), threads(3, run), run("torch")
+    with torch_threads(1):
+        one = run()
+    with torch_threads(3):
+        three = run()
+    ref = run("torch")
     leaves = [t.double().requires_grad_() for t in (x_f, x_r, weight)]
     exact = spec64.mixup(*leaves, perm)
     exact = (exact, *torch.autograd.grad(exact, leaves, g.double()))
@@ -124,7 +113,7 @@ def test_mixup_in_parallel_gives_the_one_thread_results(threads, weight_kind, ch
 
 
 @pytest.mark.parametrize("C", [5, 13, 300, 1000])
-def test_sharpen_in_parallel_gives_the_one_thread_results(threads, C):
+def test_sharpen_in_parallel_gives_the_one_thread_results(torch_threads, C):
     gen = torch.Generator().manual_seed(C)
     z = (torch.randn(40000 // C + 3, C, generator=gen) * 4).requires_grad_()
     g = torch.randn(z.shape, generator=gen)
@@ -133,7 +122,11 @@ def test_sharpen_in_parallel_gives_the_one_thread_results(threads, C):
         out = fastmix.sharpen(z, 0.25, backend=backend)
         return out, torch.autograd.grad(out, z, g)[0]
 
-    one, three, ref = threads(1, run), threads(3, run), run("torch")
+    with torch_threads(1):
+        one = run()
+    with torch_threads(3):
+        three = run()
+    ref = run("torch")
     assert torch.equal(one[0], three[0]) and torch.equal(one[1], three[1])
     z64 = z.detach().double().requires_grad_()
     exact = torch.softmax(z64 / 0.25, -1)

@@ -2,11 +2,11 @@
 scaling (any grad_output, retained graphs, buffers never written once handed out), the
 composed fallback of backends without a fused kernel, and its launches."""
 import contextlib
-import zlib
 
 import pytest
 import spec64
 import torch
+from inputs import seeded
 from tolerance import assert_as_accurate, assert_close_to_exact
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -17,10 +17,6 @@ from fastmix.ops import _scale
 CPU_OK = cpu_backend.load_error() is None
 BACKENDS = ["torch", "triton", pytest.param("cpu", marks=pytest.mark.skipif(not CPU_OK, reason="C++ CPU kernels "
                                                                                                "not built"))]
-
-
-def _gen(*seed):
-    return torch.Generator().manual_seed(zlib.crc32(repr(seed).encode()))
 
 
 def _case(kind, B, N, C, gen, dtype=torch.float32):
@@ -59,7 +55,7 @@ def _run(loss_fn, logits, rest):
 @pytest.mark.parametrize("B,N,C,omega", [(1, 1, 1, 1.0), (3, 5, 10, 0.5), (17, 9, 33, 2.0), (6, 6, 7, 0.0)])
 def test_loss_matches_spec(backend, kind, reduction, B, N, C, omega, monkeypatch):
     monkeypatch.setattr(cpu_backend, "POISON_OUTPUTS", True)
-    gen = _gen(kind, reduction, B, N, C, omega)
+    gen = seeded(kind, reduction, B, N, C, omega)
     mix, forget, retain, q_f, q_r, lam, perm = _case(kind, B, N, C, gen)
     if C > 2:  # strided logits: every other column of a wider tensor
         mix = torch.cat([mix, mix], 1)[:, ::2]
@@ -88,22 +84,18 @@ def test_loss_matches_spec(backend, kind, reduction, B, N, C, omega, monkeypatch
 @pytest.mark.skipif(not CPU_OK, reason="C++ CPU kernels not built")
 @pytest.mark.parametrize("kind", ["labels", "probabilities"])
 @pytest.mark.parametrize("omega", [1.0, 0.0])
-def test_cpu_loss_at_many_classes_on_one_thread_and_two(kind, omega, monkeypatch):
+def test_cpu_loss_at_many_classes_on_one_thread_and_two(kind, omega, monkeypatch, torch_threads):
     # C spans several of the kernel's float32 partial sums and ends in a ragged one; enough
     # rows for its threaded path, whose results must not depend on the thread count
     monkeypatch.setattr(cpu_backend, "POISON_OUTPUTS", True)
-    gen = _gen("many classes", kind, omega)
+    gen = seeded("many classes", kind, omega)
     mix, forget, retain, q_f, q_r, lam, perm = _case(kind, 37, 45, 1029, gen)
     args = (q_f, q_r, lam, perm)
     loss_fn = fastmix.MixUnlearnLoss(1.0, 0.7, 2.0, omega, backend="cpu")
-    threads = torch.get_num_threads()
     runs = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
+    for n in (1, 2):
+        with torch_threads(n):
             runs.append(_run(loss_fn, [mix, forget, retain], args))
-    finally:
-        torch.set_num_threads(threads)
     (value, grads), (value2, grads2) = runs
     assert torch.equal(value, value2)
     for g, g2 in zip(grads, grads2):
@@ -120,7 +112,7 @@ def test_cpu_loss_at_many_classes_on_one_thread_and_two(kind, omega, monkeypatch
 
 
 def test_loss_in_float64_is_exact():
-    gen = _gen("f64")
+    gen = seeded("f64")
     mix, forget, retain, q_f, q_r, lam, perm = _case("probabilities", 5, 8, 6, gen, torch.float64)
     value = fastmix.ops.loss.mixunlearn_loss(mix, forget, retain, q_f, q_r, lam.double(), 0.4, 3.0, 1.5, perm=perm)
     exact = _exact(1.5, 0.4, 3.0, "sum")(mix, forget, retain, q_f, q_r, lam.double(), perm)
@@ -133,7 +125,7 @@ def test_loss_in_float64_is_exact():
 def test_backward_scales_by_any_grad_output_and_survives_retained_graphs(backend, device_path, monkeypatch):
     if device_path:  # the GPU's path: grad_output never read on the host, the Triton kernel scales
         monkeypatch.setattr(_scale, "host_reads", lambda g: False)
-    gen = _gen("scale", backend)
+    gen = seeded("scale", backend)
     mix, forget, retain, q_f, q_r, lam, perm = _case("labels", 4, 6, 5, gen)
     logits = [z.requires_grad_() for z in (mix, forget, retain)]
     loss_fn = fastmix.MixUnlearnLoss(1.0, 0.7, 2.0, 1.5, backend=backend)
@@ -152,7 +144,7 @@ def test_backward_scales_by_any_grad_output_and_survives_retained_graphs(backend
 
 
 def test_a_modified_input_fails_the_retained_backward():
-    gen = _gen("version")
+    gen = seeded("version")
     mix, forget, retain, q_f, q_r, lam, perm = _case("labels", 4, 6, 5, gen)
     logits = [z.requires_grad_() for z in (mix, forget, retain)]
     loss = fastmix.MixUnlearnLoss(1.0, 0.7, 2.0, 1.0)(*logits, q_f, q_r, lam, perm)
@@ -164,7 +156,7 @@ def test_a_modified_input_fails_the_retained_backward():
 
 
 def test_only_the_logits_that_need_it_get_a_gradient():
-    gen = _gen("partial")
+    gen = seeded("partial")
     mix, forget, retain, q_f, q_r, lam, perm = _case("probabilities", 4, 6, 5, gen)
     mix.requires_grad_()
     loss = fastmix.MixUnlearnLoss(1.0, 0.7, 2.0, 1.0)(mix, forget, retain, q_f, q_r, lam, perm)
@@ -189,7 +181,7 @@ def test_composed_fallback_for_backends_without_a_fused_kernel(monkeypatch):
     assert plain.loss_forward is None
     register("triton", plain)
     assert kernels_for("triton").loss_forward is not None and not has_fused_loss("triton")
-    gen = _gen("compose")
+    gen = seeded("compose")
     args = _case("labels", 4, 6, 5, gen)
     fused = compose_loss_forward(ref.contrastive_forward, ref.real_forward)(*args, 0.7, 2.0, 0.0, "sum", True)
     assert fused[2].numel() == 0 and fused[3].numel() == 0  # omega == 0: no real-data gradients
@@ -250,7 +242,7 @@ def test_launches_of_forward_and_backward_on_the_triton_backend(kind, monkeypatc
     under the interpreter and the aten kernels around them (the implicit grad_output
     included); grad_output is never read on the host (the GPU's path)."""
     monkeypatch.setattr(_scale, "host_reads", lambda g: False)
-    gen = _gen("launch", kind)
+    gen = seeded("launch", kind)
     mix, forget, retain, q_f, q_r, lam, perm = _case(kind, 32, 32, 10, gen)
     logits = [z.requires_grad_() for z in (mix, forget, retain)]
     loss_fn = fastmix.MixUnlearnLoss(1.0, 10.0, 10.0, 1.0, backend="triton")
@@ -276,7 +268,7 @@ def test_torch_backend_rounds_as_the_two_ops_did(kind, omega, reduction):
     """The trainer's CPU results are pinned bit for bit: on the reference backend the fused
     op gives exactly what ``contrastive_loss(...) + omega * real_loss(...)`` through autograd
     gave before it, value and gradients."""
-    gen = _gen("bits", kind, omega)
+    gen = seeded("bits", kind, omega)
     mix, forget, retain, q_f, q_r, lam, perm = _case(kind, 32, 40, 10, gen)
     args = (q_f, q_r, lam, perm)
     fused_value, fused_grads = _run(
@@ -297,7 +289,7 @@ def test_torch_backend_rounds_as_the_two_ops_did(kind, omega, reduction):
 
 
 def test_trusted_inputs_skips_only_the_value_checks():
-    gen = _gen("trusted")
+    gen = seeded("trusted")
     mix, forget, retain, q_f, q_r, lam, perm = _case("probabilities", 4, 6, 5, gen)
     lam[0] = 1.5  # out of [0, 1]: a value check catches it
     loss_fn = fastmix.MixUnlearnLoss(1.0, 0.7, 2.0, 1.0, backend="torch")
