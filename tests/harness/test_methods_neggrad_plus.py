@@ -5,8 +5,9 @@ from harness.method_checks import run_on_digits, same_weights
 from fastmix.harness.methods import get_method
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-# Alpha at the low end of the reference's range, 2 epochs, for a fast test.
-OPTIONS = {"neggrad_alpha": 0.9, "neggrad_epochs": 2}
+# Plain SGD as the reference's: on digits a few epochs either forget nothing or, at a
+# larger lr or smaller alpha, collapse D_r too; this point forgets and keeps D_r.
+OPTIONS = {"neggrad_alpha": 0.97, "neggrad_lr": 0.05, "neggrad_epochs": 6}
 
 
 def test_neggrad_plus_forgets_d_f_keeps_d_r(digits_case):
@@ -22,3 +23,20 @@ def test_neggrad_plus_same_seed_same_model_and_refuses_label_agnostic(digits_cas
     assert not same_weights(a, get_method("neggrad_plus")(digits_case.context(options=OPTIONS, seed=1)).model)
     with pytest.raises(ValueError, match="'neggrad_plus'.*label-agnostic"):
         get_method("neggrad_plus")(digits_case.context(options=OPTIONS, labels="agnostic"))
+
+
+def test_neggrad_plus_steps_with_plain_sgd_as_its_reference(digits_case, monkeypatch):
+    # SCRUB's notebooks build SGD(lr, weight_decay=0.0) for train_negrad: momentum 0.9
+    # would make every step about ten times larger than the reference's at the same lr
+    import torch
+
+    made = []
+    real = torch.optim.SGD
+
+    def spy(params, **kw):
+        made.append(kw)
+        return real(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "SGD", spy)
+    get_method("neggrad_plus")(digits_case.context(options={**OPTIONS, "neggrad_epochs": 1}))
+    assert made == [{"lr": 0.05, "momentum": 0.0, "weight_decay": 0.0}]

@@ -46,7 +46,8 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 
 def sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4) -> torch.optim.SGD:
-    """The optimiser of the reference codes (Unlearn-Sparse, Unlearn-Saliency, SCRUB)."""
+    """The optimiser of the reference codes (Unlearn-Sparse, Unlearn-Saliency, SCRUB's
+    distillation; SCRUB's NegGrad+ runs without momentum and weight decay)."""
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 

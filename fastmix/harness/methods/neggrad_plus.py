@@ -3,7 +3,8 @@
 Paper: Kurmanji et al., "Towards Unbounded Machine Unlearning" (NeurIPS 2023, SCRUB),
 which introduced this strengthened NegGrad. Reference code: meghdadk/SCRUB
 ``loops.py:train_negrad``: ``alpha * CE(D_r) - (1 - alpha) * CE(D_f)`` on paired batches,
-SGD (momentum 0.9, weight decay 5e-4).
+plain SGD (no momentum, no weight decay: ``torch.optim.SGD(..., lr=lr, weight_decay=0.0)``
+in every notebook that calls it, e.g. ``small_scale_unlearning.ipynb:negative_grad``).
 
 An epoch is one pass over D_r, each retain batch paired with the next forget batch
 of D_f cycled (``zip(retain_loader, cycle(forget_loader))`` there). Choices: each pass
@@ -60,6 +61,6 @@ def run_neggrad_plus(ctx: MethodContext) -> MethodResult:
         return (a * F.cross_entropy(model(ctx.x_retain[r]), ctx.y_retain[r])
                 - (1 - a) * F.cross_entropy(model(ctx.x_forget[f]), ctx.y_forget[f]))
 
-    fit(sgd(model, s.neggrad_lr), loss, batches, epochs=s.neggrad_epochs,
+    fit(sgd(model, s.neggrad_lr, momentum=0.0, weight_decay=0.0), loss, batches, epochs=s.neggrad_epochs,
         total=s.neggrad_epochs * steps_per_epoch(n_r, bs), desc="neggrad_plus", quiet=ctx.quiet)
     return done(ctx, model, start)
