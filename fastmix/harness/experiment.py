@@ -400,7 +400,8 @@ def method_context(exp: Experiment, ds: ImageDataset, split, original, options: 
     f_idx, r_idx = split.forget.to(dev), split.retain.to(dev)
     return MethodContext(
         original=original, x_forget=Rows(x, f_idx), y_forget=y[f_idx], x_retain=Rows(x, r_idx),
-        y_retain=y[r_idx], labels=exp.labels, options=options, seed=exp.seed, quiet=exp.quiet,
+        y_retain=y[r_idx], labels=exp.labels, setting=split.setting, options=options, seed=exp.seed,
+        quiet=exp.quiet,
     )
 
 

@@ -136,18 +136,19 @@ def reference_recipe(dataset: str, setting: str) -> dict:
     from fastmix.settings import default_of
 
     from .experiment import DEFAULTS
-    from .methods import METHODS, SEARCH_SPACES, recipe_settings
+    from .methods import METHODS, SEARCH_SPACES, recipe_settings, setting_defaults
 
     methods = {}
     for method in METHODS:
         fields = recipe_settings(method)
+        by_setting = setting_defaults(method, setting)
         entries = {}
         for name in SEARCH_SPACES[method]:
             if name in DEFAULTS[dataset]:
                 value = DEFAULTS[dataset][name]
                 where = f"fastmix.harness.experiment.DEFAULTS['{dataset}'] (its comment says where they come from)"
             else:
-                value, where = default_of(fields[name]), reference_source(method)
+                value, where = by_setting.get(name, default_of(fields[name])), reference_source(method)
             entries[name] = {"value": value, "source": f"reference default: {where}"}
         if entries:
             methods[method] = entries

@@ -23,3 +23,26 @@ def test_laf_same_seed_same_model_and_reads_no_label(digits_case):
     b = get_method("laf")(wrong).model
     assert same_weights(a, b)
     assert not same_weights(a, get_method("laf")(digits_case.context(options=OPTIONS, seed=1)).model)
+
+
+@pytest.mark.parametrize("setting, given, expected", [("class", None, 20.0), ("data", None, 5.0), ("data", 10.0, 10.0)])
+def test_laf_takes_its_references_temperature_for_each_setting(digits_case, monkeypatch, setting, given, expected):
+    # hyperparameter.md: T 20 for class-level and 5 for data-level forgetting; a value given wins
+    from fastmix.harness.method_recipes import reference_recipe
+    from fastmix.harness.methods import laf
+
+    class Read(Exception):  # stops the run once its settings are read
+        pass
+
+    real = laf.read_settings
+
+    def read(*args):
+        raise Read(real(*args).laf_T)
+
+    monkeypatch.setattr(laf, "read_settings", read)
+    options = {} if given is None else {"laf_T": given}
+    with pytest.raises(Read) as seen:
+        get_method("laf")(digits_case.context(options=options, setting=setting))
+    assert seen.value.args[0] == expected
+    if given is None:  # and the shipped recipes' reference defaults say the same
+        assert reference_recipe("fashion-mnist", setting)["methods"]["laf"]["laf_T"]["value"] == expected
