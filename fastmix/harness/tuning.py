@@ -7,7 +7,9 @@ split carved from the training data; the objective is the Avg. Gap to the retrai
 model on that split (smaller is better). The original and retrained models are trained
 once and cached in the models folder; every trial reuses them.
 
-Optuna (``pip install "fastmix[tune]"``) draws the settings with its TPE sampler and keeps
+Optuna (``pip install "fastmix[tune]"``) draws the settings with its TPE sampler (at random
+for its first ``n_startup_trials``, 10: a budget of 10 or less is a random search; the
+reference defaults are not queued as a trial, so every method's search has the same form) and keeps
 the trials in a journal file in the output folder, so a search that is stopped resumes:
 finished trials are not run again, a trial that was running when the search stopped is
 run again (stopped by Ctrl-C, or killed). The budget counts finished trials (completed or failed); a draw that repeats
