@@ -1,10 +1,10 @@
-"""l1-sparse: fine-tune on D_r with an l1 penalty on the weights that decays to 0.
+"""l1-sparse: fine-tune on D_r with an l1 penalty on the weights that decays linearly.
 
 Paper: Jia et al., "Model Sparsity Can Simplify Machine Unlearning" (NeurIPS 2023).
 Reference code: OPTML-Group/Unlearn-Sparse ``unlearn/FT.py:FT_l1``: CE on D_r plus
-``alpha_t * ||theta||_1`` with ``alpha_t = alpha * (1 - epoch / epochs)`` (linear decay,
-per epoch, as there), SGD (momentum 0.9, weight decay 5e-4), lr 0.01, 10 epochs,
-alpha 1e-4.
+``alpha_t * ||theta||_1`` with ``alpha_t = alpha * (1 - epoch / epochs)`` for epoch
+0..epochs-1 (linear decay, per epoch, as there: the last epoch's is alpha / epochs, not
+0), SGD (momentum 0.9, weight decay 5e-4), lr 0.01, 10 epochs, alpha 1e-4.
 
 Choices: batch 64; the l1 norm is over every parameter, biases included, as there.
 Needs D_r's labels.
@@ -27,8 +27,8 @@ from .common import done, fit, generator, needs_labels, read_settings, sgd, shuf
 class L1SparseSettings:
     l1_lr: float = setting(0.01, "l1-sparse: SGD learning rate", POSITIVE, flag="--l1-lr")
     l1_epochs: int = setting(10, "l1-sparse: passes over D_r", COUNT, flag="--l1-epochs")
-    l1_alpha: float = setting(1e-4, "l1-sparse: initial weight of ||theta||_1, decayed linearly to 0", NONNEG,
-                              flag="--l1-alpha")
+    l1_alpha: float = setting(1e-4, "l1-sparse: initial weight of ||theta||_1, decayed linearly "
+                              "(alpha / epochs in the last epoch)", NONNEG, flag="--l1-alpha")
     l1_batch_size: int = setting(64, "l1-sparse: batch size", COUNT, flag="--l1-batch-size")
 
 
