@@ -12,6 +12,7 @@
 #    that recipe (the label-agnostic runs reuse the label-aware recipes), two at a time;
 #    a finished seed is not run again, a stopped one keeps the methods it finished;
 #    OUT/tables.md gets the four tables in Markdown (scripts/results_tables.py).
+# 3. scripts/ship_recipes.py copies the winners into fastmix/harness/recipes/ (printed at the end).
 # The paper's 20-epoch original and retrained models are trained once per seed and kept
 # in OUT/models (shared with scripts/fashion_mnist_options.py when given the same OUT).
 # The IDX files come from Debian's dataset-fashion-mnist, or set DATA_ROOT.
@@ -38,4 +39,5 @@ for d in class-aware class-agnostic data-aware data-agnostic; do cat "$OUT/$d.tx
 # RESULTS.md's four tables (mean ± std, Avg. Gap, RTE, seconds, the machine)
 python "$(dirname "$0")/results_tables.py" "$OUT/class-aware" "$OUT/data-aware" "$OUT/class-agnostic" \
   "$OUT/data-agnostic" > "$OUT/tables.md"
-echo "wrote $OUT/tables.md"
+echo "wrote $OUT/tables.md; to ship the winners as fastmix's recipes:"
+echo "  python $(dirname "$0")/ship_recipes.py $OUT/tune-class/fashion-mnist-class.json $OUT/tune-data/fashion-mnist-data.json"

@@ -2,6 +2,7 @@
 bad file is refused naming the file and the key, and a flag wins over the recipe, which
 wins over the defaults."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,30 @@ def test_write_recipe_replaces_one_methods_entries_and_keeps_the_others(tmp_path
     write_recipe(path, "digits", "class", {"ga": {"ga_epochs": {"value": 3, "source": SOURCE}}})
     assert load_recipe(path)["methods"] == {"ga": {"ga_epochs": {"value": 3, "source": SOURCE}},
                                             "rl": {"rl_lr": {"value": 0.02, "source": SOURCE}}}
+
+
+def test_ship_recipes_script_puts_tuned_winners_over_the_shipped_recipe(tmp_path):
+    """scripts/ship_recipes.py: the tuned methods' entries replace the shipped ones, the
+    other methods keep theirs; a file holding an entry that was not tuned is refused."""
+    import importlib.util
+    import shutil
+
+    script = Path(__file__).parents[2] / "scripts" / "ship_recipes.py"
+    spec = importlib.util.spec_from_file_location("ship_recipes", script)
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    shutil.copy(packaged_recipe("fashion-mnist", "data"), shipped)
+    before = load_recipe(shipped / "fashion-mnist-data.json")["methods"]
+    tuned = {"rl": {"rl_lr": {"value": 0.005, "source": "tuned: fastmix tune, budget 6, ..."},
+                    "rl_epochs": {"value": 2, "source": "tuned: fastmix tune, budget 6, ..."}}}
+    write_recipe(tmp_path / "t.json", "fashion-mnist", "data", tuned)
+    assert ship.ship([tmp_path / "t.json"], shipped) == [shipped / "fashion-mnist-data.json"]
+    after = load_recipe(shipped / "fashion-mnist-data.json")["methods"]
+    assert after["rl"] == tuned["rl"] and {m: e for m, e in after.items() if m != "rl"} == \
+        {m: e for m, e in before.items() if m != "rl"}
+    write_recipe(tmp_path / "mixed.json", "fashion-mnist", "data", {"ga": before["ga"]})
+    with pytest.raises(SystemExit, match="ga.ga_lr was not tuned"):
+        ship.ship([tmp_path / "t.json", tmp_path / "mixed.json"], shipped)
+    assert load_recipe(shipped / "fashion-mnist-data.json")["methods"] == after
