@@ -15,16 +15,18 @@
 // group's forget terms, so:
 //   small batches (every row its own group of lanes in one block, at most
 //   kFusedMaxElems logits): one launch: state -> log-sum-exp -> gradient;
-//   larger: a launch per log-sum-exp group and one more, so that what a launch reads
-//   again from the one before is one group's rows (L2 evict_last), read last first:
-//   1. loss_mix_terms_kernel, mixed rows first to last: their forget terms (logits
-//      and q_f kept in L2);
+//   larger: three launches, so that what a launch reads again from the one before is
+//   one group's rows (L2 evict_last), read last first:
+//   1. loss_mix_terms_kernel, a persistent grid, mixed rows first to last: their forget
+//      terms (logits and q_f kept in L2), and each block's partial log-sum-exp of them;
 //   2. loss_rows_kernel, a persistent grid, i last to first: mixed row i's keep term and
-//      whole gradient (its group's log-sum-exp is known now), forget-only row i's term
-//      (logits and q_f kept in L2; the same lanes just read q_f[i] for mixed row i),
-//      keep-only row i's term and gradient (no log-sum-exp in it);
+//      whole gradient (its group's log-sum-exp, merged from launch 1's partials, is known
+//      now), forget-only row i's term (logits and q_f kept in L2; the same lanes just read
+//      q_f[i] for mixed row i) and its block's partial, keep-only row i's term and
+//      gradient (no log-sum-exp in it);
 //   3. loss_grad_kernel, a persistent grid, forget-only rows first to last: their
-//      gradients; block 0 writes the loss.
+//      gradients (their log-sum-exp merged from launch 2's partials); block 0 writes the loss.
+//   A block merges one partial per block of the launch before, not every row's term.
 //   Without mixed rows (L_real alone) launch 1 is left out.
 // No path synchronises with the host.
 #include <algorithm>
@@ -86,8 +88,9 @@ struct LossArgs {
   bool grad;
   int* flag;
   Span mix, keep_only, forget_only;  // the segments by kind (n = 0: none)
-  int mix_group, forget_group;      // the groups of the mixed and the forget-only rows
+  int mix_group;                     // the group of the mixed rows (the forget-only rows': the other)
   int64_t pairs;                     // the most rows of one kind
+  int parts_mix, parts_forget;       // grid path: blocks of launches 1 and 2, one partial each
 };
 
 // Where row r's inputs are. A bad index leaves its term's row at -1.
@@ -353,12 +356,27 @@ __device__ __forceinline__ float group_lse(const LossArgs& a, int g, const float
   return s == 0.f ? -INFINITY : M + logf(s);
 }
 
-// Group g's share of the loss from per-row state (x: the scaled forget terms, keep: the
-// weighted keep terms, `stride` floats apart); every thread gets it and the group's lse.
-__device__ __forceinline__ float group_loss(const LossArgs& a, int g, const float* x, const float* keep, int stride,
-                                            float* scratch, float& lse) {
+// The log-sum-exp of n partial (max, sum of exp(x - max)) pairs at p, reduced by the
+// whole block of THREADS threads (0: blockDim.x); every thread gets it.
+template <int THREADS = 0>
+__device__ __forceinline__ float parts_lse(const float* p, int n, float* scratch) {
+  const int threads = THREADS ? THREADS : blockDim.x;
+  float m = -INFINITY;
+#pragma unroll 1
+  for (int k = threadIdx.x; k < n; k += threads) m = fmaxf(m, p[2 * k]);
+  const float M = block_max(m, scratch);
+  float s = 0.f;
+#pragma unroll 1
+  for (int k = threadIdx.x; k < n; k += threads) s += p[2 * k + 1] * exp_diff(p[2 * k], M);  // NaN sums stay NaN
+  s = block_sum(s, scratch);
+  return s == 0.f ? -INFINITY : M + logf(s);
+}
+
+// Group g's share of the loss given its lse (keep: the weighted keep terms of the rows,
+// `stride` floats apart); every thread gets it.
+__device__ __forceinline__ float group_loss(const LossArgs& a, int g, const float* keep, int stride, float* scratch,
+                                            float lse) {
   const Group grp = group_at(a, g);
-  lse = group_lse(a, g, x, stride, scratch);
   float k = 0.f;
 #pragma unroll 1
   for (int64_t r = grp.lo + threadIdx.x; r < grp.hi; r += blockDim.x) k += keep[r * stride];
@@ -368,11 +386,10 @@ __device__ __forceinline__ float group_loss(const LossArgs& a, int g, const floa
 
 // Writes the loss; lse0, lse1: the groups' log-sum-exps (two scalars: an array indexed in
 // a loop went to the stack).
-__device__ __forceinline__ void finish_loss(const LossArgs& a, const float* x, const float* keep, int stride,
-                                            float* scratch, float& lse0, float& lse1) {
-  float total = group_loss(a, 0, x, keep, stride, scratch, lse0);
-  lse1 = -INFINITY;
-  if (a.ngroups > 1) total += group_loss(a, 1, x, keep, stride, scratch, lse1);
+__device__ __forceinline__ void write_loss(const LossArgs& a, const float* keep, int stride, float* scratch,
+                                           float lse0, float lse1) {
+  float total = group_loss(a, 0, keep, stride, scratch, lse0);
+  if (a.ngroups > 1) total += group_loss(a, 1, keep, stride, scratch, lse1);
   if (threadIdx.x == 0) *a.loss = total;
 }
 
@@ -396,14 +413,16 @@ __global__ void __launch_bounds__(kFusedThreads) loss_fused_kernel(LossArgs a, i
     state[r * 2 + 1] = st[S_KEEP];
   }
   __syncthreads();
-  float lse0, lse1;
-  finish_loss(a, state, state + 1, 2, scratch, lse0, lse1);
+  const float lse0 = group_lse(a, 0, state, 2, scratch);
+  const float lse1 = a.ngroups > 1 ? group_lse(a, 1, state, 2, scratch) : -INFINITY;
+  write_loss(a, state + 1, 2, scratch, lse0, lse1);
   if (!a.grad || !active) return;
   row_grad<T, V, kFusedUnroll<V>>(a, r, lane, G, st, group_of(a, r) == 0 ? lse0 : lse1);
 }
 
-// ---- the grid path: state of all rows in the workspace, stat j of row r at ws[j * rows + r]
-// (the log-sum-exp inputs, S_X, contiguous: every block of launches 2 and 3 reduces them)
+// ---- the grid path: state of all rows in the workspace, stat j of row r at ws[j * rows + r];
+// after it, the partial log-sum-exps of launch 1's blocks (mixed rows) and of launch 2's
+// (forget-only rows), two floats a block, at most a block a row each: (NS + 4) * rows floats.
 
 // Accesses in flight per lane in the grid kernels' row passes.
 template <int V, bool WARP>
@@ -419,8 +438,43 @@ __device__ __forceinline__ void get_stats(const LossArgs& a, const float* ws, in
   for (int j = 0; j < NS; ++j) st[j] = ws[j * a.rows + r];
 }
 
-// Launch 1: the forget term of every mixed row, rows first to last. Logits and q_f are
-// loaded evict_last: launch 2 reads them again, the last rows first.
+__device__ __forceinline__ float* mix_parts(const LossArgs& a, float* ws) { return ws + NS * a.rows; }
+__device__ __forceinline__ float* forget_parts(const LossArgs& a, float* ws) { return ws + (NS + 2) * a.rows; }
+
+// After a row loop over j in [0, end) (x: the terms of rows i < n, written by the loop;
+// row i = j, or end - 1 - j for a loop that runs last to first), stores the block's partial
+// at p[2 * blockIdx.x]: the max of the terms of the rows the block wrote and the sum of
+// exp(term - max). Only the block's own rows: other blocks' writes need not be visible
+// yet. Read back after the loop, not summed online during it: values live across the
+// loop's calls went to the stack. Every thread calls it.
+template <bool WARP>
+__device__ __forceinline__ void put_part(float* p, const float* x, int64_t n, int64_t end, bool last_first,
+                                         const RowSlots<WARP>& rs, float* scratch) {
+  __syncthreads();  // the row slots' writes of x are visible to the block
+  const bool slot = static_cast<int>(threadIdx.x) < rs.per_block;  // thread t re-reads row slot t's rows
+  float m = -INFINITY;
+  if (slot)
+    for (int64_t j = rs.first() + threadIdx.x; j < end; j += rs.stride()) {
+      const int64_t i = last_first ? end - 1 - j : j;
+      if (i < n) m = fmaxf(m, x[i]);
+    }
+  const float M = block_max(m, scratch);
+  float s = 0.f;
+  if (slot)
+    for (int64_t j = rs.first() + threadIdx.x; j < end; j += rs.stride()) {
+      const int64_t i = last_first ? end - 1 - j : j;
+      if (i < n) s += exp_diff(x[i], M);  // a NaN term stays in the sum
+    }
+  s = block_sum(s, scratch);
+  if (threadIdx.x == 0) {
+    p[2 * blockIdx.x] = M;
+    p[2 * blockIdx.x + 1] = s;
+  }
+}
+
+// Launch 1: the forget term of every mixed row, rows first to last, and each block's
+// partial log-sum-exp of its rows' terms. Logits and q_f are loaded evict_last: launch 2
+// reads them again, the last rows first.
 template <typename T, bool WARP, int V>
 __global__ void __launch_bounds__(kRowThreads) loss_mix_terms_kernel(LossArgs a, int G, float* ws) {
   __shared__ float scratch[32];
@@ -433,12 +487,13 @@ __global__ void __launch_bounds__(kRowThreads) loss_mix_terms_kernel(LossArgs a,
                                                               rs.lane, rs.G, scratch, st);
     if (active && rs.lane == 0) put_stats(a, ws, a.mix.lo + i, st);
   }
+  put_part(mix_parts(a, ws), ws + S_X * a.rows + a.mix.lo, a.mix.n, a.mix.n, false, rs, scratch);
 }
 
 // Launch 2, a persistent grid over i = pairs - 1 down to 0 (what launch 1 read last comes
 // first): mixed row i's keep term and gradient, forget-only row i's term (kept in L2 for
-// launch 3), keep-only row i's term and gradient. Each block first reduces the mixed
-// rows' log-sum-exp (their S_X, from L2).
+// launch 3) and its block's partial log-sum-exp, keep-only row i's term and gradient.
+// Each block first merges the mixed rows' log-sum-exp from launch 1's partials.
 template <typename T, bool WARP, int V>
 __global__ void __launch_bounds__(kRowThreads) loss_rows_kernel(LossArgs a, int G, float* ws) {
   constexpr int U = kGridUnroll<V, WARP>;
@@ -448,7 +503,7 @@ __global__ void __launch_bounds__(kRowThreads) loss_rows_kernel(LossArgs a, int 
   // across the row loop, it went to the stack in the block-per-row variants
   __shared__ float lse_mix;
   const bool need_lse = a.mix.n > 0 && a.grad;
-  const float lse = need_lse ? group_lse<kRowThreads>(a, a.mix_group, ws + S_X * a.rows, 1, scratch) : 0.f;
+  const float lse = need_lse ? parts_lse<kRowThreads>(mix_parts(a, ws), a.parts_mix, scratch) : 0.f;
   if (threadIdx.x == 0) lse_mix = lse;
   __syncthreads();
   float st[NS];
@@ -482,22 +537,26 @@ __global__ void __launch_bounds__(kRowThreads) loss_rows_kernel(LossArgs a, int 
       if (on && a.grad) row_grad<T, V, U, kEvictFirst>(a, r, rs.lane, rs.G, st, 0.f);
     }
   }
+  if (a.forget_only.n > 0)
+    put_part(forget_parts(a, ws), ws + S_X * a.rows + a.forget_only.lo, a.forget_only.n, a.pairs, true, rs, scratch);
 }
 
 // Launch 3, a persistent grid: block 0 writes the loss; the forget-only rows' gradients,
 // first to last (the rows launch 2 read last come first), each block starting from their
-// group's log-sum-exp.
+// group's log-sum-exp, merged from launch 2's partials.
 template <typename T, bool WARP, int V>
-__global__ void __launch_bounds__(kRowThreads) loss_grad_kernel(LossArgs a, int G, const float* ws) {
+__global__ void __launch_bounds__(kRowThreads) loss_grad_kernel(LossArgs a, int G, float* ws) {
   __shared__ float scratch[32];
-  if (blockIdx.x == 0) {
-    float lse0, lse1;
-    finish_loss(a, ws + S_X * a.rows, ws + S_KEEP * a.rows, 1, scratch, lse0, lse1);
-  }
-  if (!a.grad || a.forget_only.n == 0) return;
   __shared__ float lse_forget;  // in shared memory as in loss_rows_kernel
-  const float lse = group_lse<kRowThreads>(a, a.forget_group, ws + S_X * a.rows, 1, scratch);
-  if (threadIdx.x == 0) lse_forget = lse;
+  const bool forget = a.forget_only.n > 0;
+  const float lse_f = forget ? parts_lse<kRowThreads>(forget_parts(a, ws), a.parts_forget, scratch) : -INFINITY;
+  if (blockIdx.x == 0) {
+    const float lse_m = a.mix.n > 0 ? parts_lse<kRowThreads>(mix_parts(a, ws), a.parts_mix, scratch) : -INFINITY;
+    const bool mix0 = a.mix.n > 0 && a.mix_group == 0;  // the groups' forget terms: one segment each
+    write_loss(a, ws + S_KEEP * a.rows, 1, scratch, mix0 ? lse_m : lse_f, mix0 ? lse_f : lse_m);
+  }
+  if (!a.grad || !forget) return;
+  if (threadIdx.x == 0) lse_forget = lse_f;
   __syncthreads();
   const RowSlots<WARP> rs(G);
   float st[NS];
@@ -533,22 +592,26 @@ bool loss_vectorizable(const LossArgs& a, int V) {
   return true;
 }
 
-// Blocks a persistent grid keeps per SM (each reduces the log-sum-exp inputs once).
+// Blocks a persistent grid keeps per SM (each merges the partial log-sum-exps once).
 constexpr int kBlocksPerSm = 4;
 
 template <typename T, bool WARP, int V>
 int launch_grid(const LossArgs& a, cudaStream_t stream, float* ws, int G, int sms) {
   const int per_block = WARP ? kRowThreads / G : 1;
   const unsigned resident = static_cast<unsigned>(std::max(sms, 1) * kBlocksPerSm);
+  LossArgs b = a;
+  const unsigned mix_grid = std::min(grid_for(a.mix.n, per_block), resident);
+  const unsigned rows_grid = std::min(grid_for(a.pairs, per_block), resident);
+  b.parts_mix = a.mix.n > 0 ? static_cast<int>(mix_grid) : 0;
+  b.parts_forget = a.forget_only.n > 0 ? static_cast<int>(rows_grid) : 0;
   if (a.mix.n > 0) {
-    launch(loss_mix_terms_kernel<T, WARP, V>, grid_for(a.mix.n, per_block), kRowThreads, 0, stream, a, G, ws);
+    launch(loss_mix_terms_kernel<T, WARP, V>, mix_grid, kRowThreads, 0, stream, b, G, ws);
     if (int e = launch_status()) return e;
   }
-  launch(loss_rows_kernel<T, WARP, V>, std::min(grid_for(a.pairs, per_block), resident), kRowThreads, 0, stream, a,
-         G, ws);
+  launch(loss_rows_kernel<T, WARP, V>, rows_grid, kRowThreads, 0, stream, b, G, ws);
   if (int e = launch_status()) return e;
   const unsigned grad_grid = a.grad ? std::min(grid_for(a.forget_only.n, per_block), resident) : 1;
-  launch(loss_grad_kernel<T, WARP, V>, grad_grid, kRowThreads, 0, stream, a, G, ws);
+  launch(loss_grad_kernel<T, WARP, V>, grad_grid, kRowThreads, 0, stream, b, G, ws);
   return launch_status();
 }
 
@@ -582,7 +645,6 @@ int dispatch(int dtype, LossArgs& a, void* stream, float* ws, int device) {
     Span& span = s.kind == MIXED ? a.mix : s.kind == KEEP_ONLY ? a.keep_only : a.forget_only;
     if (s.rows > 0) span = Span{lo, s.rows};
     if (s.rows > 0 && s.kind == MIXED) a.mix_group = s.group;
-    if (s.rows > 0 && s.kind == FORGET_ONLY) a.forget_group = s.group;
     lo += s.rows;
   }
   a.pairs = std::max({a.mix.n, a.keep_only.n, a.forget_only.n});
@@ -622,7 +684,7 @@ using namespace fastmix;
 
 extern "C" FASTMIX_API int64_t fastmix_loss_workspace_floats(int64_t rows0, int64_t rows1, int64_t C) {
   const int64_t rows = rows0 + rows1;
-  return fused_lanes(rows, C) ? 0 : rows * NS;
+  return fused_lanes(rows, C) ? 0 : rows * (NS + 4);
 }
 
 extern "C" FASTMIX_API int fastmix_loss_forward(

@@ -541,6 +541,23 @@ def test_mixup_flat_unaligned(emu, dtype):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-2)
 
 
+@pytest.mark.parametrize("where", ["mix", "forget"])
+def test_a_nan_logit_on_the_grid_path_reaches_its_groups_loss_and_gradients(emu, where):
+    # the grid path merges per-block partial log-sum-exps: a NaN term must survive the merge
+    # (here in the last block's rows of the looping persistent grid), as in the reference
+    gen = seeded("grid nan", where)
+    B, B_r, C = 520, 3, 8
+    z_mix, z_f, z_r = torch.randn(B, C, generator=gen), torch.randn(B, C, generator=gen), torch.randn(B_r, C)
+    (z_mix if where == "mix" else z_f)[517, 3] = float("nan")
+    q_f, q_r = targets("labels", B, C, gen), targets("labels", B_r, C, gen)
+    args = (z_mix, z_f, z_r, q_f, q_r, torch.rand(B, generator=gen), torch.randint(0, B_r, (B,), generator=gen),
+            0.5, 2.0, 0.3, "sum", True)
+    got, ref = emu.loss_forward(*args), torch_backend.loss_forward(*args)
+    assert torch.isnan(got[0]) and torch.isnan(ref[0])
+    for g, r in zip(got[1:], ref[1:]):
+        assert torch.equal(torch.isnan(g), torch.isnan(r))
+
+
 def test_bad_indices_are_flagged_never_followed(emu):
     z = torch.randn(4, 3)
     labels = torch.tensor([0, 1, 2, 7])
