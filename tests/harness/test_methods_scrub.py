@@ -28,3 +28,20 @@ def test_scrub_same_seed_same_model_and_refuses_label_agnostic(digits_case):
     assert not same_weights(a, get_method("scrub")(digits_case.context(options=OPTIONS, seed=1)).model)
     with pytest.raises(ValueError, match="'scrub'.*label-agnostic"):
         get_method("scrub")(digits_case.context(options=OPTIONS, labels="agnostic"))
+
+
+def test_scrub_max_passes_take_their_own_batch_size(digits_case, monkeypatch):
+    # the reference's del_batch_size: fewer ascent steps a max pass over D_f, D_r's batches unchanged
+    from fastmix.harness.methods import scrub
+
+    seen = {}
+
+    def count(opt, loss_of, batches_of, **kw):
+        for forget, idx in batches_of(0):
+            seen.setdefault(forget, []).append(len(idx))
+
+    monkeypatch.setattr(scrub, "fit", count)
+    get_method("scrub")(digits_case.context(options={**OPTIONS, "scrub_forget_batch_size": 100}))
+    n_f, n_r = digits_case.ctx.x_forget.shape[0], digits_case.ctx.x_retain.shape[0]
+    assert seen[True] == [100] * (n_f // 100) + ([n_f % 100] if n_f % 100 else [])
+    assert len(seen[False]) == -(-n_r // 64) and sum(seen[False]) == n_r

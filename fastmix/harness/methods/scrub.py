@@ -13,7 +13,12 @@ SGD lr 5e-4 with momentum 0.9 and weight decay 5e-4 and kd_T 4 as in
 ``MIA_experiments.ipynb``'s ``scrub()``; 10 epochs as in ``small_scale_unlearning.ipynb``,
 which instead takes Adam (lr 5e-4, weight decay 0.1) and kd_T 2. The issue's defaults
 (kd_T 4) follow the SGD configuration. The lr stays constant (the reference's step decay
-at late epochs is left out); batch 64 for both sets. The CE term needs D_r's labels: with ``scrub_gamma=0`` there is
+at late epochs is left out); batch 64 for both sets by default, D_f's its own setting
+(``scrub_forget_batch_size``, the reference's ``del_batch_size``). The search tries larger
+D_f batches, so fewer ascent steps a max pass: each max pass climbs from the minimum
+KL = 0, growing any deviation, and on a CNN without BatchNorm with thousands of images in
+D_f, passes of 64 blew the weights up to NaN at every lr tried (RESULTS.md, "SCRUB's max
+passes"). The CE term needs D_r's labels: with ``scrub_gamma=0`` there is
 none and SCRUB runs label-agnostic; otherwise that setting is refused.
 """
 from __future__ import annotations
@@ -51,13 +56,18 @@ class ScrubSettings:
     scrub_gamma: float = setting(1.0, "SCRUB: weight of the CE on D_r (0: label-agnostic)", NONNEG,
                                  flag="--scrub-gamma")
     scrub_kd_T: float = setting(4.0, "SCRUB: distillation temperature", POSITIVE, flag="--scrub-kd-T")
-    scrub_batch_size: int = setting(64, "SCRUB: batch size", COUNT, flag="--scrub-batch-size")
+    scrub_batch_size: int = setting(64, "SCRUB: batch size of the min passes over D_r", COUNT,
+                                    flag="--scrub-batch-size")
+    scrub_forget_batch_size: int = setting(64, "SCRUB: batch size of the max passes over D_f (the reference's "
+                                           "del_batch_size)", COUNT, flag="--scrub-forget-batch-size")
 
 
 SETTINGS = ScrubSettings
 # Around the reference's small-scale settings (alpha 0.5 among its sweeps, lr 5e-4, kd_T 4).
+# The D_f batch from the reference's 64 up: fewer ascent steps a max pass (the docstring says why).
 SEARCH_SPACE = {"scrub_lr": LogRange(1e-4, 1e-2), "scrub_epochs": Grid((3, 5, 10)), "scrub_msteps": Grid((1, 2, 3, 5)),
-                "scrub_alpha": Grid((0.001, 0.1, 0.5, 1.0)), "scrub_kd_T": Grid((2.0, 4.0))}
+                "scrub_alpha": Grid((0.001, 0.1, 0.5, 1.0)), "scrub_kd_T": Grid((2.0, 4.0)),
+                "scrub_forget_batch_size": Grid((64, 256, 1024, 4096))}
 
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
@@ -84,9 +94,10 @@ def run_scrub(ctx: MethodContext) -> MethodResult:
     # The teacher (the original, frozen) sees the same unaugmented samples every epoch: its logits once.
     teacher = {True: original_logits(ctx, "forget"), False: original_logits(ctx, "retain")}
     n_f, n_r, bs, T = ctx.x_forget.shape[0], ctx.x_retain.shape[0], s.scrub_batch_size, s.scrub_kd_T
+    bs_f = s.scrub_forget_batch_size
 
     def batches(epoch):
-        maximise = [(True, i) for i in shuffled(gen, n_f, bs)] if epoch < s.scrub_msteps else []
+        maximise = [(True, i) for i in shuffled(gen, n_f, bs_f)] if epoch < s.scrub_msteps else []
         return maximise + [(False, i) for i in shuffled(gen, n_r, bs)]
 
     def loss(_, batch):
@@ -100,6 +111,6 @@ def run_scrub(ctx: MethodContext) -> MethodResult:
             return s.scrub_alpha * kl
         return s.scrub_gamma * F.cross_entropy(out, ctx.y_retain[idx]) + s.scrub_alpha * kl
 
-    total = s.scrub_epochs * steps_per_epoch(n_r, bs) + min(s.scrub_msteps, s.scrub_epochs) * steps_per_epoch(n_f, bs)
+    total = s.scrub_epochs * steps_per_epoch(n_r, bs) + min(s.scrub_msteps, s.scrub_epochs) * steps_per_epoch(n_f, bs_f)
     fit(sgd(model, s.scrub_lr), loss, batches, epochs=s.scrub_epochs, total=total, desc="scrub", quiet=ctx.quiet)
     return done(ctx, model, start)
