@@ -357,18 +357,26 @@ __device__ __forceinline__ float group_lse(const LossArgs& a, int g, const float
 }
 
 // The log-sum-exp of n partial (max, sum of exp(x - max)) pairs at p, reduced by the
-// whole block of THREADS threads (0: blockDim.x); every thread gets it.
+// whole block of THREADS threads (0: blockDim.x); every thread gets it. One pass: each
+// thread merges its pairs online, then the block merges the threads'. A NaN sum stays NaN
+// (NaN * 0 is NaN); no pair, or only empty ones: -inf.
 template <int THREADS = 0>
 __device__ __forceinline__ float parts_lse(const float* p, int n, float* scratch) {
   const int threads = THREADS ? THREADS : blockDim.x;
-  float m = -INFINITY;
+  const float2* pairs = reinterpret_cast<const float2*>(p);  // 8-byte aligned: p is ws + an even offset
+  float m = -INFINITY, s = 0.f;
 #pragma unroll 1
-  for (int k = threadIdx.x; k < n; k += threads) m = fmaxf(m, p[2 * k]);
+  for (int k = threadIdx.x; k < n; k += threads) {
+    const float2 q = pairs[k];
+    if (q.x > m) {
+      s = s * exp_diff(m, q.x) + q.y;
+      m = q.x;
+    } else {
+      s += q.y * exp_diff(q.x, m);
+    }
+  }
   const float M = block_max(m, scratch);
-  float s = 0.f;
-#pragma unroll 1
-  for (int k = threadIdx.x; k < n; k += threads) s += p[2 * k + 1] * exp_diff(p[2 * k], M);  // NaN sums stay NaN
-  s = block_sum(s, scratch);
+  s = block_sum(s * exp_diff(m, M), scratch);
   return s == 0.f ? -INFINITY : M + logf(s);
 }
 
@@ -453,18 +461,22 @@ __device__ __forceinline__ void put_part(float* p, const float* x, int64_t n, in
   __syncthreads();  // the row slots' writes of x are visible to the block
   const bool slot = static_cast<int>(threadIdx.x) < rs.per_block;  // thread t re-reads row slot t's rows
   float m = -INFINITY;
-  if (slot)
+  if (slot) {
+#pragma unroll 1
     for (int64_t j = rs.first() + threadIdx.x; j < end; j += rs.stride()) {
       const int64_t i = last_first ? end - 1 - j : j;
       if (i < n) m = fmaxf(m, x[i]);
     }
+  }
   const float M = block_max(m, scratch);
   float s = 0.f;
-  if (slot)
+  if (slot) {
+#pragma unroll 1
     for (int64_t j = rs.first() + threadIdx.x; j < end; j += rs.stride()) {
       const int64_t i = last_first ? end - 1 - j : j;
       if (i < n) s += exp_diff(x[i], M);  // a NaN term stays in the sum
     }
+  }
   s = block_sum(s, scratch);
   if (threadIdx.x == 0) {
     p[2 * blockIdx.x] = M;

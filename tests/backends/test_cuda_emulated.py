@@ -541,14 +541,17 @@ def test_mixup_flat_unaligned(emu, dtype):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-2)
 
 
+@pytest.mark.parametrize("B,B_r,C,row", [(520, 3, 8, 515), (520, 3, 8, 5), (3, 1, 1100, 1)],
+                         ids=["row-515", "row-5", "block-rows"])
 @pytest.mark.parametrize("where", ["mix", "forget"])
-def test_a_nan_logit_on_the_grid_path_reaches_its_groups_loss_and_gradients(emu, where):
-    # the grid path merges per-block partial log-sum-exps: a NaN term must survive the merge
-    # (here in the last block's rows of the looping persistent grid), as in the reference
-    gen = seeded("grid nan", where)
-    B, B_r, C = 520, 3, 8
+def test_a_nan_logit_on_the_grid_path_reaches_its_groups_loss_and_gradients(emu, where, B, B_r, C, row):
+    # the grid path merges per-block partial log-sum-exps: a NaN term must survive the merge.
+    # With 2 emulated SMs (8 blocks of 64 rows of 8, 512 rows a sweep): row 515 is in launch
+    # 1's second sweep, row 5 in launch 2's (it runs last to first); with C = 1100 a block
+    # owns one row, so the NaN row's block has a partial of that NaN alone
+    gen = seeded("grid nan", where, B, C)
     z_mix, z_f, z_r = torch.randn(B, C, generator=gen), torch.randn(B, C, generator=gen), torch.randn(B_r, C)
-    (z_mix if where == "mix" else z_f)[517, 3] = float("nan")
+    (z_mix if where == "mix" else z_f)[row, 3] = float("nan")
     q_f, q_r = targets("labels", B, C, gen), targets("labels", B_r, C, gen)
     args = (z_mix, z_f, z_r, q_f, q_r, torch.rand(B, generator=gen), torch.randint(0, B_r, (B,), generator=gen),
             0.5, 2.0, 0.3, "sum", True)
