@@ -604,16 +604,34 @@ bool loss_vectorizable(const LossArgs& a, int V) {
   return true;
 }
 
-// Blocks a persistent grid keeps per SM (each merges the partial log-sum-exps once).
+// Blocks a persistent grid keeps per SM at most (each merges the partial log-sum-exps once).
 constexpr int kBlocksPerSm = 4;
+
+// Blocks of `kernel` (kRowThreads threads) that one SM runs at once, at most kBlocksPerSm:
+// a persistent grid sized past that runs its extra blocks as a second wave (at 80 registers
+// 3 fit, and the fourth block of each SM would run alone, each as long as the others).
+// Found once per kernel, for the first device it runs on.
+template <typename Kernel>
+int blocks_per_sm(Kernel kernel) {
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, reinterpret_cast<const void*>(kernel), kRowThreads, 0) !=
+      cudaSuccess) {
+    cudaGetLastError();  // not the launches' error to report
+    n = 1;
+  }
+  return std::max(1, std::min(n, kBlocksPerSm));
+}
 
 template <typename T, bool WARP, int V>
 int launch_grid(const LossArgs& a, cudaStream_t stream, float* ws, int G, int sms) {
+  static const int mix_blocks = blocks_per_sm(loss_mix_terms_kernel<T, WARP, V>);
+  static const int rows_blocks = blocks_per_sm(loss_rows_kernel<T, WARP, V>);
+  static const int grad_blocks = blocks_per_sm(loss_grad_kernel<T, WARP, V>);
   const int per_block = WARP ? kRowThreads / G : 1;
-  const unsigned resident = static_cast<unsigned>(std::max(sms, 1) * kBlocksPerSm);
+  const auto resident = [&](int blocks) { return static_cast<unsigned>(std::max(sms, 1) * blocks); };
   LossArgs b = a;
-  const unsigned mix_grid = std::min(grid_for(a.mix.n, per_block), resident);
-  const unsigned rows_grid = std::min(grid_for(a.pairs, per_block), resident);
+  const unsigned mix_grid = std::min(grid_for(a.mix.n, per_block), resident(mix_blocks));
+  const unsigned rows_grid = std::min(grid_for(a.pairs, per_block), resident(rows_blocks));
   b.parts_mix = a.mix.n > 0 ? static_cast<int>(mix_grid) : 0;
   b.parts_forget = a.forget_only.n > 0 ? static_cast<int>(rows_grid) : 0;
   if (a.mix.n > 0) {
@@ -622,7 +640,7 @@ int launch_grid(const LossArgs& a, cudaStream_t stream, float* ws, int G, int sm
   }
   launch(loss_rows_kernel<T, WARP, V>, rows_grid, kRowThreads, 0, stream, b, G, ws);
   if (int e = launch_status()) return e;
-  const unsigned grad_grid = a.grad ? std::min(grid_for(a.forget_only.n, per_block), resident) : 1;
+  const unsigned grad_grid = a.grad ? std::min(grid_for(a.forget_only.n, per_block), resident(grad_blocks)) : 1;
   launch(loss_grad_kernel<T, WARP, V>, grad_grid, kRowThreads, 0, stream, b, G, ws);
   return launch_status();
 }

@@ -546,9 +546,9 @@ def test_mixup_flat_unaligned(emu, dtype):
 @pytest.mark.parametrize("where", ["mix", "forget"])
 def test_a_nan_logit_on_the_grid_path_reaches_its_groups_loss_and_gradients(emu, where, B, B_r, C, row):
     # the grid path merges per-block partial log-sum-exps: a NaN term must survive the merge.
-    # With 2 emulated SMs (8 blocks of 64 rows of 8, 512 rows a sweep): row 515 is in launch
-    # 1's second sweep, row 5 in launch 2's (it runs last to first); with C = 1100 a block
-    # owns one row, so the NaN row's block has a partial of that NaN alone
+    # With 2 emulated SMs of 3 blocks (6 blocks of 64 rows of 8, 384 rows a sweep): row 515
+    # is in launch 1's second sweep, row 5 in launch 2's (it runs last to first); with
+    # C = 1100 a block owns one row, so the NaN row's block has a partial of that NaN alone
     gen = seeded("grid nan", where, B, C)
     z_mix, z_f, z_r = torch.randn(B, C, generator=gen), torch.randn(B, C, generator=gen), torch.randn(B_r, C)
     (z_mix if where == "mix" else z_f)[row, 3] = float("nan")
