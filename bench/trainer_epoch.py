@@ -47,7 +47,8 @@ def main() -> None:
     forget = ds.y_train == 0
     f = (ds.x_train[forget].to(dev), ds.y_train[forget].to(dev))
     r = (ds.x_train[~forget].to(dev), ds.y_train[~forget].to(dev))
-    opts = {k: v for k, v in resolve_options("fashion-mnist", {"epochs": args.epochs}).items() if k in CONFIG_FIELDS}
+    resolved = resolve_options("fashion-mnist", "class", {"epochs": args.epochs})
+    opts = {k: v for k, v in resolved.items() if k in CONFIG_FIELDS}
     torch.manual_seed(0)
     net = MnistCNN()
     if args.weights:

@@ -51,7 +51,7 @@ def main() -> None:
     exp = Experiment(dataset=args.dataset, data_root=args.data_root, setting=args.setting, labels=args.labels,
                      val_size=args.val_size, train_epochs=args.train_epochs, seed=0, models_dir=args.models_dir,
                      quiet=True, options={"epochs": args.unlearn_epochs})
-    options = resolve_options(exp.dataset, exp.options)
+    options = resolve_options(exp.dataset, exp.setting, exp.options)
     ds, split = prepare_data(exp)
     original, retrained, _ = train_original_and_retrained(exp, ds, split, log=lambda *a: None)
     names = metric_names(split.setting)

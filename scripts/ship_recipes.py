@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fastmix.harness.method_recipes import RECIPES_DIR, load_recipe, write_recipe
-
-TUNED = "tuned: fastmix tune"
+from fastmix.harness.method_recipes import RECIPES_DIR, TUNED_SOURCE, load_recipe, write_recipe
 
 
 def ship(paths, into: Path = RECIPES_DIR) -> list[Path]:
@@ -22,7 +20,7 @@ def ship(paths, into: Path = RECIPES_DIR) -> list[Path]:
     for path, recipe in zip(paths, recipes):
         for method, entries in recipe["methods"].items():
             for name, entry in entries.items():
-                if not entry["source"].startswith(TUNED):
+                if not entry["source"].startswith(TUNED_SOURCE):
                     raise SystemExit(f"{path}: {method}.{name} was not tuned (source {entry['source']!r})")
     written = []
     for recipe in recipes:

@@ -177,7 +177,7 @@ def method_names(args, options: dict) -> list[str]:
 
     recipe = recipe_of(args)
     held = recipe_options(load_recipe(recipe), METHODS) if recipe else {}
-    return expand_method_names(args.method, args.labels, resolve_options(args.dataset, options, held))
+    return expand_method_names(args.method, args.labels, resolve_options(args.dataset, args.setting, options, held))
 
 
 def add_attack_args(p: argparse.ArgumentParser) -> None:

@@ -26,13 +26,17 @@ from .training import Recipe, cache_key, check_cached, fingerprint, train_or_loa
 # and omega for Fashion-MNIST come from the search recorded in RESULTS.md (MNIST borrows
 # them; CIFAR-10 and SVHN are not tuned). digits is tiny (1347 training images), so it
 # trains and unlearns with larger learning rates (tuned by hand on its test set, a demo).
+# by_setting: defaults of one forgetting setting over the others; LAF's alignment
+# temperature is 5 for data-level forgetting with a CNN (LAF's hyperparameter.md; its
+# class-level value and the ResNets' data-level one is 20, the setting's own default).
+CNN_DATA_LEVEL = {"data": dict(laf_T=5.0)}
 DEFAULTS = {
     "digits": dict(train=Recipe(20, 32, 1e-3, 1e-4), lr=3e-4, epochs=20, ft_lr=1e-3, ft_epochs=2,
-                   tau_gen=1.0, tau_mix=10.0, tau_real=10.0, omega=10.0),
+                   tau_gen=1.0, tau_mix=10.0, tau_real=10.0, omega=10.0, by_setting=CNN_DATA_LEVEL),
     "mnist": dict(train=Recipe(20, 32, 1e-4, 1e-4), lr=5e-5, epochs=20, ft_lr=1e-4, ft_epochs=2,
-                  tau_gen=1.0, tau_mix=10.0, tau_real=5.0, omega=30.0),
+                  tau_gen=1.0, tau_mix=10.0, tau_real=5.0, omega=30.0, by_setting=CNN_DATA_LEVEL),
     "fashion-mnist": dict(train=Recipe(20, 32, 1e-4, 1e-4), lr=5e-5, epochs=20, ft_lr=1e-4, ft_epochs=2,
-                          tau_gen=1.0, tau_mix=10.0, tau_real=5.0, omega=30.0),
+                          tau_gen=1.0, tau_mix=10.0, tau_real=5.0, omega=30.0, by_setting=CNN_DATA_LEVEL),
     "cifar10": dict(train=Recipe(20, 32, 1e-4, 1e-4), lr=1e-5, epochs=40, ft_lr=1e-4, ft_epochs=2,
                     tau_gen=1.0, tau_mix=10.0, tau_real=10.0, omega=10.0),
     "svhn": dict(train=Recipe(20, 32, 1e-4, 1e-4), lr=1e-5, epochs=40, ft_lr=1e-4, ft_epochs=2,
@@ -89,13 +93,22 @@ class Experiment:
     options: dict = field(default_factory=dict)
 
 
-def resolve_options(dataset: str, options: dict, recipe: dict | None = None) -> dict:
+def dataset_defaults(dataset: str, setting: str) -> dict:
+    """The unlearning defaults of ``dataset`` (:data:`DEFAULTS` without its training
+    recipe) for the forgetting ``setting``, "class" or "data" (its ``by_setting`` over them)."""
+    d = DEFAULTS[dataset]
+    own = {k: v for k, v in d.items() if k not in ("train", "by_setting")}
+    return {**own, **d.get("by_setting", {}).get(setting, {})}
+
+
+def resolve_options(dataset: str, setting: str, options: dict, recipe: dict | None = None) -> dict:
     """The methods' options of a run: each setting a user left at None takes the
     ``recipe``'s value (flat, :func:`~fastmix.harness.method_recipes.recipe_options`), else
-    the data set's default (:data:`DEFAULTS`), else MixUnlearn's own (the command-line
-    settings of :class:`~fastmix.mixunlearn.config.MixUnlearnConfig`; a baseline's own
-    defaults fill in later, when it reads its settings); engine options appear only when set."""
-    base = {**command_line_defaults(MixUnlearnConfig), **{k: v for k, v in DEFAULTS[dataset].items() if k != "train"}}
+    the data set's default for the forgetting setting (:func:`dataset_defaults`), else
+    MixUnlearn's own (the command-line settings of
+    :class:`~fastmix.mixunlearn.config.MixUnlearnConfig`; a baseline's own defaults fill
+    in later, when it reads its settings); engine options appear only when set."""
+    base = {**command_line_defaults(MixUnlearnConfig), **dataset_defaults(dataset, setting)}
     return {**base, **(recipe or {}), **{k: v for k, v in options.items() if v is not None}}
 
 
@@ -216,7 +229,7 @@ def validate_experiment(exp: Experiment) -> dict:
     check_attacks(exp.attacks)
     for name in exp.methods:
         get_method(name)  # an unknown name fails here, before any training
-    options = resolve_options(exp.dataset, exp.options, recipe_values(exp))
+    options = resolve_options(exp.dataset, exp.setting, exp.options, recipe_values(exp))
     for name in exp.methods:
         check_labels(name, exp.labels, options)  # not after hours of training the models
     if "mixunlearn" in exp.methods:
@@ -400,8 +413,7 @@ def method_context(exp: Experiment, ds: ImageDataset, split, original, options: 
     f_idx, r_idx = split.forget.to(dev), split.retain.to(dev)
     return MethodContext(
         original=original, x_forget=Rows(x, f_idx), y_forget=y[f_idx], x_retain=Rows(x, r_idx),
-        y_retain=y[r_idx], labels=exp.labels, setting=split.setting, options=options, seed=exp.seed,
-        quiet=exp.quiet,
+        y_retain=y[r_idx], labels=exp.labels, options=options, seed=exp.seed, quiet=exp.quiet,
     )
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 NO_RECIPE = "none"  # --recipe none: the defaults alone
+# How an entry's source begins: today's default of the reference code, or a search's winner.
+REFERENCE_SOURCE, TUNED_SOURCE = "reference default: ", "tuned: fastmix tune"
 
 
 def packaged_recipe(dataset: str, setting: str) -> Path | None:
@@ -135,21 +137,21 @@ def reference_recipe(dataset: str, setting: str) -> dict:
     replace them)."""
     from fastmix.settings import default_of
 
-    from .experiment import DEFAULTS
-    from .methods import METHODS, SEARCH_SPACES, recipe_settings, setting_defaults
+    from .experiment import dataset_defaults
+    from .methods import METHODS, SEARCH_SPACES, recipe_settings
 
+    defaults = dataset_defaults(dataset, setting)
     methods = {}
     for method in METHODS:
         fields = recipe_settings(method)
-        by_setting = setting_defaults(method, setting)
         entries = {}
         for name in SEARCH_SPACES[method]:
-            if name in DEFAULTS[dataset]:
-                value = DEFAULTS[dataset][name]
+            if name in defaults:
+                value = defaults[name]
                 where = f"fastmix.harness.experiment.DEFAULTS['{dataset}'] (its comment says where they come from)"
             else:
-                value, where = by_setting.get(name, default_of(fields[name])), reference_source(method)
-            entries[name] = {"value": value, "source": f"reference default: {where}"}
+                value, where = default_of(fields[name]), reference_source(method)
+            entries[name] = {"value": value, "source": REFERENCE_SOURCE + where}
         if entries:
             methods[method] = entries
     return {"dataset": dataset, "setting": setting, "methods": methods}

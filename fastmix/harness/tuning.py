@@ -32,6 +32,7 @@ from fastmix.settings import Grid, LogRange
 
 from .atomic import atomic_write
 from .experiment import Experiment, run_experiment, validate_experiment
+from .method_recipes import TUNED_SOURCE
 
 STORAGE = "optuna-journal.log"
 SEARCH_LOG = "search-log.json"
@@ -243,7 +244,7 @@ class Tuner:
 def tuned_entries(best, budget: int, exp: Experiment) -> dict:
     """The recipe entries of a search's winner, each saying where it came from."""
     today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
-    source = (f"tuned: fastmix tune, budget {budget}, val Avg. Gap {best.value:.2f} on {exp.val_size} validation "
+    source = (f"{TUNED_SOURCE}, budget {budget}, val Avg. Gap {best.value:.2f} on {exp.val_size} validation "
               f"samples (label-{exp.labels}, seed {exp.seed}, asr {exp.attacks.asr_model}, mia "
               f"{exp.attacks.mia_sampling}), {today}")
     return {name: {"value": value, "source": source} for name, value in best.params.items()}

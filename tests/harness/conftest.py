@@ -41,6 +41,5 @@ def make_digits_case() -> DigitsCase:
                      seed=0, quiet=True)
     ctx = MethodContext(original=model.requires_grad_(False), x_forget=ds.x_train[split.forget],
                         y_forget=ds.y_train[split.forget], x_retain=ds.x_train[split.retain],
-                        y_retain=ds.y_train[split.retain], labels="aware", setting="class", options={}, seed=0,
-                        quiet=True)
+                        y_retain=ds.y_train[split.retain], labels="aware", options={}, seed=0, quiet=True)
     return DigitsCase(ctx)

@@ -12,6 +12,8 @@ from fastmix.cli.unlearn import options_from_args
 from fastmix.harness.experiment import DEFAULTS, validate_experiment
 from fastmix.harness.method_recipes import (
     RECIPES_DIR,
+    REFERENCE_SOURCE,
+    TUNED_SOURCE,
     load_recipe,
     packaged_recipe,
     reference_recipe,
@@ -26,10 +28,12 @@ def test_shipped_recipes_hold_reference_defaults_or_tuned_values_with_their_sour
     dataset, setting = path.stem.rsplit("-", 1)
     assert (recipe["dataset"], recipe["setting"]) == (dataset, setting) and packaged_recipe(dataset, setting) == path
     reference = reference_recipe(dataset, setting)["methods"]
+    # every searched setting of every method, none missing (a search space grew: the file too)
+    assert {m: set(e) for m, e in recipe["methods"].items()} == {m: set(e) for m, e in reference.items()}
     for method, entries in recipe["methods"].items():
         for name, entry in entries.items():
-            assert entry["source"].startswith(("reference default: ", "tuned: fastmix tune")), (method, name)
-            if entry["source"].startswith("reference default"):  # today's default, not a made-up number
+            assert entry["source"].startswith((REFERENCE_SOURCE, TUNED_SOURCE)), (method, name)
+            if entry["source"].startswith(REFERENCE_SOURCE):  # today's default, not a made-up number
                 assert entry == reference[method][name], (method, name)
 
 
@@ -148,14 +152,21 @@ def test_ship_recipes_script_puts_tuned_winners_over_the_shipped_recipe(tmp_path
     shipped.mkdir()
     shutil.copy(packaged_recipe("fashion-mnist", "data"), shipped)
     before = load_recipe(shipped / "fashion-mnist-data.json")["methods"]
-    tuned = {"rl": {"rl_lr": {"value": 0.005, "source": "tuned: fastmix tune, budget 6, ..."},
-                    "rl_epochs": {"value": 2, "source": "tuned: fastmix tune, budget 6, ..."}}}
-    write_recipe(tmp_path / "t.json", "fashion-mnist", "data", tuned)
-    assert ship.ship([tmp_path / "t.json"], shipped) == [shipped / "fashion-mnist-data.json"]
-    after = load_recipe(shipped / "fashion-mnist-data.json")["methods"]
-    assert after["rl"] == tuned["rl"] and {m: e for m, e in after.items() if m != "rl"} == \
+    def tuned(lr):
+        return {"rl": {"rl_lr": {"value": lr, "source": TUNED_SOURCE + ", budget 6, ..."},
+                       "rl_epochs": {"value": 2, "source": TUNED_SOURCE + ", budget 6, ..."}}}
+
+    write_recipe(tmp_path / "t.json", "fashion-mnist", "data", tuned(0.005))
+    target = shipped / "fashion-mnist-data.json"
+    assert ship.ship([tmp_path / "t.json"], shipped) == [target]
+    after = load_recipe(target)["methods"]
+    assert after["rl"] == tuned(0.005)["rl"] and {m: e for m, e in after.items() if m != "rl"} == \
         {m: e for m, e in before.items() if m != "rl"}
-    write_recipe(tmp_path / "mixed.json", "fashion-mnist", "data", {"ga": before["ga"]})
+    # a tuned file beside one holding a default: nothing is written, not even the tuned one
+    write_recipe(tmp_path / "t2.json", "fashion-mnist", "data", tuned(0.007))
+    untuned = {"ga": {"ga_lr": {"value": 1e-3, "source": REFERENCE_SOURCE + "x"}}}
+    write_recipe(tmp_path / "mixed.json", "fashion-mnist", "data", untuned)
+    written = target.read_bytes()
     with pytest.raises(SystemExit, match="ga.ga_lr was not tuned"):
-        ship.ship([tmp_path / "t.json", tmp_path / "mixed.json"], shipped)
-    assert load_recipe(shipped / "fashion-mnist-data.json")["methods"] == after
+        ship.ship([tmp_path / "t2.json", tmp_path / "mixed.json"], shipped)
+    assert target.read_bytes() == written

@@ -25,10 +25,13 @@ def test_laf_same_seed_same_model_and_reads_no_label(digits_case):
     assert not same_weights(a, get_method("laf")(digits_case.context(options=OPTIONS, seed=1)).model)
 
 
-@pytest.mark.parametrize("setting, given, expected", [("class", None, 20.0), ("data", None, 5.0), ("data", 10.0, 10.0)])
-def test_laf_takes_its_references_temperature_for_each_setting(digits_case, monkeypatch, setting, given, expected):
-    # hyperparameter.md: T 20 for class-level and 5 for data-level forgetting; a value given wins
-    from fastmix.harness.method_recipes import reference_recipe
+@pytest.mark.parametrize("dataset, setting, given, expected", [
+    ("fashion-mnist", "class", None, 20.0), ("fashion-mnist", "data", None, 5.0), ("digits", "data", None, 5.0),
+    ("cifar10", "data", None, 20.0), ("fashion-mnist", "data", 10.0, 10.0)])
+def test_laf_takes_its_references_temperature(digits_case, monkeypatch, dataset, setting, given, expected):
+    # hyperparameter.md: T 5 for data-level forgetting with a CNN, 20 at class level and
+    # with the ResNets; a value given wins. Through the run's own options (resolve_options)
+    from fastmix.harness.experiment import resolve_options
     from fastmix.harness.methods import laf
 
     class Read(Exception):  # stops the run once its settings are read
@@ -40,9 +43,7 @@ def test_laf_takes_its_references_temperature_for_each_setting(digits_case, monk
         raise Read(real(*args).laf_T)
 
     monkeypatch.setattr(laf, "read_settings", read)
-    options = {} if given is None else {"laf_T": given}
+    options = resolve_options(dataset, setting, {"laf_T": given})
     with pytest.raises(Read) as seen:
-        get_method("laf")(digits_case.context(options=options, setting=setting))
+        get_method("laf")(digits_case.context(options=options))
     assert seen.value.args[0] == expected
-    if given is None:  # and the shipped recipes' reference defaults say the same
-        assert reference_recipe("fashion-mnist", setting)["methods"]["laf"]["laf_T"]["value"] == expected

@@ -73,7 +73,7 @@ class Untouchable(nn.Module):
 def context(labels="agnostic", options=None):
     x, y = torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
     return MethodContext(original=Untouchable(), x_forget=x, y_forget=y, x_retain=x, y_retain=y, labels=labels,
-                         setting="class", options=options or {}, seed=0)
+                         options=options or {}, seed=0)
 
 
 @pytest.mark.parametrize("name", NEED_LABELS)

@@ -35,7 +35,6 @@ class MethodContext:
     x_retain: torch.Tensor | Rows
     y_retain: torch.Tensor
     labels: str  # "aware" or "agnostic"
-    setting: str  # "class" or "data": what D_f is (SETTING_DEFAULTS may depend on it)
     options: dict
     seed: int
     quiet: bool = True
@@ -56,23 +55,17 @@ SEARCH_SPACES: dict[str, dict] = {}
 # What a method needs the true labels for ({options} -> text, or None when it needs none): such a method
 # cannot run label-agnostic. Missing: it runs in both settings.
 LABEL_NEEDS: dict[str, Callable[[dict], str | None]] = {}
-# Defaults that depend on the forgetting setting: {method: {"class" or "data": {setting name: value}}},
-# over the settings dataclass's own (LAF's reference takes another temperature for data-level forgetting).
-SETTING_DEFAULTS: dict[str, dict[str, dict]] = {}
 
 
 def register(name: str, settings: type | None = None, search_space: dict | None = None,
-             needs_labels: str | Callable[[dict], str | None] | None = None, setting_defaults: dict | None = None):
+             needs_labels: str | Callable[[dict], str | None] | None = None):
     """Add a method. ``needs_labels``: what it uses the true labels for (a text, or a function
     of the resolved options giving the text or None); such a method is refused in the
-    label-agnostic setting before any work, and ``--method all`` leaves it out there.
-    ``setting_defaults``: ``{"class" or "data": {setting name: value}}``, the defaults that
-    differ by forgetting setting (the method reads them with ``read_settings(..., ctx)``)."""
+    label-agnostic setting before any work, and ``--method all`` leaves it out there."""
     def wrap(fn):
         METHODS[name] = fn
         METHOD_SETTINGS[name] = settings
         SEARCH_SPACES[name] = dict(search_space or {})
-        SETTING_DEFAULTS[name] = dict(setting_defaults or {})
         if needs_labels is None:
             LABEL_NEEDS.pop(name, None)
         else:
@@ -107,13 +100,6 @@ def method_settings(name: str) -> type | None:
     """The settings dataclass ``name`` was registered with (None if it has none)."""
     get_method(name)
     return METHOD_SETTINGS[name]
-
-
-def setting_defaults(name: str, setting: str) -> dict:
-    """``{setting name: value}``: method ``name``'s defaults for the ``setting`` ("class" or
-    "data") that differ from its settings dataclass's."""
-    get_method(name)
-    return dict(SETTING_DEFAULTS[name].get(setting, {}))
 
 
 def recipe_settings(name: str) -> dict:

@@ -16,12 +16,10 @@ from fastmix.settings import setting_fields, validate
 from . import MethodContext, MethodResult, check_labels
 
 
-def read_settings(cls, options: dict, defaults: dict | None = None):
+def read_settings(cls, options: dict):
     """An instance of the settings dataclass ``cls`` from the flat ``options``: a key
     named like a field sets it; a missing key (or None, a flag not given) keeps the
-    default, ``defaults``'s value where it has one (a method's setting defaults,
-    :func:`~fastmix.harness.methods.setting_defaults`), else the field's. Every value is checked."""
-    options = {**(defaults or {}), **{k: v for k, v in options.items() if v is not None}}
+    default. Every value is checked."""
     given = {f.name: options[f.name] for f in setting_fields(cls) if options.get(f.name) is not None}
     return validate(cls(**given))
 

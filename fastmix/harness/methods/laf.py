@@ -25,9 +25,9 @@ eval mode (as the reference leaves it, so BatchNorm statistics stay); the final
 fine-tuning of the classifier with D_r's labels (``classifier_unlearning``, LAF+R in the
 paper) is left out, as it needs labels. Defaults for a CNN (hyperparameter.md,
 Train.py): latent 8, 20 unlearning epochs, lr 5e-5 (extractor unlearning) and 1e-4
-(alignment), T 20 for class-level forgetting and 5 for data-level
-(``register(..., setting_defaults=...)``), VAEs 10 epochs of Adam 1e-3 with kld weight
-0.025; batch 32.
+(alignment), T 20 (class-level forgetting, and the ResNets' data-level; 5 for data-level
+with a CNN, which the CNN data sets' DEFAULTS give), VAEs 10 epochs of Adam 1e-3 with kld
+weight 0.025; batch 32.
 Label-agnostic: no label is read.
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ class LAFSettings:
                                flag="--laf-ue-lr")
     laf_ra_lr: float = setting(1e-4, "LAF: Adam learning rate of representation alignment", POSITIVE,
                                flag="--laf-ra-lr")
-    laf_T: float = setting(20.0, "LAF: alignment temperature (default 20 class-level, 5 data-level)", POSITIVE,
+    laf_T: float = setting(20.0, "LAF: alignment temperature (data-level with a CNN: 5)", POSITIVE,
                            flag="--laf-T")
     laf_batch_size: int = setting(32, "LAF: batch size", COUNT, flag="--laf-batch-size")
 
@@ -66,8 +66,6 @@ SETTINGS = LAFSettings
 # Around hyperparameter.md's lrs (5e-5, 1e-4), epochs (20) and T (20 class-level, 5 data-level).
 SEARCH_SPACE = {"laf_ue_lr": LogRange(1e-5, 1e-3), "laf_ra_lr": LogRange(1e-5, 1e-3), "laf_epochs": Grid((5, 10, 20)),
                 "laf_T": Grid((5.0, 10.0, 20.0))}
-# hyperparameter.md: T 5 for random-data forgetting with the CNN (20, the field's default, for class-level)
-SETTING_DEFAULTS = {"data": {"laf_T": 5.0}}
 
 
 class RepresentationVAE(nn.Module):
@@ -121,10 +119,10 @@ def nmse(vae: RepresentationVAE, e: torch.Tensor, gen: torch.Generator) -> torch
     return torch.exp(m / (m + 1)).sum()
 
 
-@register("laf", settings=LAFSettings, search_space=SEARCH_SPACE, setting_defaults=SETTING_DEFAULTS)
+@register("laf", settings=LAFSettings, search_space=SEARCH_SPACE)
 def run_laf(ctx: MethodContext) -> MethodResult:
     """Label-Agnostic Forgetting (Shen et al. 2024)."""
-    s = read_settings(LAFSettings, ctx.options, SETTING_DEFAULTS.get(ctx.setting))
+    s = read_settings(LAFSettings, ctx.options)
     last_linear(ctx.original)
     start = time.perf_counter()
     model, gen = student(ctx).eval(), generator(ctx)
