@@ -12,8 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from fastmix.cli.unlearn import NOT_ROWS, recorded_sources
+from fastmix.cli.unlearn import NOT_ROWS
 from fastmix.harness.evaluation import metric_names
+from fastmix.harness.report import recorded_sources
 
 
 def cell(row: dict, col: str) -> str:

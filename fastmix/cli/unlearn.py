@@ -108,6 +108,7 @@ def recorded_results(path: Path, exp) -> dict | None:
     import json
 
     from fastmix.harness.experiment import validate_experiment
+    from fastmix.harness.report import recorded_sources
 
     try:
         doc = json.loads(path.read_text())
@@ -122,14 +123,6 @@ def recorded_results(path: Path, exp) -> dict | None:
     rows = {k: v for k, v in doc.items() if k not in NOT_ROWS}
     return {"rows": rows, "settings": doc["settings"], "pending": list(doc.get("pending") or ()),
             "diagnostics": doc.get("diagnostics"), "sources": recorded_sources(doc)}
-
-
-def recorded_sources(doc: dict) -> list:
-    """The ``fastmix_source`` hashes a results.json says its rows came from (older files
-    record one ``fastmix_source``; none: [])."""
-    v = doc.get("versions") if isinstance(doc.get("versions"), dict) else {}
-    held = v.get("fastmix_sources") or ([v["fastmix_source"]] if v.get("fastmix_source") else [])
-    return [str(h) for h in held]
 
 
 def finished_results(path: Path, exp) -> dict | None:
@@ -176,10 +169,11 @@ def run_one(args):
     """One run of every method at ``args.seed``: ``(exit code, result or None, Experiment or None)``."""
     from fastmix.harness.data import DataError
     from fastmix.harness.experiment import run_experiment
-    from fastmix.harness.report import format_table, write_png, write_results
+    from fastmix.harness.report import code_hash, format_table, write_png, write_results
     from fastmix.mixunlearn.distributed import init_from_env, launched_by_torchrun, world
 
     apply_threads(args)
+    code_hash()  # the code this run starts with, whatever is edited while it runs
     try:
         options = options_from_args(args)
         methods = method_names(args, options)
@@ -206,9 +200,12 @@ def run_one(args):
         print(f"{out / 'results.json'} holds a stopped run with these settings: "
               f"{', '.join(done) if done else 'no method'} finished; running the rest")
 
+    written = {}
+
     def write(result):  # results.json after each method: a stopped run keeps what it finished
-        write_results(out / "results.json", result["rows"], results_settings(exp, result), pending=result["pending"],
-                      diagnostics=diagnostics(result) or kept, sources=stopped["sources"] if stopped else ())
+        written.update(write_results(out / "results.json", result["rows"], results_settings(exp, result),
+                                     pending=result["pending"], diagnostics=diagnostics(result) or kept,
+                                     sources=stopped["sources"] if stopped else ()))
 
     try:
         result = run_experiment(exp, log=log, write=write, references=stopped and stopped["rows"])
@@ -224,6 +221,7 @@ def run_one(args):
     if result is None:  # a rank other than 0 under torchrun
         return 0, None, exp
     rows, metrics = result["rows"], result["metrics"]
+    result["sources"] = written["versions"]["fastmix_sources"]
     print(format_table(rows, metrics))
     if not args.no_png:
         mu = result["extras"].get("mixunlearn", {}).get("mixunlearn")
@@ -270,14 +268,16 @@ def run_seeds(args) -> int:
         rc, result, exp = run_one(one)
         if rc != 0:
             return rc
-        per_seed.append(finished_results(Path(one.out) / "results.json", exp))  # as written: its sources too
+        per_seed.append({"rows": result["rows"], "settings": results_settings(exp, result),
+                         "sources": result["sources"]})
     settings = dict(per_seed[-1]["settings"])
     rows, metrics = aggregate([run["rows"] for run in per_seed]), metric_names(settings["setting"])
     print(f"mean ± std over seeds {', '.join(map(str, args.seeds))}:")
     print(format_table(rows, metrics))
     settings.pop("seed", None)
     settings.update(seeds=list(args.seeds), out=str(out))
-    write_results(out / "results.json", rows, settings, sources=[h for run in per_seed for h in run["sources"]])
+    write_results(out / "results.json", rows, settings, sources=[h for run in per_seed for h in run["sources"]],
+                  made_here=False)
     if not args.no_png:
         title = (f"{settings['dataset']}, {settings['setting']}-level, label-{settings['labels']}, "
                  f"seeds {', '.join(map(str, args.seeds))}")

@@ -45,39 +45,62 @@ def aggregate(per_seed: list[dict[str, dict]]) -> dict[str, dict]:
 
 def versions() -> dict:
     """What ran: the packages' versions, the machine, and ``fastmix_source``, a hash of
-    fastmix's own source (:func:`source_hash`): the version number stays put between
-    releases. A resumed run may mix code (nothing compares it): :func:`write_results`
-    lists every source its rows came from."""
+    fastmix's code (:func:`code_hash`): the version number stays put between releases. A
+    resumed run may mix code (nothing compares it): :func:`write_results` lists every
+    source its rows came from."""
     import sklearn
     import torch
 
     import fastmix
 
-    return {"fastmix": fastmix.__version__, "fastmix_source": source_hash(Path(fastmix.__file__).parent),
-            "torch": torch.__version__, "scikit-learn": sklearn.__version__, "python": platform.python_version(),
-            "machine": platform.machine(), "cpu_threads": torch.get_num_threads()}
+    return {"fastmix": fastmix.__version__, "fastmix_source": code_hash(), "torch": torch.__version__,
+            "scikit-learn": sklearn.__version__, "python": platform.python_version(), "machine": platform.machine(),
+            "cpu_threads": torch.get_num_threads()}
 
 
-@functools.lru_cache(maxsize=4)
-def source_hash(root: Path) -> str:
+@functools.lru_cache(maxsize=1)
+def code_hash() -> str:
+    """:func:`source_hash` of the fastmix package and of its Triton kernels (``fastmix.kernels``,
+    a folder of its own in an editable install), once per process: a run calls it when it
+    starts, so that an edit made while it runs is not taken for the code it ran."""
+    import importlib.util
+
+    import fastmix
+
+    package = Path(fastmix.__file__).parent
+    kernels = [Path(p) for p in importlib.util.find_spec("fastmix.kernels").submodule_search_locations]
+    return source_hash(package, *[k for k in kernels if package not in k.parents])
+
+
+def source_hash(*roots: Path) -> str:
     """The first 16 hex digits of a SHA-256 over the relative paths and contents of the
-    ``.py`` files under ``root`` (the package, its kernels included), read once per process."""
+    ``.py`` files and the built kernel libraries (``.so``) under each of ``roots``."""
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for root in roots:
+        for path in sorted([*root.rglob("*.py"), *root.rglob("*.so")]):
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 
+def recorded_sources(doc: dict) -> list:
+    """The ``fastmix_source`` hashes a results.json says its rows came from (a file from
+    before ``fastmix_sources`` records one ``fastmix_source``; none: [])."""
+    v = doc.get("versions") if isinstance(doc.get("versions"), dict) else {}
+    held = v.get("fastmix_sources") or ([v["fastmix_source"]] if v.get("fastmix_source") else [])
+    return [str(h) for h in held]
+
+
 def write_results(path: Path, rows: dict[str, dict], settings: dict, pending=(), diagnostics=None,
-                  sources=()) -> dict:
+                  sources=(), made_here: bool = True) -> dict:
     """results.json: one record per row keyed by method name (``original``, ``retrain``,
     then each method) with the metrics in percent, ``avg_gap`` and ``seconds``; plus
     ``settings`` and ``versions``. Written atomically; while methods are still to run it
     also lists them under ``pending`` (absent once the run is complete).
 
     ``versions["fastmix_sources"]``: the sorted ``fastmix_source`` hashes of the code that
-    made the rows, this process's and ``sources`` (those of rows kept from earlier runs:
-    a resumed run, a ``--seeds`` run's seeds); more than one means the rows mix code."""
+    made the rows: ``sources`` (those of rows kept from earlier runs: a resumed run, a
+    ``--seeds`` run's seeds) and, when this process made rows (``made_here``; a ``--seeds``
+    aggregate only averages), its own; more than one means the rows mix code."""
     doc = {name: {k: float(v) for k, v in row.items()} for name, row in rows.items()}
     if pending:
         doc["pending"] = list(pending)
@@ -85,7 +108,7 @@ def write_results(path: Path, rows: dict[str, dict], settings: dict, pending=(),
         doc["diagnostics"] = diagnostics
     doc["settings"] = settings
     doc["versions"] = versions()
-    doc["versions"]["fastmix_sources"] = sorted({doc["versions"]["fastmix_source"], *sources})
+    doc["versions"]["fastmix_sources"] = sorted({*sources, *([doc["versions"]["fastmix_source"]] if made_here else [])})
 
     def write(tmp):
         with open(tmp, "w") as f:

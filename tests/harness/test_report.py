@@ -1,18 +1,30 @@
 """What results.json records beside the metrics."""
 
 
-def test_versions_record_a_hash_of_fastmix_source(tmp_path):
-    """versions()["fastmix_source"] names the code that ran: it changes with any .py file."""
-    from fastmix.harness.report import source_hash, versions
+def test_versions_record_a_hash_of_fastmix_code(tmp_path):
+    """versions()["fastmix_source"] names the code that ran: the package and its Triton
+    kernels (.py) and the built kernel libraries (.so); other files do not count."""
+    import importlib.util
+    from pathlib import Path
 
-    assert len(versions()["fastmix_source"]) == 16
+    import fastmix
+    from fastmix.harness.report import code_hash, source_hash, versions
+
+    kernels = [Path(p) for p in importlib.util.find_spec("fastmix.kernels").submodule_search_locations]
+    package = Path(fastmix.__file__).parent
+    assert versions()["fastmix_source"] == code_hash() == \
+        source_hash(package, *[k for k in kernels if package not in k.parents])
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
-    (tmp_path / "pkg" / "notes.txt").write_text("not source")
-    first = source_hash(tmp_path / "pkg")
+    (tmp_path / "pkg" / "lib.so").write_bytes(b"\x7fELF 1")
+    (tmp_path / "pkg" / "notes.txt").write_text("not code")
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "k.py").write_text("y = 1\n")
+    roots = (tmp_path / "pkg", tmp_path / "kernels")
+    first = source_hash(*roots)
     (tmp_path / "pkg" / "notes.txt").write_text("changed")
-    source_hash.cache_clear()
-    assert source_hash(tmp_path / "pkg") == first
-    (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
-    source_hash.cache_clear()
-    assert source_hash(tmp_path / "pkg") != first
+    assert source_hash(*roots) == first
+    for path, text in (("pkg/a.py", "x = 2\n"), ("pkg/lib.so", "\x7fELF 2"), ("kernels/k.py", "y = 2\n")):
+        (tmp_path / path).write_text(text)
+        assert source_hash(*roots) != first, path
+        first = source_hash(*roots)
