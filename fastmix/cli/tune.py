@@ -110,6 +110,8 @@ def run(args) -> int:
                 if tuner.forget(m):
                     log(f"{m}: its earlier trials in {out} are forgotten (--restart)")
         try:
+            for m in methods:  # a search held with other settings is refused before any trial runs
+                tuner.study(exp, m, spaces[m])
             for m in methods:
                 log(f"{m}: searching {', '.join(spaces[m])}")
                 best = tuner.search(exp, m, spaces[m], args.budget)

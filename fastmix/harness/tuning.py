@@ -8,7 +8,7 @@ model on that split (smaller is better). The original and retrained models are t
 once and cached in the models folder; every trial reuses them.
 
 Optuna (``pip install "fastmix[tune]"``) draws the settings with its TPE sampler (at random
-for its first ``n_startup_trials``, 10: a budget of 10 or less is a random search; the
+for its first :data:`STARTUP_TRIALS`, 10: a budget of 10 or less is a random search; the
 reference defaults are not queued as a trial, so every method's search has the same form) and keeps
 the trials in a journal file in the output folder, so a search that is stopped resumes:
 finished trials are not run again, a trial that was running when the search stopped is
@@ -46,6 +46,9 @@ def import_optuna():
         raise ValueError('fastmix tune needs Optuna: pip install "fastmix[tune]"') from None
     return optuna
 
+
+# Trials TPE draws at random before it models the others: a budget up to this is a seeded random search.
+STARTUP_TRIALS = 10
 
 # Experiment fields that say where a run writes and what it prints, never what it computes.
 WHERE = ("out", "models_dir", "quiet")
@@ -234,7 +237,8 @@ class Tuner:
             distinct = {json.dumps(t.params, sort_keys=True) for t in trials if t.state.name == "COMPLETE"}
             if finished >= budget or len(distinct) >= size:
                 break
-            study.sampler = self.optuna.samplers.TPESampler(seed=exp.seed + len(trials))
+            study.sampler = self.optuna.samplers.TPESampler(seed=exp.seed + len(trials),
+                                                            n_startup_trials=STARTUP_TRIALS)
             study.optimize(objective, n_trials=1, catch=(ValueError,), callbacks=[report])
         self.write_log()
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

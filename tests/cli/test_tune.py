@@ -199,6 +199,14 @@ def test_a_search_with_other_settings_is_refused_in_the_same_folder(tmp_path, ca
     assert "holds a search of finetune with other settings" in capsys.readouterr().out and len(runs) == 1
 
 
+def test_a_later_methods_held_search_is_refused_before_an_earlier_one_runs(tmp_path, capsys, runs):
+    # --method finetune,ga where ga's search has other settings: no finetune trial runs first
+    argv = [*ARGS, "--ft-epochs", "1", "--ga-epochs", "1", "--budget", "1", "--out", str(tmp_path)]
+    assert main([*argv, "--method", "ga"]) == 0 and len(runs) == 1
+    assert main([*argv, "--method", "finetune,ga", "--seed", "1"]) == 2
+    assert "holds a search of ga with other settings" in capsys.readouterr().out and len(runs) == 1
+
+
 def test_restart_forgets_a_methods_trials_and_searches_again(tmp_path, capsys, runs):
     argv = [*ARGS, "--method", "finetune", "--ft-epochs", "1", "--budget", "1", "--out", str(tmp_path)]
     assert main(argv) == 0 and len(runs) == 1

@@ -11,13 +11,11 @@ for both. The KL is the reference's ``DistillKL``:
 Choices: alpha 0.5, gamma 1, msteps 3 (both of the reference's small-model notebooks);
 SGD lr 5e-4 with momentum 0.9 and weight decay 5e-4 and kd_T 4 as in
 ``MIA_experiments.ipynb``'s ``scrub()``; 10 epochs as in ``small_scale_unlearning.ipynb``,
-which instead takes Adam (lr 5e-4, weight decay 0.1) and kd_T 2. The issue's defaults
-(kd_T 4) follow the SGD configuration. The lr stays constant (the reference's step decay
+which instead takes Adam (lr 5e-4, weight decay 0.1) and kd_T 2. The lr stays constant (the reference's step decay
 at late epochs is left out); batch 64 for both sets by default, D_f's its own setting
-(``scrub_forget_batch_size``, the reference's ``del_batch_size``). The search tries larger
-D_f batches, so fewer ascent steps a max pass: each max pass climbs from the minimum
-KL = 0, growing any deviation, and on a CNN without BatchNorm with thousands of images in
-D_f, passes of 64 blew the weights up to NaN at every lr tried (RESULTS.md, "SCRUB's max
+(``scrub_forget_batch_size``: the notebooks' ``forget_bs``, ``del_batch_size`` in the
+large-scale one). The search tries larger D_f batches, so fewer ascent steps a max pass:
+each climbs from the minimum KL = 0, growing any deviation (RESULTS.md, "SCRUB's max
 passes"). The CE term needs D_r's labels: with ``scrub_gamma=0`` there is
 none and SCRUB runs label-agnostic; otherwise that setting is refused.
 """
