@@ -550,7 +550,7 @@ def test_a_nan_logit_on_the_grid_path_reaches_its_groups_loss_and_gradients(emu,
     # is in launch 1's second sweep, row 5 in launch 2's (it runs last to first); with
     # C = 1100 a block owns one row, so the NaN row's block has a partial of that NaN alone
     gen = seeded("grid nan", where, B, C)
-    z_mix, z_f, z_r = torch.randn(B, C, generator=gen), torch.randn(B, C, generator=gen), torch.randn(B_r, C)
+    z_mix, z_f, z_r = (torch.randn(n, C, generator=gen) for n in (B, B, B_r))
     (z_mix if where == "mix" else z_f)[row, 3] = float("nan")
     q_f, q_r = targets("labels", B, C, gen), targets("labels", B_r, C, gen)
     args = (z_mix, z_f, z_r, q_f, q_r, torch.rand(B, generator=gen), torch.randint(0, B_r, (B,), generator=gen),
