@@ -327,14 +327,23 @@ __device__ __forceinline__ float exp_diff(float a, float b) {
   return a == -INFINITY ? 0.f : expf(a - b);
 }
 
-// Online softmax accumulation of one value into (m, s).
-__device__ __forceinline__ void online_add(float z, float& m, float& s) {
+// Online softmax accumulation of one value into (m, s): exp(z - m) added to s, weighted
+// by w (a partial sum of its own whose max is z).
+__device__ __forceinline__ void online_add(float z, float& m, float& s, float w = 1.f) {
   if (z > m) {
-    s = s * exp_diff(m, z) + 1.f;
+    s = s * exp_diff(m, z) + w;
     m = z;
   } else {
-    s += exp_diff(z, m);  // also takes NaN into s: NaN logits give NaN outputs
+    s += w * exp_diff(z, m);  // also takes NaN into s: NaN logits give NaN outputs
   }
+}
+
+// The block's merge of its threads' online softmax sums (m, s): every thread gets the
+// block's max in m and its sum in s. Every thread of the block must call it.
+__device__ __forceinline__ void block_merge(float& m, float& s, float* scratch) {
+  const float M = block_max(m, scratch);
+  s = block_sum(s * exp_diff(m, M), scratch);  // a NaN sum stays NaN (NaN * 0)
+  m = M;
 }
 
 // Threads per group and rows per block for the row kernels.

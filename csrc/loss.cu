@@ -30,6 +30,7 @@
 //   Without mixed rows (L_real alone) launch 1 is left out.
 // No path synchronises with the host.
 #include <algorithm>
+#include <atomic>
 #include <initializer_list>
 
 #include "common.cuh"
@@ -88,7 +89,6 @@ struct LossArgs {
   bool grad;
   int* flag;
   Span mix, keep_only, forget_only;  // the segments by kind (n = 0: none)
-  int mix_group;                     // the group of the mixed rows (the forget-only rows': the other)
   int64_t pairs;                     // the most rows of one kind
   int parts_mix, parts_forget;       // grid path: blocks of launches 1 and 2, one partial each
 };
@@ -336,48 +336,32 @@ __device__ void row_grad(const LossArgs& a, int64_t r, int lane, int G, const fl
 
 __device__ __forceinline__ Group group_at(const LossArgs& a, int g) { return g == 0 ? a.grp[0] : a.grp[1]; }
 
-// The log-sum-exp of group g's forget terms (x: the scaled forget terms of the rows,
-// `stride` floats apart), reduced by the whole block of THREADS threads (0: blockDim.x);
-// every thread gets it. A constant THREADS and no unrolling keep the loops' trip counts
-// free of 64-bit divisions (a called subroutine, whose calling convention cost the row
-// loops after them a stack frame).
-template <int THREADS = 0>
+// The log-sum-exp of group g's forget terms on the one-block path (x: the scaled forget
+// terms of the rows, `stride` floats apart), reduced by the whole block; every thread gets it.
 __device__ __forceinline__ float group_lse(const LossArgs& a, int g, const float* x, int stride, float* scratch) {
   const Group grp = group_at(a, g);
-  const int threads = THREADS ? THREADS : blockDim.x;
   float m = -INFINITY;
 #pragma unroll 1
-  for (int64_t r = grp.f_lo + threadIdx.x; r < grp.f_hi; r += threads) m = fmaxf(m, x[r * stride]);
+  for (int64_t r = grp.f_lo + threadIdx.x; r < grp.f_hi; r += blockDim.x) m = fmaxf(m, x[r * stride]);
   const float M = block_max(m, scratch);
   float s = 0.f;
 #pragma unroll 1
-  for (int64_t r = grp.f_lo + threadIdx.x; r < grp.f_hi; r += threads) s += exp_diff(x[r * stride], M);
+  for (int64_t r = grp.f_lo + threadIdx.x; r < grp.f_hi; r += blockDim.x) s += exp_diff(x[r * stride], M);
   s = block_sum(s, scratch);
   return s == 0.f ? -INFINITY : M + logf(s);
 }
 
 // The log-sum-exp of n partial (max, sum of exp(x - max)) pairs at p, reduced by the
-// whole block of THREADS threads (0: blockDim.x); every thread gets it. One pass: each
-// thread merges its pairs online, then the block merges the threads'. A NaN sum stays NaN
-// (NaN * 0 is NaN); no pair, or only empty ones: -inf.
-template <int THREADS = 0>
+// whole block of THREADS threads in one pass; every thread gets it. No pair, or only
+// empty ones: -inf; a NaN sum stays NaN.
+template <int THREADS>
 __device__ __forceinline__ float parts_lse(const float* p, int n, float* scratch) {
-  const int threads = THREADS ? THREADS : blockDim.x;
   const float2* pairs = reinterpret_cast<const float2*>(p);  // 8-byte aligned: p is ws + an even offset
   float m = -INFINITY, s = 0.f;
 #pragma unroll 1
-  for (int k = threadIdx.x; k < n; k += threads) {
-    const float2 q = pairs[k];
-    if (q.x > m) {
-      s = s * exp_diff(m, q.x) + q.y;
-      m = q.x;
-    } else {
-      s += q.y * exp_diff(q.x, m);
-    }
-  }
-  const float M = block_max(m, scratch);
-  s = block_sum(s * exp_diff(m, M), scratch);
-  return s == 0.f ? -INFINITY : M + logf(s);
+  for (int k = threadIdx.x; k < n; k += THREADS) online_add(pairs[k].x, m, s, pairs[k].y);
+  block_merge(m, s, scratch);
+  return s == 0.f ? -INFINITY : m + logf(s);
 }
 
 // Group g's share of the loss given its lse (keep: the weighted keep terms of the rows,
@@ -459,27 +443,17 @@ template <bool WARP>
 __device__ __forceinline__ void put_part(float* p, const float* x, int64_t n, int64_t end, bool last_first,
                                          const RowSlots<WARP>& rs, float* scratch) {
   __syncthreads();  // the row slots' writes of x are visible to the block
-  const bool slot = static_cast<int>(threadIdx.x) < rs.per_block;  // thread t re-reads row slot t's rows
-  float m = -INFINITY;
-  if (slot) {
+  float m = -INFINITY, s = 0.f;
+  if (static_cast<int>(threadIdx.x) < rs.per_block) {  // thread t re-reads row slot t's rows
 #pragma unroll 1
     for (int64_t j = rs.first() + threadIdx.x; j < end; j += rs.stride()) {
       const int64_t i = last_first ? end - 1 - j : j;
-      if (i < n) m = fmaxf(m, x[i]);
+      if (i < n) online_add(x[i], m, s);
     }
   }
-  const float M = block_max(m, scratch);
-  float s = 0.f;
-  if (slot) {
-#pragma unroll 1
-    for (int64_t j = rs.first() + threadIdx.x; j < end; j += rs.stride()) {
-      const int64_t i = last_first ? end - 1 - j : j;
-      if (i < n) s += exp_diff(x[i], M);  // a NaN term stays in the sum
-    }
-  }
-  s = block_sum(s, scratch);
+  block_merge(m, s, scratch);
   if (threadIdx.x == 0) {
-    p[2 * blockIdx.x] = M;
+    p[2 * blockIdx.x] = m;
     p[2 * blockIdx.x + 1] = s;
   }
 }
@@ -564,7 +538,7 @@ __global__ void __launch_bounds__(kRowThreads) loss_grad_kernel(LossArgs a, int 
   const float lse_f = forget ? parts_lse<kRowThreads>(forget_parts(a, ws), a.parts_forget, scratch) : -INFINITY;
   if (blockIdx.x == 0) {
     const float lse_m = a.mix.n > 0 ? parts_lse<kRowThreads>(mix_parts(a, ws), a.parts_mix, scratch) : -INFINITY;
-    const bool mix0 = a.mix.n > 0 && a.mix_group == 0;  // the groups' forget terms: one segment each
+    const bool mix0 = a.mix.n > 0;  // the mixed rows are group 0 wherever they are; else the forget rows are
     write_loss(a, ws + S_KEEP * a.rows, 1, scratch, mix0 ? lse_m : lse_f, mix0 ? lse_f : lse_m);
   }
   if (!a.grad || !forget) return;
@@ -610,23 +584,28 @@ constexpr int kBlocksPerSm = 4;
 // Blocks of `kernel` (kRowThreads threads) that one SM runs at once, at most kBlocksPerSm:
 // a persistent grid sized past that runs its extra blocks as a second wave (at 80 registers
 // 3 fit, and the fourth block of each SM would run alone, each as long as the others).
-// Found once per kernel, for the first device it runs on.
+// Found once per kernel, for the first device it runs on, and kept in `known`; a failed
+// query gives 1 for this launch and is asked again the next time.
 template <typename Kernel>
-int blocks_per_sm(Kernel kernel) {
+int blocks_per_sm(Kernel kernel, std::atomic<int>& known) {
+  if (const int n = known.load(std::memory_order_relaxed)) return n;
   int n = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, reinterpret_cast<const void*>(kernel), kRowThreads, 0) !=
       cudaSuccess) {
     cudaGetLastError();  // not the launches' error to report
-    n = 1;
+    return 1;
   }
-  return std::max(1, std::min(n, kBlocksPerSm));
+  n = std::max(1, std::min(n, kBlocksPerSm));
+  known.store(n, std::memory_order_relaxed);
+  return n;
 }
 
 template <typename T, bool WARP, int V>
 int launch_grid(const LossArgs& a, cudaStream_t stream, float* ws, int G, int sms) {
-  static const int mix_blocks = blocks_per_sm(loss_mix_terms_kernel<T, WARP, V>);
-  static const int rows_blocks = blocks_per_sm(loss_rows_kernel<T, WARP, V>);
-  static const int grad_blocks = blocks_per_sm(loss_grad_kernel<T, WARP, V>);
+  static std::atomic<int> known_mix{0}, known_rows{0}, known_grad{0};
+  const int mix_blocks = blocks_per_sm(loss_mix_terms_kernel<T, WARP, V>, known_mix);
+  const int rows_blocks = blocks_per_sm(loss_rows_kernel<T, WARP, V>, known_rows);
+  const int grad_blocks = blocks_per_sm(loss_grad_kernel<T, WARP, V>, known_grad);
   const int per_block = WARP ? kRowThreads / G : 1;
   const auto resident = [&](int blocks) { return static_cast<unsigned>(std::max(sms, 1) * blocks); };
   LossArgs b = a;
@@ -674,7 +653,6 @@ int dispatch(int dtype, LossArgs& a, void* stream, float* ws, int device) {
   for (const Segment& s : a.seg) {
     Span& span = s.kind == MIXED ? a.mix : s.kind == KEEP_ONLY ? a.keep_only : a.forget_only;
     if (s.rows > 0) span = Span{lo, s.rows};
-    if (s.rows > 0 && s.kind == MIXED) a.mix_group = s.group;
     lo += s.rows;
   }
   a.pairs = std::max({a.mix.n, a.keep_only.n, a.forget_only.n});
