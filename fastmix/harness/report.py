@@ -62,13 +62,16 @@ def versions() -> dict:
 def code_hash() -> str:
     """:func:`source_hash` of the fastmix package and of its Triton kernels (``fastmix.kernels``,
     a folder of its own in an editable install), once per process: a run calls it when it
-    starts, so that an edit made while it runs is not taken for the code it ran."""
+    starts, so that an edit made while it runs is not taken for the code it ran. Where
+    ``fastmix.kernels`` cannot be found (fastmix imported from a source checkout, whose
+    ``kernels/`` is not inside the package), the package alone: those kernels cannot run."""
     import importlib.util
 
     import fastmix
 
     package = Path(fastmix.__file__).parent
-    kernels = [Path(p) for p in importlib.util.find_spec("fastmix.kernels").submodule_search_locations]
+    spec = importlib.util.find_spec("fastmix.kernels")
+    kernels = [Path(p) for p in spec.submodule_search_locations] if spec else []
     return source_hash(package, *[k for k in kernels if package not in k.parents])
 
 

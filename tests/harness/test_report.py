@@ -28,3 +28,18 @@ def test_versions_record_a_hash_of_fastmix_code(tmp_path):
         (tmp_path / path).write_text(text)
         assert source_hash(*roots) != first, path
         first = source_hash(*roots)
+
+
+def test_code_hash_without_the_kernels_package(monkeypatch):
+    """fastmix imported from a source checkout (``python -m fastmix`` in the repository after
+    a non-editable install) has no ``fastmix.kernels``: the hash is the package's alone."""
+    import importlib.util
+    from pathlib import Path
+
+    import fastmix
+    from fastmix.harness.report import code_hash, source_hash
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "fastmix.kernels" else find_spec(name, *a))
+    assert code_hash.__wrapped__() == source_hash(Path(fastmix.__file__).parent)
