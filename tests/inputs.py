@@ -18,11 +18,9 @@ def targets(kind, n, C, gen, device="cpu"):
     return torch.softmax(torch.randn(n, C, generator=gen) * 2, dim=1).to(device)
 
 
-def noncontiguous(t, gaps=float("nan")):
-    """The same values, every other column of a wider tensor whose other columns hold ``gaps``
-    (NaN: a kernel that reads them shows; None: left unwritten)."""
-    wide = torch.empty(t.shape[0], 2 * t.shape[1], dtype=t.dtype, device=t.device)
-    if gaps is not None:
-        wide.fill_(gaps)
+def noncontiguous(t):
+    """The same values, every other column of a wider tensor whose other columns hold NaN
+    (a kernel that reads them shows)."""
+    wide = torch.full((t.shape[0], 2 * t.shape[1]), float("nan"), dtype=t.dtype, device=t.device)
     wide[:, ::2] = t
     return wide[:, ::2]

@@ -81,7 +81,7 @@ def test_contrastive_loss(B, C, kind, dtype, backend):
     pool = B + 5
     logits = (torch.randn(B, C, generator=gen) * 3).to(DEVICE, dtype)
     if (B + C) % 2:
-        logits = noncontiguous(logits, gaps=None)
+        logits = noncontiguous(logits)
     q_f, q_r = targets(kind, B, C, gen, DEVICE), targets(kind, pool, C, gen, DEVICE)
     perm = torch.randint(0, pool, (B,), generator=gen).to(DEVICE)
     perm[0] = perm[-1]  # a repeat
@@ -106,7 +106,7 @@ def test_contrastive_loss(B, C, kind, dtype, backend):
 def test_real_loss(B_r, B_f, C, kind, dtype, backend):
     gen = seeded("real", B_r, B_f, C, kind)
     z_r = (torch.randn(B_r, C, generator=gen) * 3).to(DEVICE, dtype)
-    z_f = noncontiguous((torch.randn(B_f, C, generator=gen) * 3).to(DEVICE, dtype), gaps=None)
+    z_f = noncontiguous((torch.randn(B_f, C, generator=gen) * 3).to(DEVICE, dtype))
     q_r, q_f = targets(kind, B_r, C, gen, DEVICE), targets(kind, B_f, C, gen, DEVICE)
     reduction = "mean" if C % 2 else "sum"
 
@@ -209,7 +209,7 @@ def test_sharpen(B, C, dtype, backend):
     gen = seeded("sharpen", B, C)
     logits = (torch.randn(B, C, generator=gen) * 3).to(DEVICE, dtype)
     if C % 2:
-        logits = noncontiguous(logits, gaps=None)
+        logits = noncontiguous(logits)
     grad_out = torch.randn(B, C, generator=gen).to(DEVICE, dtype)
     results = {}
     for name in (backend, "torch"):
@@ -655,7 +655,7 @@ def test_loss_forward(B, B_r, C, kind, reduction, omega, backend, loss_path):
     gen = seeded("fused", B, B_r, C, kind, reduction, omega)
     pool = B_r
     z_mix = (torch.randn(B, C, generator=gen) * 3).to(DEVICE)
-    z_f = noncontiguous((torch.randn(B, C, generator=gen) * 3).to(DEVICE), gaps=None)
+    z_f = noncontiguous((torch.randn(B, C, generator=gen) * 3).to(DEVICE))
     z_r = (torch.randn(B_r, C, generator=gen) * 3).to(DEVICE)
     q_f, q_r = targets(kind, B, C, gen, DEVICE), targets(kind, pool, C, gen, DEVICE)
     if kind == "probabilities" and B > 1:
@@ -695,7 +695,7 @@ def test_single_losses_on_the_row_path(loss, kind, monkeypatch):
     gen = seeded("row path", loss, kind)
     C = 37
     if loss == "contrastive":
-        z = noncontiguous((torch.randn(7, C, generator=gen) * 3).to(DEVICE), gaps=None)
+        z = noncontiguous((torch.randn(7, C, generator=gen) * 3).to(DEVICE))
         q_f, q_r = targets(kind, 7, C, gen, DEVICE), targets(kind, 11, C, gen, DEVICE)
         perm = _strided(torch.randint(0, 11, (7,), generator=gen).to(DEVICE))
         lam = torch.rand(7, generator=gen).to(DEVICE)
@@ -709,7 +709,7 @@ def test_single_losses_on_the_row_path(loss, kind, monkeypatch):
         _compare(fn, [z], exact, torch.float32, f"row path {loss} {kind}", "triton")
     else:
         z_r = (torch.randn(9, C, generator=gen) * 3).to(DEVICE)
-        z_f = noncontiguous((torch.randn(5, C, generator=gen) * 3).to(DEVICE), gaps=None)
+        z_f = noncontiguous((torch.randn(5, C, generator=gen) * 3).to(DEVICE))
         q_r, q_f = targets(kind, 9, C, gen, DEVICE), targets(kind, 5, C, gen, DEVICE)
 
         def fn(a, b, backend):
@@ -746,7 +746,7 @@ def test_loss_forward_large_sets_against_spec():
     gen = seeded("fused large")
     B, B_r, C = 70, 90, 40
     z_mix, z_f, z_r = (torch.randn(n, C, generator=gen) * 3 for n in (B, B, B_r))
-    z_f = noncontiguous(z_f, gaps=None)
+    z_f = noncontiguous(z_f)
     q_f, q_r = targets("probabilities", 1, C, gen, DEVICE).expand(B, C), targets("probabilities", B_r, C, gen, DEVICE)
     perm = _strided(torch.randint(0, B_r, (B,), generator=gen))
     lam = torch.rand(B, generator=gen)
