@@ -33,6 +33,7 @@ from fastmix.settings import Grid, LogRange
 from .atomic import atomic_write
 from .experiment import Experiment, run_experiment, validate_experiment
 from .method_recipes import TUNED_SOURCE
+from .report import code_hash
 
 STORAGE = "optuna-journal.log"
 SEARCH_LOG = "search-log.json"
@@ -109,7 +110,7 @@ def trial_record(trial) -> dict:
     record = {"number": trial.number, "state": trial.state.name, "params": trial.params,
               "val_avg_gap": trial.value, "metrics": trial.user_attrs.get("metrics"),
               "seconds": trial.user_attrs.get("seconds")}
-    for key in ("repeat_of", "interrupted", "error"):
+    for key in ("repeat_of", "interrupted", "error", "fastmix_source"):
         if key in trial.user_attrs:
             record[key] = trial.user_attrs[key]
     return record
@@ -118,7 +119,8 @@ def trial_record(trial) -> dict:
 class Tuner:
     """The searches of one output folder: ``out/optuna-journal.log`` (the trials of every
     method searched there), ``out/search-log.json`` (each trial's settings, validation Avg.
-    Gap, metrics and seconds, rewritten after each trial) and the recipe of the winners."""
+    Gap, metrics, seconds and ``fastmix_source``, the :func:`code_hash` of the code that ran
+    it; rewritten after each trial) and the recipe of the winners."""
 
     def __init__(self, out: Path, log=print):
         self.optuna = import_optuna()
@@ -198,10 +200,12 @@ class Tuner:
             for done in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
                 if done.params == params:
                     trial.set_user_attr("repeat_of", done.number)
-                    for key in ("metrics", "seconds"):
-                        trial.set_user_attr(key, done.user_attrs.get(key))
+                    for key in ("metrics", "seconds", "fastmix_source"):
+                        if key in done.user_attrs:
+                            trial.set_user_attr(key, done.user_attrs[key])
                     return done.value
             start = time.perf_counter()
+            trial.set_user_attr("fastmix_source", code_hash())  # a search can span code versions
             run = dataclasses.replace(exp, methods=(method,), options={**exp.options, **params})
             try:
                 rows = run_experiment(run, log=lambda *a: None, references=self.references.get(ref_key))["rows"]

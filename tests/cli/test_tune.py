@@ -7,6 +7,7 @@ import pytest
 
 from fastmix.cli import main
 from fastmix.harness.method_recipes import load_recipe
+from fastmix.harness.report import code_hash
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -56,6 +57,7 @@ def test_tune_scores_on_the_validation_split_and_writes_log_and_recipe(tmp_path,
         assert set(trial["params"]) == {"ft_lr", "ft_epochs"} and trial["params"].items() <= exp.options.items()
         assert trial["val_avg_gap"] == trial["metrics"]["avg_gap"] and trial["seconds"] > 0
         assert {"Train_r", "Train_f", "Test_r", "Test_f", "ASR", "MIA_efficacy"} <= set(trial["metrics"])
+        assert trial["fastmix_source"] == code_hash()  # the code each trial ran: a search can span versions
     best = min(log["trials"], key=lambda t: t["val_avg_gap"])
     assert log["best_trial"] == best["number"]
     recipe = load_recipe(out / "digits-class.json")
