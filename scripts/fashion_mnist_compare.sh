@@ -13,7 +13,8 @@
 # 2. tables: `fastmix unlearn --method all --seeds 0,1,2` per setting and label mode with
 #    that recipe (the label-agnostic runs reuse the label-aware recipes), two at a time;
 #    a finished seed is not run again, a stopped one keeps the methods it finished;
-#    OUT/tables.md gets the four tables in Markdown (scripts/results_tables.py).
+#    OUT/tables.md gets the four tables in Markdown (scripts/results_tables.py), and
+#    OUT/search-logs.md every trial of the searches (scripts/search_log_tables.py).
 # 3. scripts/ship_recipes.py copies the winners into fastmix/harness/recipes/ (printed at the end).
 # The paper's 20-epoch original and retrained models are trained once per seed and kept
 # in OUT/models (shared with scripts/fashion_mnist_options.py when given the same OUT).
@@ -53,5 +54,6 @@ for d in class-aware class-agnostic data-aware data-agnostic; do cat "$OUT/$d.tx
 # RESULTS.md's four tables (mean ± std, Avg. Gap, RTE, seconds, the machine)
 python "$(dirname "$0")/results_tables.py" "$OUT/class-aware" "$OUT/data-aware" "$OUT/class-agnostic" \
   "$OUT/data-agnostic" > "$OUT/tables.md"
-echo "wrote $OUT/tables.md; to ship the winners as fastmix's recipes:"
+python "$(dirname "$0")/search_log_tables.py" "$OUT/tune-class" "$OUT/tune-data" > "$OUT/search-logs.md"
+echo "wrote $OUT/tables.md and $OUT/search-logs.md; to ship the winners as fastmix's recipes:"
 echo "  python $(dirname "$0")/ship_recipes.py $OUT/tune-class/fashion-mnist-class.json $OUT/tune-data/fashion-mnist-data.json"

@@ -14,20 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from repo_files import ROOT, load
 
 from fastmix.backends import cuda_backend
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _setup_module():
-    spec = importlib.util.spec_from_file_location("fastmix_setup", ROOT / "setup.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # setup() runs only under __main__
-    return module
-
-
-SETUP = _setup_module()
+SETUP = load("setup.py", "fastmix_setup")  # setup() runs only under __main__
 NVCC = SETUP.find_nvcc()
 
 

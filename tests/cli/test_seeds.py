@@ -93,14 +93,9 @@ def test_a_rerun_skips_finished_seeds_and_reruns_stopped_or_changed_ones(seeds_r
 
 
 def results_tables():
-    import importlib.util
-    from pathlib import Path
+    from repo_files import load
 
-    script = Path(__file__).parents[2] / "scripts" / "results_tables.py"
-    spec = importlib.util.spec_from_file_location("results_tables", script)
-    tables = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tables)
-    return tables
+    return load("scripts/results_tables.py")
 
 
 def test_results_tables_script_shows_mean_and_std(seeds_run, tmp_path):

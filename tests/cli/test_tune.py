@@ -4,6 +4,7 @@ import json
 import sys
 
 import pytest
+from repo_files import load
 
 from fastmix.cli import main
 from fastmix.harness.method_recipes import load_recipe
@@ -111,6 +112,11 @@ def test_a_diverged_trial_is_scored_worst_and_counts(tmp_path, monkeypatch, caps
     assert search_log(out)["best_trial"] == second["number"]
     recipe = load_recipe(out / "digits-class.json")
     assert {k: e["value"] for k, e in recipe["methods"]["finetune"].items()} == second["params"]
+    # scripts/search_log_tables.py (RESULTS.md's search logs): the winner bold, the diverged one named
+    rows = [r for r in load("scripts/search_log_tables.py").tables(out).splitlines() if r.startswith("| ")]
+    assert len(rows) == 3 and rows[0].startswith("| # | settings | Train r |")
+    assert f"**{second['val_avg_gap']:.2f}**" in rows[2] and code_hash() in rows[2]
+    assert rows[1].endswith("| inf | " + f"{first['seconds']:.0f} | {code_hash()} | diverged (scored +inf) |")
 
     out = tmp_path / "all-diverged"  # no winner, no recipe, said so
     recorded_runs(monkeypatch, diverged={0, 1})  # wraps the first: its calls from here on are 2 and 3

@@ -2,7 +2,6 @@
 bad file is refused naming the file and the key, and a flag wins over the recipe, which
 wins over the defaults."""
 import json
-from pathlib import Path
 
 import pytest
 
@@ -141,13 +140,11 @@ def test_write_recipe_replaces_one_methods_entries_and_keeps_the_others(tmp_path
 def test_ship_recipes_script_puts_tuned_winners_over_the_shipped_recipe(tmp_path):
     """scripts/ship_recipes.py: the tuned methods' entries replace the shipped ones, the
     other methods keep theirs; a file holding an entry that was not tuned is refused."""
-    import importlib.util
     import shutil
 
-    script = Path(__file__).parents[2] / "scripts" / "ship_recipes.py"
-    spec = importlib.util.spec_from_file_location("ship_recipes", script)
-    ship = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ship)
+    from repo_files import load
+
+    ship = load("scripts/ship_recipes.py")
     shipped = tmp_path / "shipped"
     shipped.mkdir()
     shutil.copy(packaged_recipe("fashion-mnist", "data"), shipped)
