@@ -27,6 +27,7 @@ import torch
 from bench_common import DEVICE, ON_GPU, Settings, environment, sync
 
 from fastmix import MixUnlearn
+from fastmix.backends import resolve_backend
 from fastmix.harness.models import MnistCNN, ResNet18
 
 B = 32
@@ -68,8 +69,8 @@ def run_unlearn(benchmark, impl, net, forget, retain, rounds, epochs=1, **info):
         last["mu"] = mu
 
     benchmark.extra_info.update(environment())
-    name = {"eager": "eager", "fastmix": f"fastmix-{'cuda' if ON_GPU else 'torch'}",
-            "fastmix-graphs": "fastmix-cuda-graphs"}
+    backend = resolve_backend(None, torch.device(DEVICE))  # the fast step's default: cpu (C++) here where built
+    name = {"eager": "eager", "fastmix": f"fastmix-{backend}", "fastmix-graphs": f"fastmix-{backend}-graphs"}
     benchmark.extra_info.update(impl=name[impl],
                                 step=step, batch=B, **info)
     benchmark.pedantic(once, rounds=1 if Settings.smoke else rounds, iterations=1)
