@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from fastmix.harness.experiment import DEFAULTS
+from fastmix.harness.experiment import DEFAULTS, OUTPUT_FIELDS
 from fastmix.harness.methods import METHOD_SETTINGS, METHODS
 from fastmix.mixunlearn.config import EngineOptions, MixUnlearnConfig
 
@@ -95,7 +95,7 @@ def results_settings(exp, result) -> dict:
 
 
 # Settings that do not change what a run computes (where it writes) or follow from the others (the sizes).
-NOT_COMPARED = ("out", "models_dir", "n_forget", "n_retain", "n_eval")
+NOT_COMPARED = (*OUTPUT_FIELDS, "n_forget", "n_retain", "n_eval")
 # Keys of results.json that are not rows.
 NOT_ROWS = ("pending", "diagnostics", "settings", "versions")
 

@@ -46,6 +46,9 @@ DEFAULTS = {
                         tau_gen=1.0, tau_mix=10.0, tau_real=10.0, omega=10.0),
 }
 
+# Experiment fields that say where a run writes and what it prints, never what it computes.
+OUTPUT_FIELDS = ("out", "models_dir", "quiet")
+
 # Experiment fields that only an image folder, a model of your own or a protocol uses;
 # results.json leaves them out while they are None.
 OWN_MODEL_AND_DATA = ("checkpoint", "image_size", "normalize", "test_fraction", "protocol")

@@ -31,7 +31,7 @@ from pathlib import Path
 from fastmix.settings import Grid, LogRange
 
 from .atomic import atomic_write
-from .experiment import Experiment, run_experiment, validate_experiment
+from .experiment import OUTPUT_FIELDS, Experiment, run_experiment, validate_experiment
 from .method_recipes import TUNED_SOURCE
 from .report import code_hash
 
@@ -51,12 +51,8 @@ def import_optuna():
 # Trials TPE draws at random before it models the others: a budget up to this is a seeded random search.
 STARTUP_TRIALS = 10
 
-# Experiment fields that say where a run writes and what it prints, never what it computes.
-WHERE = ("out", "models_dir", "quiet")
-
-
 def _fields(exp: Experiment, *leave_out: str) -> dict:
-    return {k: v for k, v in dataclasses.asdict(exp).items() if k not in WHERE + leave_out}
+    return {k: v for k, v in dataclasses.asdict(exp).items() if k not in OUTPUT_FIELDS + leave_out}
 
 
 def search_key(exp: Experiment, method: str, space: dict) -> str:
