@@ -21,6 +21,8 @@
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -41,7 +43,13 @@ using Barrier = std::barrier<>;
 inline thread_local ucontext_t* t_loop = nullptr;  // the launch's loop
 inline thread_local ucontext_t* t_self = nullptr;  // the running fiber
 inline thread_local uint64_t t_progress = 0;       // phases completed and fibers ended
-inline void yield() { swapcontext(t_self, t_loop); }
+inline void yield() {
+  if (t_loop == nullptr) {  // a barrier reached outside a launch: nothing to hand the thread back to
+    std::fputs("cuda_emulate: a barrier was reached outside a kernel launch\n", stderr);
+    std::abort();
+  }
+  swapcontext(t_self, t_loop);
+}
 
 // std::barrier's arrive_and_wait and arrive_and_drop, for fibers.
 class Barrier {
@@ -143,6 +151,9 @@ void run_fibers(unsigned threads, uint64_t blocks, Begin begin, Enter enter, Bod
   ucontext_t loop;
   static thread_local Fiber* t_starting;  // the fiber resumed for the first time
   t_loop = &loop;
+  struct Leave {  // both point into this frame: none may outlive the launch
+    ~Leave() { t_loop = t_self = nullptr; }
+  } leave;
   for (uint64_t n = 0; n < blocks; ++n) {
     begin(n);
     for (unsigned t = 0; t < threads; ++t) {
