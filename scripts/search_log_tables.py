@@ -1,13 +1,13 @@
-"""Markdown tables of `fastmix tune` search logs (RESULTS.md's search logs).
+"""Markdown tables of `fastmix tune` search logs, for RESULTS.md beside the comparison tables.
 
 Usage: python scripts/search_log_tables.py OUT/tune-class OUT/tune-data ...
 
 One table a method and folder: each trial's settings, its validation metrics and Avg. Gap,
 its wall seconds (the first trial's include scoring the original and retrained models,
-and training them when they were not cached) and the fastmix source that ran it (recorded
-since 66f1e03); the winner (the recipe's entry) in bold. A trial that failed, diverged or
-was interrupted says so; one that drew a setting already run is marked a repeat (it ran
-nothing).
+and training them when they were not cached) and the fastmix source that ran it (blank
+for trials run before tune recorded it); the winner (the recipe's entry) in bold. A trial
+that failed, diverged or was interrupted says so; one that drew a setting already run is
+marked a repeat (it ran nothing).
 """
 from __future__ import annotations
 
@@ -21,18 +21,23 @@ NOT_METRICS = ("avg_gap", "seconds", "RTE")
 
 def number(v) -> str:
     if isinstance(v, float):
-        return f"{v:.3g}"
+        return f"{v:.4g}"
     return str(v)
 
 
 def outcome(t: dict) -> str:
     if t.get("repeat_of") is not None:
-        return f"repeat of {t['repeat_of']}"
+        return f"repeat of {t['repeat_of']} (ran nothing)"
     if t.get("interrupted"):
-        return "interrupted (ran again)"
+        return "interrupted (queued to run again)"
     if t.get("error"):
         return "diverged (scored +inf)" if t["error"].startswith("diverged") else t["error"]
     return "" if t["state"] == "COMPLETE" else t["state"].lower()
+
+
+def row(cells) -> str:
+    """A Markdown table row; a cell's own | and line breaks would end it early."""
+    return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
 
 
 def method_table(folder: Path, method: str, log: dict) -> str:
@@ -40,11 +45,10 @@ def method_table(folder: Path, method: str, log: dict) -> str:
     cols = []
     for t in trials:
         cols += [k for k in (t.get("metrics") or {}) if k not in NOT_METRICS and k not in cols]
+    header = ["#", "settings", *(c.replace("_", " ") for c in cols), "val Avg. Gap", "trial s", "source", "note"]
     out = [f"**{folder.name}, {method}** ({len(trials)} trials; best: "
            f"{'none' if log['best_trial'] is None else 'trial ' + str(log['best_trial'])})", "",
-           "| # | settings | " + " | ".join(c.replace("_", " ") for c in cols) +
-           " | val Avg. Gap | trial s | source | note |",
-           "|---" * (len(cols) + 6) + "|"]
+           row(header), "|---" * len(header) + "|"]
     for t in trials:
         m = t.get("metrics") or {}
         gap = t.get("val_avg_gap")
@@ -52,10 +56,9 @@ def method_table(folder: Path, method: str, log: dict) -> str:
         if t["number"] == log["best_trial"]:
             gap = f"**{gap}**"
         settings = ", ".join(f"{k} {number(v)}" for k, v in t["params"].items())
-        seconds = "" if t.get("seconds") is None else f"{t['seconds']:.0f}"
-        cells = [str(t["number"]), settings, *(f"{m[c]:.2f}" if c in m else "" for c in cols),
-                 gap, seconds, t.get("fastmix_source", ""), outcome(t)]
-        out.append("| " + " | ".join(cells) + " |")
+        ran = t.get("seconds") is not None and t.get("repeat_of") is None
+        out.append(row([t["number"], settings, *(f"{m[c]:.2f}" if c in m else "" for c in cols),
+                        gap, f"{t['seconds']:.0f}" if ran else "", t.get("fastmix_source", ""), outcome(t)]))
     return "\n".join(out)
 
 

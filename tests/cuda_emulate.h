@@ -43,13 +43,7 @@ using Barrier = std::barrier<>;
 inline thread_local ucontext_t* t_loop = nullptr;  // the launch's loop
 inline thread_local ucontext_t* t_self = nullptr;  // the running fiber
 inline thread_local uint64_t t_progress = 0;       // phases completed and fibers ended
-inline void yield() {
-  if (t_loop == nullptr) {  // a barrier reached outside a launch: nothing to hand the thread back to
-    std::fputs("cuda_emulate: a barrier was reached outside a kernel launch\n", stderr);
-    std::abort();
-  }
-  swapcontext(t_self, t_loop);
-}
+inline void yield() { swapcontext(t_self, t_loop); }
 
 // std::barrier's arrive_and_wait and arrive_and_drop, for fibers.
 class Barrier {
@@ -91,16 +85,26 @@ inline thread_local dim3 t_blockDim, t_gridDim;
 inline thread_local Block* t_block = nullptr;
 inline cudaError_t last_error = cudaSuccess;
 
-inline void syncthreads() { t_block->bar->arrive_and_wait(); }
+// The running block; a kernel's own calls only (set for each block, cleared when its launch ends).
+inline Block& this_block() {
+  if (t_block == nullptr) {
+    std::fputs("cuda_emulate: __syncthreads, a shuffle or shared memory used outside a kernel launch\n", stderr);
+    std::abort();
+  }
+  return *t_block;
+}
+
+inline void syncthreads() { this_block().bar->arrive_and_wait(); }
 
 template <typename V>
 inline V shfl_xor(unsigned mask, V v, int offset) {
   (void)mask;
   const unsigned tid = t_threadIdx.x, warp = tid / 32, lane = tid % 32;
-  auto& wb = *t_block->warp_bars[warp];
-  t_block->shfl[tid] = v;
+  Block& b = this_block();
+  auto& wb = *b.warp_bars[warp];
+  b.shfl[tid] = v;
   wb.arrive_and_wait();
-  const V r = static_cast<V>(t_block->shfl[warp * 32 + (lane ^ static_cast<unsigned>(offset))]);
+  const V r = static_cast<V>(b.shfl[warp * 32 + (lane ^ static_cast<unsigned>(offset))]);
   wb.arrive_and_wait();
   return r;
 }
@@ -129,7 +133,7 @@ inline thread_local uint64_t t_launch = 0;
 
 template <typename T>
 T* dynamic_shared() {
-  return reinterpret_cast<T*>(t_block->shared.data());
+  return reinterpret_cast<T*>(this_block().shared.data());
 }
 
 #ifndef FASTMIX_EMULATE_OS_THREADS
@@ -151,8 +155,11 @@ void run_fibers(unsigned threads, uint64_t blocks, Begin begin, Enter enter, Bod
   ucontext_t loop;
   static thread_local Fiber* t_starting;  // the fiber resumed for the first time
   t_loop = &loop;
-  struct Leave {  // both point into this frame: none may outlive the launch
-    ~Leave() { t_loop = t_self = nullptr; }
+  struct Leave {  // they point into this frame: none may outlive the launch
+    ~Leave() {
+      t_loop = t_self = nullptr;
+      t_starting = nullptr;
+    }
   } leave;
   for (uint64_t n = 0; n < blocks; ++n) {
     begin(n);
@@ -227,6 +234,7 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, KArgs.
     t_block->warp_bars[t / 32]->arrive_and_drop();
     t_block->bar->arrive_and_drop();
   });
+  t_block = nullptr;  // `current` goes with this frame
 #else
   // One host thread per CUDA thread, reused block after block.
   std::barrier<> between(block.x);

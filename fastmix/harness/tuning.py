@@ -51,6 +51,7 @@ def import_optuna():
 # Trials TPE draws at random before it models the others: a budget up to this is a seeded random search.
 STARTUP_TRIALS = 10
 
+
 def _fields(exp: Experiment, *leave_out: str) -> dict:
     return {k: v for k, v in dataclasses.asdict(exp).items() if k not in OUTPUT_FIELDS + leave_out}
 
@@ -123,6 +124,7 @@ class Tuner:
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
+        code_hash()  # the code this search starts with, whatever is edited while it runs
         self.out, self.log = Path(out), log
         self.storage = JournalStorage(JournalFileBackend(str(self.out / STORAGE)))
         self.references = {}  # reference_key -> the original's and retrain's rows, evaluated once

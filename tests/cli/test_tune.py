@@ -100,6 +100,14 @@ def test_later_trials_reuse_the_first_trials_original_and_retrain_rows(tmp_path,
         {k: v for k, v in second["metrics"].items() if k not in ("seconds", "RTE")}
 
 
+def table_rows(markdown: str, trials: int) -> list:
+    """The header and trial rows of a one-method Markdown table, checked to have one cell a column."""
+    lines = [r for r in markdown.splitlines() if r.startswith("|")]
+    cells = {len(r.replace("\\|", "").split("|")) for r in lines}
+    assert len(lines) == trials + 2 and len(cells) == 1, lines
+    return [lines[0], *lines[2:]]
+
+
 def test_a_diverged_trial_is_scored_worst_and_counts(tmp_path, monkeypatch, capsys):
     from fastmix.harness.tuning import DIVERGED
 
@@ -113,10 +121,20 @@ def test_a_diverged_trial_is_scored_worst_and_counts(tmp_path, monkeypatch, caps
     recipe = load_recipe(out / "digits-class.json")
     assert {k: e["value"] for k, e in recipe["methods"]["finetune"].items()} == second["params"]
     # scripts/search_log_tables.py (RESULTS.md's search logs): the winner bold, the diverged one named
-    rows = [r for r in load("scripts/search_log_tables.py").tables(out).splitlines() if r.startswith("| ")]
-    assert len(rows) == 3 and rows[0].startswith("| # | settings | Train r |")
+    script = load("scripts/search_log_tables.py")
+    rows = table_rows(script.tables(out), 2)
+    assert rows[0].startswith("| # | settings | Train r |")
     assert f"**{second['val_avg_gap']:.2f}**" in rows[2] and code_hash() in rows[2]
     assert rows[1].endswith("| inf | " + f"{first['seconds']:.0f} | {code_hash()} | diverged (scored +inf) |")
+    # no trial with metrics (one failed with a | in its message, one interrupted): still one cell a column
+    (tmp_path / "failed").mkdir()
+    (tmp_path / "failed" / "search-log.json").write_text(json.dumps({"finetune": {"best_trial": None, "trials": [
+        {"number": 0, "state": "FAIL", "params": {"ft_lr": 0.1}, "val_avg_gap": None, "metrics": None,
+         "seconds": 1.0, "error": "bad | value\nsecond line"},
+        {"number": 1, "state": "FAIL", "params": {"ft_lr": 0.2}, "val_avg_gap": None, "metrics": None,
+         "seconds": None, "interrupted": True}]}}))
+    rows = table_rows(script.tables(tmp_path / "failed"), 2)
+    assert rows[1].endswith("| bad \\| value second line |") and "interrupted" in rows[2]
 
     out = tmp_path / "all-diverged"  # no winner, no recipe, said so
     recorded_runs(monkeypatch, diverged={0, 1})  # wraps the first: its calls from here on are 2 and 3
@@ -124,6 +142,24 @@ def test_a_diverged_trial_is_scored_worst_and_counts(tmp_path, monkeypatch, caps
     assert main([*ARGS, "--method", "finetune", "--budget", "2", "--out", str(out)]) == 1
     assert "no trial completed with a finite gap" in capsys.readouterr().out
     assert not (out / "digits-class.json").exists() and search_log(out)["best_trial"] is None
+
+
+def test_a_setting_drawn_again_runs_nothing_and_copies_its_trial(tmp_path, runs):
+    """A trial that draws a finished trial's settings (seeded: TPE's random start draws SSD's
+    (alpha 5, lambda 1) twice) takes that trial's value, metrics and code hash, and runs nothing."""
+    out = tmp_path / "t"
+    assert main([*ARGS, "--method", "ssd", "--budget", "4", "--out", str(out)]) == 0
+    trials = search_log(out, "ssd")["trials"]
+    repeats = [t for t in trials if "repeat_of" in t]
+    assert repeats and len(runs) == len(trials) - len(repeats)
+    for t in repeats:
+        first = trials[t["repeat_of"]]
+        assert "repeat_of" not in first and t["params"] == first["params"]
+        assert [t[k] for k in ("val_avg_gap", "metrics", "fastmix_source")] == \
+            [first[k] for k in ("val_avg_gap", "metrics", "fastmix_source")]
+    rows = table_rows(load("scripts/search_log_tables.py").tables(out), len(trials))
+    row = rows[1 + repeats[0]["number"]]
+    assert row.endswith(f"|  | {code_hash()} | repeat of {repeats[0]['repeat_of']} (ran nothing) |")
 
 
 def test_an_interrupted_trial_runs_again_first_and_does_not_count(tmp_path, runs, monkeypatch):
