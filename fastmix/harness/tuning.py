@@ -58,10 +58,25 @@ def _fields(exp: Experiment, *leave_out: str) -> dict:
 
 def search_key(exp: Experiment, method: str, space: dict) -> str:
     """What determines a search's trials besides the drawn settings; a resumed search must
-    have the same (where it runs and what it prints do not count)."""
+    have the same (:func:`same_search`; where it runs and what it prints do not count)."""
     space_text = {name: repr(dim) for name, dim in space.items()}
     return json.dumps({"method": method, "experiment": _fields(exp, "methods"), "space": space_text},
                       sort_keys=True, default=str)
+
+
+def same_search(held: str, key: str) -> bool:
+    """Whether a study's stored key and this run's :func:`search_key` name the same search.
+    Options not given (None) are left out of both: a setting that a later fastmix added (a
+    stored key lacks it) and that this run does not give leaves the search the same."""
+    def given(text: str):
+        try:
+            doc = json.loads(text)
+            options = doc["experiment"]["options"]
+            doc["experiment"]["options"] = {k: v for k, v in options.items() if v is not None}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return text  # not a key this fastmix wrote: compared as it is
+        return doc
+    return given(held) == given(key)
 
 
 def reference_key(exp: Experiment) -> str:
@@ -138,7 +153,7 @@ class Tuner:
         held = study.user_attrs.get("key")
         if held is None:
             study.set_user_attr("key", key)
-        elif held != key:
+        elif not same_search(held, key):
             raise ValueError(f"{self.out / STORAGE} holds a search of {method} with other settings (data, split, "
                              "seed, attacks, fixed options or search space); use another --out for this one, or "
                              "--restart to forget that search")

@@ -243,6 +243,26 @@ def test_a_search_with_other_settings_is_refused_in_the_same_folder(tmp_path, ca
     assert "holds a search of finetune with other settings" in capsys.readouterr().out and len(runs) == 1
 
 
+def test_a_setting_added_since_a_search_began_leaves_it_the_same_search(tmp_path, capsys, runs):
+    """A study keyed before a setting existed (its key lacks that option) resumes while the
+    option is not given, and is refused once it is: issue 16's searches outlived the
+    addition of --scrub-forget-batch-size."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    argv = [*ARGS, "--method", "finetune", "--ft-epochs", "1", "--out", str(tmp_path)]
+    assert main([*argv, "--budget", "1"]) == 0 and len(runs) == 1
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "optuna-journal.log")))
+    study = optuna.load_study(study_name="finetune", storage=storage)
+    key = json.loads(study.user_attrs["key"])
+    assert key["experiment"]["options"].pop("scrub_forget_batch_size", "absent") is None  # an ungiven option
+    study.set_user_attr("key", json.dumps(key, sort_keys=True))  # as an older fastmix stored it
+    assert main([*argv, "--budget", "2"]) == 0 and len(runs) == 2
+    assert main([*argv, "--budget", "3", "--scrub-forget-batch-size", "256"]) == 2 and len(runs) == 2
+    assert "holds a search of finetune with other settings" in capsys.readouterr().out
+
+
 def test_a_later_methods_held_search_is_refused_before_an_earlier_one_runs(tmp_path, capsys, runs):
     # --method finetune,ga where ga's search has other settings: no finetune trial runs first
     argv = [*ARGS, "--ft-epochs", "1", "--ga-epochs", "1", "--budget", "1", "--out", str(tmp_path)]
